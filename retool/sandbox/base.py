@@ -1,0 +1,200 @@
+"""What every sandbox backend shares: the result of a cell, the limits, and the session contract.
+
+The contract that the rest of retool leans on is simple and strict:
+
+* ``Session.run(code, timeout)`` **never raises** for anything the code does. Errors, timeouts,
+  memory exhaustion, a dead interpreter and runaway output all come back as an ``ExecResult``
+  whose ``status`` says which, so the rollout can render it to the model and carry on.
+* A session is stateful like notebook cells: names defined in one ``run`` are visible in the next,
+  until the session is reset (``ExecResult.session_reset`` tells when a failure cost the state).
+
+This module deliberately knows nothing about *how* code is isolated; see ``isolation.py`` and the
+backends for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import re
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+class ExecStatus(str, enum.Enum):
+    """How a cell ended. ``str`` so it serialises as plain text in JSON."""
+
+    OK = "ok"
+    ERROR = "error"  # the code raised (SyntaxError, ZeroDivisionError, ...)
+    TIMEOUT = "timeout"  # wall-clock deadline passed; the cell was interrupted or the session restarted
+    OOM = "oom"  # the memory limit was hit (MemoryError or the interpreter killed for memory)
+    CRASHED = "crashed"  # the interpreter died (segfault, os._exit, killed); a fresh one serves the next call
+    OUTPUT_LIMIT = "output_limit"  # the cell printed more than the output cap and was stopped
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """The outcome of one cell. ``error`` is one line (``"ZeroDivisionError: division by zero"``),
+    never a 40-line traceback: that is what the model and the analytics need."""
+
+    status: ExecStatus
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None
+    duration_s: float = 0.0
+    truncated: bool = False
+    session_reset: bool = False  # the interpreter was replaced: earlier names are gone
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ExecStatus.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExecResult":
+        return cls(**{**data, "status": ExecStatus(data["status"])})
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits applied to every session of a backend.
+
+    ``cpu_seconds`` is a lifetime budget of the interpreter process (RLIMIT_CPU); the per-cell
+    wall-clock deadline is ``timeout_s``. ``max_output_bytes`` caps what one cell may print: past
+    it the cell is stopped and the output keeps its head and tail.
+    """
+
+    timeout_s: float = 10.0
+    memory_mb: int = 1024
+    cpu_seconds: int = 600
+    max_processes: int = 64
+    max_file_mb: int = 64
+    disk_mb: int = 256
+    max_output_bytes: int = 128 * 1024
+    interrupt_grace_s: float = 2.0  # after a timeout: how long an interrupt may take before a restart
+
+    def with_overrides(self, **changes: Any) -> "SandboxLimits":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_TRUNCATION_MARK = "\n…[{n} bytes of output truncated]…\n"
+
+
+@dataclass
+class CappedText:
+    """Collects a stream of text, keeping at most ``limit`` bytes: the head and a tail.
+
+    Used by every backend so that a 100 MB print never reaches the host's memory whole.
+    """
+
+    limit: int
+    head: bytearray = field(default_factory=bytearray)
+    tail: bytearray = field(default_factory=bytearray)
+    dropped: int = 0
+
+    @property
+    def overflowed(self) -> bool:
+        return self.dropped > 0
+
+    def write(self, text: str | bytes) -> None:
+        data = text.encode("utf-8", "replace") if isinstance(text, str) else text
+        head_room = max(self.limit * 3 // 4 - len(self.head), 0)
+        self.head += data[:head_room]
+        rest = data[head_room:]
+        if not rest:
+            return
+        tail_limit = self.limit - self.limit * 3 // 4
+        self.tail += rest
+        if len(self.tail) > tail_limit:
+            excess = len(self.tail) - tail_limit
+            self.dropped += excess
+            del self.tail[:excess]
+
+    def text(self) -> str:
+        head = self.head.decode("utf-8", "replace")
+        tail = self.tail.decode("utf-8", "replace")
+        if not self.dropped:
+            return head + tail
+        return head + _TRUNCATION_MARK.format(n=f"{self.dropped:,}") + tail
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def summarize_error(ename: str, evalue: str) -> str:
+    """``ZeroDivisionError: division by zero`` — the one line a model needs, ANSI colours removed."""
+    evalue = _ANSI.sub("", evalue or "").strip().splitlines()
+    return f"{ename}: {evalue[0]}" if evalue else ename
+
+
+def status_for_exception(ename: str) -> ExecStatus:
+    """Exceptions that mean a limit was hit map to that limit's status rather than ``error``."""
+    if ename == "MemoryError":
+        return ExecStatus.OOM
+    if ename == "KeyboardInterrupt":
+        return ExecStatus.TIMEOUT
+    return ExecStatus.ERROR
+
+
+class SandboxUnavailable(RuntimeError):
+    """The backend cannot start on this machine (missing bwrap, no Docker engine, no image).
+
+    Raised when a session is *created*, never from ``run``: setup problems are the user's to fix,
+    with the message telling how.
+    """
+
+
+class Session(ABC):
+    """A stateful interpreter in a sandbox. One per trajectory; not shared between threads at once."""
+
+    backend: str = "?"
+
+    def __init__(self, limits: SandboxLimits | None = None) -> None:
+        self.limits = limits or SandboxLimits()
+
+    @abstractmethod
+    def run(self, code: str, timeout: float | None = None) -> ExecResult:
+        """Execute ``code`` as the next cell. Never raises for anything the code does."""
+
+    @abstractmethod
+    def restart(self) -> None:
+        """Replace the interpreter with a fresh one (all state gone)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop the interpreter and everything it started. Idempotent."""
+
+    @property
+    @abstractmethod
+    def alive(self) -> bool:
+        """Whether the interpreter process is still running."""
+
+    async def arun(self, code: str, timeout: float | None = None) -> ExecResult:
+        """``run`` from asyncio code, on a worker thread so the event loop keeps going."""
+        return await asyncio.to_thread(self.run, code, timeout)
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Stopwatch:
+    """Monotonic elapsed time, for ``ExecResult.duration_s``."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def remaining(self, budget: float) -> float:
+        return max(budget - self.elapsed, 0.0)
