@@ -71,7 +71,7 @@ class SandboxLimits:
     """
 
     timeout_s: float = 10.0
-    memory_mb: int = 1024
+    memory_mb: int = 2048
     cpu_seconds: int = 600
     max_processes: int = 64
     max_file_mb: int = 64

@@ -21,6 +21,7 @@ Failure handling, all inside ``run`` (which never raises):
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import queue
@@ -51,6 +52,16 @@ KERNEL_ARGS = [
     "--InteractiveShell.colors=nocolor",
     "--Application.log_level=WARN",
 ]
+REAP_CHILDREN = """
+import os as _os
+try:
+    while _os.waitpid(-1, _os.WNOHANG)[0]:
+        pass
+except ChildProcessError:
+    pass
+del _os
+"""
+DEFAULT_PRELOAD = ("numpy", "sympy")
 POLL_S = 0.05  # how often a waiting cell checks that the kernel is still alive
 
 
@@ -59,12 +70,23 @@ class JupyterSession(Session):
 
     backend = "jupyter"
 
-    def __init__(self, limits: SandboxLimits | None = None, startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        limits: SandboxLimits | None = None,
+        startup_timeout: float = 60.0,
+        preload: tuple[str, ...] = DEFAULT_PRELOAD,
+    ) -> None:
         super().__init__(limits)
         self.startup_timeout = startup_timeout
+        self.preload = preload
         self._jail: Jail | None = None
         self._client: BlockingKernelClient | None = None
-        self._start()
+        # jupyter-client's blocking calls keep their event loop in a context variable; a private
+        # context gives this session one loop of its own, whichever thread (or asyncio.to_thread,
+        # which copies the caller's context) calls it. Entering it from two threads at once fails
+        # loudly: a session serves one caller at a time.
+        self._context = contextvars.Context()
+        self._context.run(self._start)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -109,8 +131,16 @@ class JupyterSession(Session):
             self._discard_reply(msg_id)
             self._drain_iopub()
             self._kernel_pid = self._jail.main_pid()
+            self._preload()
             return True
         return False
+
+    def _preload(self) -> None:
+        """Import the usual modules while the session is still warming in the pool, so the
+        trajectory's first ``import sympy`` is a dictionary lookup. The user namespace stays empty."""
+        if self.preload:
+            code = "\n".join(f"try:\n    __import__({m!r})\nexcept ImportError:\n    pass" for m in self.preload)
+            self._discard_reply(self._client.execute(code, silent=True, store_history=False), timeout=self.startup_timeout)
 
     def _drain_iopub(self) -> None:
         while True:
@@ -128,11 +158,14 @@ class JupyterSession(Session):
             self._jail = None
 
     def restart(self) -> None:
+        self._context.run(self._restart)
+
+    def _restart(self) -> None:
         self._stop()
         self._start()
 
     def close(self) -> None:
-        self._stop()
+        self._context.run(self._stop)
 
     @property
     def alive(self) -> bool:
@@ -141,7 +174,7 @@ class JupyterSession(Session):
     def _try_restart(self) -> str | None:
         """Replace the kernel; returns why it failed, if it did (``run`` must not raise)."""
         try:
-            self.restart()
+            self._restart()
             return None
         except Exception as exc:  # noqa: BLE001 - reported in the ExecResult instead
             log.error("jupyter sandbox restart failed: %s", exc)
@@ -150,6 +183,9 @@ class JupyterSession(Session):
     # -- running cells ---------------------------------------------------------------------------
 
     def run(self, code: str, timeout: float | None = None) -> ExecResult:
+        return self._context.run(self._run, code, timeout)
+
+    def _run(self, code: str, timeout: float | None) -> ExecResult:
         timeout = self.limits.timeout_s if timeout is None else timeout
         watch = Stopwatch()
         reset = False
@@ -199,8 +235,8 @@ class JupyterSession(Session):
                 self._interrupt()
 
         self._discard_reply(msg_id)
-        if self._kernel_pid is not None:
-            jail.kill_strays(keep=self._kernel_pid)
+        if self._kernel_pid is not None and jail.kill_strays(keep=self._kernel_pid):
+            self._reap_zombies()
         return self._finish(out, err, ename, evalue, stopped_for, watch)
 
     def _finish(self, out, err, ename, evalue, stopped_for, watch) -> ExecResult:
@@ -219,14 +255,19 @@ class JupyterSession(Session):
         reset = status is ExecStatus.OOM and self._memory_mostly_used() and self._try_restart() is None
         return ExecResult(status, out.text(), err.text(), summarize_error(ename, evalue), watch.elapsed, False, reset)
 
+    def _reap_zombies(self) -> None:
+        """Killed children of the kernel stay zombies (holding pids) until the kernel waits for them."""
+        reap_id = self._client.execute(REAP_CHILDREN, silent=True, store_history=False)
+        self._discard_reply(reap_id)
+
     def _interrupt(self) -> None:
         """Ask the kernel to interrupt itself (SIGINT to its process group, sent from inside)."""
         self._client.control_channel.send(self._client.session.msg("interrupt_request", {}))
 
-    def _discard_reply(self, msg_id: str) -> None:
+    def _discard_reply(self, msg_id: str, timeout: float = 1.0) -> None:
         """Consume the execute_reply so replies never pile up in the shell queue."""
         try:
-            while self._client.get_shell_msg(timeout=1.0)["parent_header"].get("msg_id") != msg_id:
+            while self._client.get_shell_msg(timeout=timeout)["parent_header"].get("msg_id") != msg_id:
                 pass
         except queue.Empty:
             pass

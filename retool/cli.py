@@ -1,0 +1,161 @@
+"""The ``retool`` command. Each subcommand parses arguments and hands off to a library module."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from retool.sandbox import BACKENDS, ExecResult, SandboxLimits, SandboxUnavailable
+
+app = typer.Typer(help="Tool-integrated reasoning: models that think in text and run Python in a sandbox.", no_args_is_help=True)
+sandbox_app = typer.Typer(help="Run, attack-test and benchmark the code sandboxes.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+console = Console()
+err_console = Console(stderr=True)
+
+BackendOption = typer.Option("jupyter", "--backend", "-b", help=f"Sandbox backend: {', '.join(BACKENDS)}.")
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        err_console.print(f"[red]unknown backend {backend!r}[/red]; choose one of {', '.join(BACKENDS)}")
+        raise typer.Exit(2)
+    return backend
+
+
+def _print_result(result: ExecResult) -> None:
+    if result.stdout:
+        console.out(result.stdout, end="" if result.stdout.endswith("\n") else "\n", highlight=False)
+    if result.stderr:
+        err_console.out(result.stderr, end="" if result.stderr.endswith("\n") else "\n", highlight=False)
+    colour = "green" if result.ok else "red"
+    summary = f"[{colour}]{result.status.value}[/{colour}] in {result.duration_s * 1000:.1f} ms"
+    if result.error:
+        summary += f" — {result.error}"
+    if result.session_reset:
+        summary += " (interpreter restarted)"
+    err_console.print(summary, highlight=False)
+
+
+@sandbox_app.command("run")
+def sandbox_run(
+    code: str = typer.Argument(..., help="Python code to run; '-' reads it from standard input."),
+    backend: str = BackendOption,
+    timeout: float = typer.Option(10.0, help="Wall-clock limit in seconds."),
+    memory_mb: int = typer.Option(SandboxLimits.memory_mb, help="Memory limit in MiB."),
+    json_output: bool = typer.Option(False, "--json", help="Print the ExecResult as JSON."),
+) -> None:
+    """Run CODE in a fresh sandbox session and print its output."""
+    from retool.sandbox import create_session
+
+    source = sys.stdin.read() if code == "-" else code
+    limits = SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
+    try:
+        with create_session(_check_backend(backend), limits) as session:
+            result = session.run(source)
+    except SandboxUnavailable as exc:
+        err_console.print(f"[red]sandbox unavailable:[/red] {exc}")
+        raise typer.Exit(3)
+    if json_output:
+        console.print_json(json.dumps(result.to_dict()))
+    else:
+        _print_result(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@sandbox_app.command("check")
+def sandbox_check(
+    backend: str = BackendOption,
+    attack: Optional[list[str]] = typer.Option(None, "--attack", "-a", help="Run only these attacks (repeatable)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Run the attack suite against a live backend; exit 1 if any attack was not contained."""
+    from retool.sandbox.attacks import ATTACKS_BY_NAME, run_attack_suite
+    from retool.sandbox.isolation import isolation_features
+
+    unknown = [a for a in attack or [] if a not in ATTACKS_BY_NAME]
+    if unknown:
+        err_console.print(f"[red]unknown attack(s): {', '.join(unknown)}[/red]; known: {', '.join(ATTACKS_BY_NAME)}")
+        raise typer.Exit(2)
+    outcomes = []
+    try:
+        with console.status("running attacks…") if not json_output else _nothing():
+            for outcome in run_attack_suite(_check_backend(backend), names=attack):
+                outcomes.append(outcome)
+                if not json_output:
+                    mark = "[green]contained[/green]" if outcome.contained else "[red]NOT CONTAINED[/red]"
+                    again = "[green]recovered[/green]" if outcome.recovered else "[red]NOT RECOVERED[/red]"
+                    console.print(f"{outcome.name:<24} {mark}  {again}  {outcome.detail}", highlight=False, soft_wrap=True)
+    except SandboxUnavailable as exc:
+        err_console.print(f"[red]sandbox unavailable:[/red] {exc}")
+        raise typer.Exit(3)
+    failed = [o for o in outcomes if not (o.contained and o.recovered)]
+    if json_output:
+        report = {"backend": backend, "isolation": isolation_features(), "attacks": [o.to_dict() for o in outcomes]}
+        console.print_json(json.dumps(report))
+    else:
+        console.print(f"{len(outcomes) - len(failed)}/{len(outcomes)} attacks contained with recovery")
+    raise typer.Exit(1 if failed else 0)
+
+
+@sandbox_app.command("bench")
+def sandbox_bench(
+    backend: str = BackendOption,
+    samples: int = typer.Option(200, help="Cells per latency measurement."),
+    seconds: float = typer.Option(3.0, help="Seconds per throughput measurement."),
+    json_output: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
+) -> None:
+    """Session start, p50/p99 latency, pool throughput at 1/4/16, against the unisolated baseline."""
+    from retool.sandbox.bench import run_sandbox_bench
+
+    try:
+        with console.status("benchmarking…") if not json_output else _nothing():
+            report = run_sandbox_bench(_check_backend(backend), samples, seconds)
+    except SandboxUnavailable as exc:
+        err_console.print(f"[red]sandbox unavailable:[/red] {exc}")
+        raise typer.Exit(3)
+    if json_output:
+        console.print_json(json.dumps(report))
+        return
+    table = Table(title=f"sandbox bench: {backend} vs. unisolated exec() pools")
+    table.add_column("metric")
+    for name in (backend, "released exec (new pool/call)", "persistent exec pool"):
+        table.add_column(name, justify="right")
+    rows = [report, report["baseline_released_exec"], report["baseline_persistent_exec"]]
+    for key in ("start_s", "p50_ms", "p99_ms", "sympy_p50_ms", "sympy_p99_ms", "trajectory_ms",
+                "throughput_c1", "throughput_c4", "throughput_c16"):
+        table.add_row(key, *(f"{row[key]:.3f}" if key == "start_s" else f"{row[key]:.1f}" for row in rows))
+    console.print(table)
+
+
+@sandbox_app.command("reap")
+def sandbox_reap() -> None:
+    """Kill sandboxes left behind by retool processes that are gone (after a crash)."""
+    from retool.sandbox.isolation import reap_orphans
+
+    count = reap_orphans()
+    try:
+        from retool.sandbox.docker import reap_orphans as reap_containers
+
+        count += reap_containers()
+    except (ImportError, SandboxUnavailable):
+        pass
+    console.print(f"reaped {count} orphaned sandbox(es)")
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+if __name__ == "__main__":
+    app()

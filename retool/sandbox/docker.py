@@ -1,0 +1,340 @@
+"""Docker backend: one locked-down container per session, running ``sandbox/runner.py``.
+
+Why containers: no network, a read-only root, no capabilities, a pids limit and a memory cgroup
+that tells an OOM kill apart from other deaths, all without trusting the interpreter; and
+``docker.from_env()`` honours ``DOCKER_HOST``, so sandboxes can live on other machines than the
+model. The wire is the container's own stdin/stdout, attached once: one JSON line per cell each
+way (see ``sandbox/runner.py``), so a warm cell costs well under a millisecond of overhead.
+
+How failures map to ``ExecResult`` (``run`` never raises):
+
+* the cell raised              → ``error`` (``oom`` for MemoryError); state kept
+* past the deadline            → SIGINT; answered within ``interrupt_grace_s`` → ``timeout``, state
+                                 kept; else the container is replaced → ``timeout``, ``session_reset``
+* the runner died (``os._exit``, segfault, RLIMIT_CPU, kernel OOM kill) → ``crashed`` / ``oom``;
+                                 a fresh container serves the next call; ``session_reset``
+* more output than the cap     → the runner stops the cell → ``output_limit``, ``truncated``
+
+What it deliberately does not do: build or pull the image (``sandbox/build_offline_image.sh`` or
+``sandbox/Dockerfile``), keep containers warm (``SandboxPool``), or retry a broken engine: if Docker
+goes away the call returns ``crashed`` and the next call tries a fresh container.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from retool.sandbox.base import ExecResult, ExecStatus, SandboxLimits, SandboxUnavailable, Session, Stopwatch
+from retool.sandbox.base import status_for_exception
+
+LABEL = "retool.sandbox"
+STARTUP_TIMEOUT_S = 30.0
+BUILD_HINT = ("build it with `sudo bash sandbox/build_offline_image.sh` (no registry needed) "
+              "or `docker build -t retool-sandbox:latest sandbox/`")
+ENGINE_HINT = "start the engine with `sudo dockerd &` (or point DOCKER_HOST at a reachable one)"
+
+_reap_lock = threading.Lock()
+_reaped = False
+
+
+class _RunnerGone(Exception):
+    """The runner cannot answer any more: its stream ended, broke, or carried garbage."""
+
+
+def _connect(client: Any | None) -> Any:
+    """A Docker client that answers a ping, or ``SandboxUnavailable`` saying how to get one."""
+    try:
+        import docker
+    except ImportError:
+        raise SandboxUnavailable("the docker backend needs the Docker SDK: pip install 'retool[docker]'") from None
+    try:
+        client = client or docker.from_env()
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - whatever the cause, there is no engine to talk to
+        raise SandboxUnavailable(f"Docker engine not reachable ({exc}); {ENGINE_HINT}") from None
+    return client
+
+
+def reap_orphans(client: Any | None = None) -> int:
+    """Remove sandbox containers whose owner process on this host has died; return how many.
+
+    A host process killed with SIGKILL never runs its cleanup, and its containers would hold memory
+    forever. Containers owned by other hosts (a shared ``DOCKER_HOST``) are left alone.
+    """
+    client = _connect(client)
+    labels = [f"{LABEL}=1", f"retool.owner_host={socket.gethostname()}"]
+    removed = 0
+    for container in client.containers.list(all=True, filters={"label": labels}):
+        owner = container.labels.get("retool.owner_pid", "")
+        if not owner.isdigit() or _pid_alive(int(owner)):
+            continue
+        try:
+            container.remove(force=True)
+            removed += 1
+        except Exception:  # noqa: BLE001 - already removed by another reaper
+            pass
+    return removed
+
+
+def runner_sha() -> str | None:
+    """The hash the offline build stamps on the image, when this checkout has sandbox/runner.py."""
+    runner = Path(__file__).resolve().parents[2] / "sandbox" / "runner.py"
+    return hashlib.sha256(runner.read_bytes()).hexdigest()[:16] if runner.exists() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
+def _remove_container(client: Any, container_id: str) -> None:
+    try:
+        client.api.remove_container(container_id, force=True)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+
+
+class DockerSession(Session):
+    """A stateful Python interpreter in its own container."""
+
+    backend = "docker"
+
+    def __init__(self, limits: SandboxLimits | None = None, image: str = "retool-sandbox:latest",
+                 client: Any | None = None) -> None:
+        super().__init__(limits)
+        self.image = image
+        self._client = _connect(client)
+        global _reaped
+        with _reap_lock:
+            if not _reaped:
+                _reaped = True
+                reap_orphans(self._client)
+        import docker.errors
+
+        try:
+            built_from = self._client.images.get(image).labels.get("retool.runner")
+        except docker.errors.ImageNotFound:
+            raise SandboxUnavailable(f"Docker image {image!r} not found; {BUILD_HINT}") from None
+        expected = runner_sha()
+        if expected is not None and built_from is not None and built_from != expected:
+            raise SandboxUnavailable(f"Docker image {image!r} was built from an older sandbox/runner.py; {BUILD_HINT}")
+        self._container: Any | None = None
+        self._stream: Any | None = None  # docker's SocketIO; it owns the HTTP response behind the socket
+        self._sock: Any | None = None
+        self._finalizer: weakref.finalize | None = None  # removes the container if the session is dropped
+        self._raw = bytearray()  # undecoded bytes of the multiplexed attach stream
+        self._out = bytearray()  # the runner's stdout up to the next newline
+        self._max_line = max(8 << 20, 16 * self.limits.max_output_bytes)
+        self._closed = False
+        try:
+            self._start()
+        except Exception as exc:  # noqa: BLE001 - setup failures are the user's to fix
+            self.close()
+            raise SandboxUnavailable(f"could not start a sandbox container from {image!r}: {exc}") from None
+
+    def _start(self) -> None:
+        from docker.types import LogConfig, Ulimit
+
+        lim = self.limits
+        file_bytes = lim.max_file_mb << 20
+        container = self._client.containers.create(
+            self.image, network_mode="none", read_only=True, user="1000:1000", init=True,
+            mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m",
+            pids_limit=lim.max_processes, nano_cpus=1_000_000_000,
+            tmpfs={"/work": f"size={lim.disk_mb}m,mode=1777", "/tmp": "size=64m,mode=1777"},
+            cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            ulimits=[Ulimit(name="fsize", soft=file_bytes, hard=file_bytes), Ulimit(name="core", soft=0, hard=0),
+                     Ulimit(name="cpu", soft=lim.cpu_seconds, hard=lim.cpu_seconds + 5)],
+            stdin_open=True, detach=True, auto_remove=False,
+            labels={LABEL: "1", "retool.owner_pid": str(os.getpid()), "retool.owner_host": socket.gethostname()},
+            log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+        )
+        self._container = container
+        self._finalizer = weakref.finalize(self, _remove_container, self._client, container.id)
+        # Attach before start, so nothing the runner writes can be missed.
+        self._stream = container.attach_socket(params={"stdin": 1, "stdout": 1, "stream": 1})
+        self._sock = getattr(self._stream, "_sock", self._stream)  # the socket itself (unix, tcp or tls)
+        self._raw.clear()
+        self._out.clear()
+        container.start()
+        self._request_id = 0
+        self._send({"ping": True})
+        line = self._read_line(STARTUP_TIMEOUT_S)
+        if line is None or json.loads(line).get("pong") is not True:
+            raise _RunnerGone(f"the runner did not answer a ping within {STARTUP_TIMEOUT_S:g} s")
+
+    def _discard(self) -> None:
+        """Kill and remove the current container, if any. Idempotent."""
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        if self._finalizer is not None:
+            self._finalizer()  # runs at most once
+        self._sock = self._stream = self._finalizer = self._container = None
+
+    def restart(self) -> None:
+        self._discard()
+        self._closed = False
+        self._start()
+
+    def close(self) -> None:
+        self._closed = True
+        self._discard()
+
+    @property
+    def alive(self) -> bool:
+        if self._container is None:
+            return False
+        try:
+            self._container.reload()
+            return self._container.status == "running"
+        except Exception:  # noqa: BLE001 - gone from the engine
+            return False
+
+    def run(self, code: str, timeout: float | None = None) -> ExecResult:
+        watch = Stopwatch()
+        timeout = self.limits.timeout_s if timeout is None else timeout
+        if self._closed:
+            return ExecResult(ExecStatus.CRASHED, error="SandboxClosed: the session was closed", duration_s=watch.elapsed)
+        try:
+            if self._container is None:  # an earlier replacement failed: try again
+                self._start()
+            return self._run(code, timeout, watch)
+        except Exception as exc:  # noqa: BLE001 - engine trouble must not reach the rollout
+            self._discard()
+            return ExecResult(ExecStatus.CRASHED, error=f"SandboxError: {exc}".splitlines()[0],
+                              duration_s=watch.elapsed, session_reset=True)
+
+    def _run(self, code: str, timeout: float, watch: Stopwatch) -> ExecResult:
+        try:
+            self._send({"code": code, "max_output": self.limits.max_output_bytes})
+            line = self._read_line(timeout)
+            if line is not None:
+                return self._result(line, watch)
+            try:
+                self._container.kill(signal="SIGINT")  # docker-init forwards it to the runner
+            except Exception as exc:  # noqa: BLE001 - 409: the container is not running any more
+                raise _RunnerGone(str(exc)) from None
+            line = self._read_line(self.limits.interrupt_grace_s)
+            if line is not None:
+                return self._result(line, watch, f"TimeoutError: the cell ran longer than {timeout:g} s (interrupted; state kept)")
+        except _RunnerGone:
+            return self._after_death(watch)
+        self._discard()
+        self._start()
+        return ExecResult(ExecStatus.TIMEOUT, duration_s=watch.elapsed, session_reset=True,
+                          error=f"TimeoutError: the cell ran longer than {timeout:g} s and ignored the interrupt "
+                                "(interpreter restarted)")
+
+    def _result(self, line: bytes, watch: Stopwatch, interrupted: str | None = None) -> ExecResult:
+        """An ``ExecResult`` from the runner's reply line; ``interrupted`` names a timeout's SIGINT."""
+        try:
+            reply = json.loads(line)
+            stdout, stderr, ename = str(reply["stdout"]), str(reply["stderr"]), reply["ename"]
+            error, truncated = (reply["error"] or "").strip().splitlines()[:1] or [ename], bool(reply["truncated"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise _RunnerGone(f"unreadable reply from the runner: {line[:120]!r}") from None
+        if truncated:
+            status = ExecStatus.OUTPUT_LIMIT
+        elif interrupted and ename == "KeyboardInterrupt":
+            status, error = ExecStatus.TIMEOUT, [interrupted]
+        else:  # ename None: ok, or finished just as the deadline passed
+            status = ExecStatus.OK if ename is None else status_for_exception(ename)
+        return ExecResult(status, stdout, stderr, error[0], watch.elapsed, truncated)
+
+    def _after_death(self, watch: Stopwatch) -> ExecResult:
+        """The runner is gone: learn why (an OOM kill or not), then start a fresh container."""
+        state: dict[str, Any] = {}
+        try:
+            self._container.wait(timeout=5)  # exits right after its stream ends; a live one sent garbage
+            self._container.reload()
+            state = self._container.attrs.get("State", {})
+        except Exception:  # noqa: BLE001 - removed under us or stuck: reported as a plain crash
+            pass
+        code = int(state.get("ExitCode") or 0)
+        signals = {int(sig): sig.name for sig in signal.Signals}
+        how = f"killed by {signals[code - 128]}" if code - 128 in signals else f"exit code {code}"
+        if state.get("OOMKilled"):
+            status, error = ExecStatus.OOM, f"MemoryError: the sandbox ran out of memory ({self.limits.memory_mb} MB)"
+        else:
+            status, error = ExecStatus.CRASHED, f"InterpreterDied: the interpreter stopped ({how})"
+        self._discard()
+        self._start()
+        return ExecResult(status, error=error + "; it was restarted", duration_s=watch.elapsed, session_reset=True)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        """Send a request; each carries a fresh id that its reply must echo (see ``_read_line``)."""
+        self._request_id += 1
+        message = {**message, "id": self._request_id}
+        try:
+            self._sock.settimeout(STARTUP_TIMEOUT_S)
+            self._sock.sendall((json.dumps(message) + "\n").encode())
+        except OSError as exc:
+            raise _RunnerGone(f"cannot write to the runner: {exc}") from None
+
+    def _read_line(self, timeout: float) -> bytes | None:
+        """The reply to the last request, or ``None`` when ``timeout`` passes first. Lines with
+        another id (a late reply, or one a cell forged on the wire) are skipped, so the session
+        can never get out of step with the runner."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._next_line(deadline)
+            if line is None:
+                return None
+            try:
+                reply_id = json.loads(line).get("id")
+            except (ValueError, AttributeError):
+                raise _RunnerGone(f"unreadable reply from the runner: {line[:120]!r}") from None
+            if reply_id == self._request_id:
+                return line
+
+    def _next_line(self, deadline: float) -> bytes | None:
+        while (newline := self._out.find(b"\n")) < 0:
+            if len(self._out) > self._max_line or len(self._raw) > self._max_line:
+                raise _RunnerGone("the runner sent a line larger than the protocol allows")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._sock.settimeout(remaining)
+            try:
+                chunk = self._sock.recv(1 << 16)
+            except socket.timeout:
+                return None
+            except OSError as exc:
+                raise _RunnerGone(f"lost the runner's stream: {exc}") from None
+            if not chunk:
+                raise _RunnerGone("the runner closed its output")
+            self._demux(chunk)
+        line = bytes(self._out[:newline])
+        del self._out[: newline + 1]
+        return line
+
+    def _demux(self, chunk: bytes) -> None:
+        """Split Docker's multiplexed stream: frames of (stream id, 3 zero bytes, 4-byte length, payload)."""
+        self._raw += chunk
+        while len(self._raw) >= 8:
+            stream, size = struct.unpack(">BxxxL", self._raw[:8])
+            if stream not in (0, 1, 2):
+                raise _RunnerGone("garbage on the attach stream")
+            if len(self._raw) < 8 + size:
+                return
+            if stream != 2:
+                self._out += self._raw[8 : 8 + size]
+            del self._raw[: 8 + size]

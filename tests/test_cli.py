@@ -1,0 +1,58 @@
+"""The `retool sandbox` commands, end to end against real sandboxes."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from retool.cli import app
+
+runner = CliRunner()
+
+
+def test_sandbox_run_prints_output_and_exits_zero():
+    result = runner.invoke(app, ["sandbox", "run", "x = 6\nx * 7"])
+    assert result.exit_code == 0, result.output
+    assert "42" in result.stdout
+
+
+def test_sandbox_run_reads_stdin_and_reports_errors_as_json():
+    result = runner.invoke(app, ["sandbox", "run", "--backend", "subprocess", "--json", "-"], input="1/0\n")
+    assert result.exit_code == 1
+    payload = json.loads(result.stdout)
+    assert payload["status"] == "error" and payload["error"] == "ZeroDivisionError: division by zero"
+
+
+def test_unknown_backend_is_a_usage_error():
+    result = runner.invoke(app, ["sandbox", "run", "--backend", "nope", "1"])
+    assert result.exit_code == 2
+    assert "unknown backend" in result.output
+
+
+def test_sandbox_check_json_schema():
+    result = runner.invoke(app, ["sandbox", "check", "-a", "busy_loop", "-a", "os_exit", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["backend"] == "jupyter"
+    assert [a["name"] for a in report["attacks"]] == ["busy_loop", "os_exit"]
+    for attack in report["attacks"]:
+        assert set(attack) >= {"name", "contained", "recovered", "detail"}
+        assert attack["contained"] is True and attack["recovered"] is True
+
+
+def test_sandbox_check_rejects_unknown_attacks():
+    result = runner.invoke(app, ["sandbox", "check", "-a", "no_such_attack"])
+    assert result.exit_code == 2
+
+
+def test_sandbox_bench_json_has_the_documented_keys():
+    result = runner.invoke(
+        app, ["sandbox", "bench", "--backend", "subprocess", "--samples", "4", "--seconds", "0.3", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for key in ("p50_ms", "p99_ms", "throughput_c1", "throughput_c4", "throughput_c16", "start_s", "sympy_p50_ms"):
+        assert report[key] > 0, key
+    assert report["baseline_released_exec"]["p50_ms"] > 0
+    assert report["baseline_persistent_exec"]["throughput_c4"] > 0
