@@ -293,7 +293,18 @@ def describe(exc: BaseException) -> Tuple[str, str]:
     return ename, f"{ename}: {lines[0]}" if lines else ename
 
 
+def preload() -> None:
+    """Import the modules named in RETOOL_PRELOAD (comma-separated) before answering the first
+    ping, so a trajectory's first ``import sympy`` is a lookup, paid while the pool warms up."""
+    for name in filter(None, os.environ.get("RETOOL_PRELOAD", "").split(",")):
+        try:
+            __import__(name.strip())
+        except ImportError:
+            pass
+
+
 def main() -> None:
+    preload()
     runner = Runner()
     runner.serve()
 

@@ -115,9 +115,10 @@ class DockerSession(Session):
     backend = "docker"
 
     def __init__(self, limits: SandboxLimits | None = None, image: str = "retool-sandbox:latest",
-                 client: Any | None = None) -> None:
+                 client: Any | None = None, preload: tuple[str, ...] = ("numpy", "sympy")) -> None:
         super().__init__(limits)
         self.image = image
+        self.preload = preload
         self._client = _connect(client)
         global _reaped
         with _reap_lock:
@@ -160,7 +161,7 @@ class DockerSession(Session):
             cap_drop=["ALL"], security_opt=["no-new-privileges"],
             ulimits=[Ulimit(name="fsize", soft=file_bytes, hard=file_bytes), Ulimit(name="core", soft=0, hard=0),
                      Ulimit(name="cpu", soft=lim.cpu_seconds, hard=lim.cpu_seconds + 5)],
-            stdin_open=True, detach=True, auto_remove=False,
+            stdin_open=True, detach=True, auto_remove=False, environment={"RETOOL_PRELOAD": ",".join(self.preload)},
             labels={LABEL: "1", "retool.owner_pid": str(os.getpid()), "retool.owner_host": socket.gethostname()},
             log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
         )

@@ -234,10 +234,23 @@ class Jail:
         try:
             self.child_pid = int(json.loads(raw)["child-pid"])
         except (ValueError, KeyError):
-            self.kill()
-            err = f" (exit {self.process.returncode})" if self.process.returncode is not None else ""
-            raise SandboxUnavailable(f"bubblewrap failed to start the jail{err}; run `retool sandbox run` to see why")
+            raise SandboxUnavailable(self._why_it_failed()) from None
         return self
+
+    def _why_it_failed(self) -> str:
+        """bwrap's own words, plus the usual cause, for a jail that never started."""
+        try:
+            code = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        self.wait_output()
+        said = (self.stderr.text() + self.stdout.text()).strip()[-1500:] or "(no message)"
+        self.kill()
+        return (
+            f"bubblewrap could not start the sandbox (exit {code}): {said}\n"
+            "If it mentions user namespaces: this machine forbids unprivileged ones (e.g. Ubuntu's AppArmor "
+            "restriction; `sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0`), or use --backend docker."
+        )
 
     def _drain(self, pipe, buf: CappedText) -> None:
         """Read the jail's output as it comes, keeping a bounded head and tail of it."""

@@ -1,0 +1,59 @@
+"""The local jail's own mechanics: failure messages, owner tokens, cgroup limits."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from retool.sandbox import SandboxLimits, SandboxUnavailable
+from retool.sandbox import isolation
+from retool.sandbox.cgroups import cgroup_version
+from retool.sandbox.isolation import Jail, owner_alive, python_roots
+
+
+def test_a_jail_that_cannot_start_says_why_in_bwraps_words(monkeypatch):
+    original = Jail.command
+
+    def broken(self):
+        cmd = original(self)
+        cmd.insert(cmd.index("--unshare-all"), "--no-such-flag")
+        return cmd
+
+    monkeypatch.setattr(Jail, "command", broken)
+    jail = Jail(["true"], SandboxLimits())
+    with pytest.raises(SandboxUnavailable, match="Unknown option --no-such-flag"):
+        jail.start()
+    assert not jail.runtime_dir.exists()
+
+
+def test_owner_tokens_tell_live_owners_from_gone_ones():
+    me = isolation._owner_token()
+    assert owner_alive(f"{me}-abcd1234")
+    pid, start = me.split("-")
+    assert not owner_alive(f"{pid}-{int(start) + 1}-abcd1234")  # same pid, another start: reused pid
+    assert not owner_alive("999999999-1-abcd1234")
+
+
+def test_python_roots_cover_this_interpreter_without_nesting():
+    roots = python_roots()
+    assert any(os.path.realpath(sys.executable).startswith(r + os.sep) for r in roots)
+    assert not any(a != b and a.startswith(b + os.sep) for a in roots for b in roots)
+
+
+@pytest.mark.skipif(cgroup_version() is None, reason="cgroups are not writable on this machine")
+def test_cgroup_limits_are_set_and_removed():
+    limits = SandboxLimits(memory_mb=512, max_processes=32, disk_mb=64)
+    jail = Jail([sys.executable, "-c", "import time; time.sleep(30)"], limits).start()
+    try:
+        box = jail.cgroup
+        assert box is not None and jail.process.pid in box.pids()
+        files = {p.name: p.read_text().strip() for d in box.dirs for p in d.iterdir() if p.name in
+                 ("pids.max", "memory.limit_in_bytes", "memory.max")}
+        assert files["pids.max"] == "32"
+        memory = int(files.get("memory.limit_in_bytes") or files["memory.max"])
+        assert memory == (512 + isolation.HEADROOM_MB + 2 * 64) * 2**20
+    finally:
+        jail.kill()
+    assert not any(d.exists() for d in box.dirs)
