@@ -57,3 +57,28 @@ def test_cgroup_limits_are_set_and_removed():
     finally:
         jail.kill()
     assert not any(d.exists() for d in box.dirs)
+
+
+def test_a_python_install_under_a_jail_tmpfs_stays_visible_and_read_only(monkeypatch, tmp_path_factory):
+    """A venv under /tmp (CI clones often live there) must not be hidden by the jail's own /tmp."""
+    import tempfile
+    from pathlib import Path
+
+    from retool.sandbox import create_session
+
+    install = Path(tempfile.mkdtemp(prefix="retool-fake-prefix-", dir="/tmp"))
+    (install / "marker.txt").write_text("visible")
+    roots = python_roots()
+    monkeypatch.setattr(isolation, "python_roots", lambda: [*roots, str(install)])
+    try:
+        with create_session("subprocess") as session:
+            result = session.run(
+                f"print(open('{install}/marker.txt').read())\n"
+                f"try:\n    open('{install}/pwned', 'w')\nexcept OSError as e:\n    print('read-only', e.errno)"
+            )
+        assert result.stdout == "visible\nread-only 30\n", result
+        assert not (install / "pwned").exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(install)

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 WORKDIR = "/sandbox"
 IPC_DIR = "/run/ipc"
 CONFIG_DIR = "/run/retool"  # read-only view of the jail's host runtime dir (kernel connection file)
+STAGE_DIR = "/run/retool-stage"  # where a Python install under a jail tmpfs waits to be bound back
+JAIL_TMPFS = (WORKDIR, "/tmp", "/dev/shm", IPC_DIR)  # mounted by the jail itself, size-capped
 SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime")
 HEADROOM_MB = 512  # cgroup memory above RLIMIT_AS: room for tmpfs pages and child processes
@@ -123,6 +125,7 @@ _INNER = (
     "mount -t tmpfs -o size={small}m,mode=1777,nosuid,nodev tmpfs /tmp; "
     "mount -t tmpfs -o size={small}m,mode=1777,nosuid,nodev tmpfs /dev/shm; "
     "mount -t tmpfs -o size=1m,mode=700,nosuid,nodev tmpfs {ipc}; "
+    "{rebind}"
     "cd {work}; "
     'exec setpriv --bounding-set=-all --inh-caps=-all --no-new-privs "$@"'
 )
@@ -177,8 +180,13 @@ class Jail:
         for name in ETC_FILES:
             if (Path("/etc") / name).exists():
                 bwrap += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-        for root in python_roots():
-            bwrap += ["--ro-bind", root, root]
+        staged = []
+        for i, root in enumerate(python_roots()):
+            if any(root == m or root.startswith(m + "/") for m in JAIL_TMPFS):
+                staged.append((f"{STAGE_DIR}/{i}", root))  # the jail's own tmpfs would hide it
+                bwrap += ["--ro-bind", root, staged[-1][0]]
+            else:
+                bwrap += ["--ro-bind", root, root]
         bwrap += ["--ro-bind", str(self.runtime_dir), CONFIG_DIR]
         for name in ("passwd", "group", "hosts", "hostname"):
             bwrap += ["--ro-bind", str(self.runtime_dir / name), f"/etc/{name}"]
@@ -186,7 +194,10 @@ class Jail:
         bwrap += ["--dir", IPC_DIR, "--remount-ro", "/dev", "--remount-ro", "/"]
         bwrap += ["--hostname", "sandbox", "--uid", "0", "--gid", "0", "--cap-add", "CAP_SYS_ADMIN"]
         small = min(self.limits.disk_mb, 64)
-        inner = _INNER.format(disk=self.limits.disk_mb, small=small, work=WORKDIR, ipc=IPC_DIR)
+        rebind = "".join(
+            f"mkdir -p {root} && mount --rbind {stage} {root} && mount -o remount,bind,ro {root}; " for stage, root in staged
+        )
+        inner = _INNER.format(disk=self.limits.disk_mb, small=small, work=WORKDIR, ipc=IPC_DIR, rebind=rebind)
         return bwrap + ["--info-fd", "{info_fd}", "--", "/bin/sh", "-c", inner, "sh", *prlimit_args(self.limits), *self.argv]
 
     def _write_runtime_files(self) -> None:

@@ -111,9 +111,11 @@ class JupyterSession(Session):
         self._jail, self._client = jail, client
         self._kernel_pid: int | None = None
         if not self._wait_ready():
-            detail = jail.stderr.text().strip()[-2000:]
+            jail.wait_output() if not jail.alive else None
+            how = "exited during start-up" if not jail.alive else f"did not answer within {self.startup_timeout:.0f} s"
+            detail = jail.stderr.text().strip()[-2000:] or "(nothing on stderr)"
             self._stop()
-            raise SandboxUnavailable(f"the jupyter kernel did not start within {self.startup_timeout:.0f}s: {detail}")
+            raise SandboxUnavailable(f"the jupyter kernel {how}: {detail}")
 
     def _wait_ready(self) -> bool:
         """Ready means the shell answers *and* IOPub delivers: a SUB socket joins late, and output
