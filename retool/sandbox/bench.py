@@ -47,6 +47,20 @@ class ExecutorStats:
     throughput_c16: float
 
 
+def _stats(start_s: float, trivial: list[float], sympy_: list[float], trajectory_ms: float, throughput: dict) -> ExecutorStats:
+    return ExecutorStats(
+        start_s,
+        percentile(trivial, 0.5),
+        percentile(trivial, 0.99),
+        percentile(sympy_, 0.5),
+        percentile(sympy_, 0.99),
+        trajectory_ms,
+        throughput[1],
+        throughput[4],
+        throughput[16],
+    )
+
+
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
@@ -117,17 +131,7 @@ def bench_backend(backend: str, samples: int = 200, seconds: float = 3.0, **opti
                     yield s.run
 
             throughput[c] = _throughput(worker, c, seconds)
-    return ExecutorStats(
-        statistics.median(starts),
-        percentile(trivial, 0.5),
-        percentile(trivial, 0.99),
-        percentile(sympy_, 0.5),
-        percentile(sympy_, 0.99),
-        trajectory_ms,
-        throughput[1],
-        throughput[4],
-        throughput[16],
-    )
+    return _stats(statistics.median(starts), trivial, sympy_, trajectory_ms, throughput)
 
 
 # -- the released-evaluation baseline ------------------------------------------------------------
@@ -189,17 +193,7 @@ def bench_exec_baseline(samples: int = 200, seconds: float = 3.0, persistent: bo
             throughput[c] = done / (time.monotonic() - started)
     if persistent:
         pool.shutdown()
-    return ExecutorStats(
-        start_s,
-        percentile(trivial, 0.5),
-        percentile(trivial, 0.99),
-        percentile(sympy_, 0.5),
-        percentile(sympy_, 0.99),
-        trajectory_ms,
-        throughput[1],
-        throughput[4],
-        throughput[16],
-    )
+    return _stats(start_s, trivial, sympy_, trajectory_ms, throughput)
 
 
 def run_sandbox_bench(backend: str, samples: int = 200, seconds: float = 3.0) -> dict[str, object]:
