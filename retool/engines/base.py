@@ -1,0 +1,101 @@
+"""The engine contract: token ids in, token ids (with logprobs) out, stopping on strings.
+
+Every backend (transformers, vLLM, an OpenAI-compatible server) implements ``agenerate`` for one
+prompt; the rollout calls it from many asyncio tasks at once, so an engine batches whatever is in
+flight (continuous batching) and a trajectory whose code is running in the sandbox does not hold
+up the others. ``generate`` is the synchronous many-prompt convenience built on it.
+
+Stop strings are kept in the output (the protocol needs ``</code>`` in the transcript) and found
+even when split across tokens. ``logprobs`` are those of the sampled tokens under the model's raw
+distribution (temperature 1, no top-p/top-k), as vLLM reports them by default; they are what RL's
+importance ratios need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "eos", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int | None = None
+
+    def with_(self, **changes: Any) -> "SamplingParams":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Completion:
+    ids: list[int]
+    logprobs: list[float]
+    finish_reason: FinishReason
+    stop: str | None = None  # the stop string that ended it, when finish_reason == "stop"
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the KV cache instead of computed
+
+
+@dataclass
+class EngineStats:
+    """Counters for benchmarks and logs. ``busy_s`` is time spent in model forward passes."""
+
+    prefill_tokens: int = 0  # prompt tokens actually computed
+    cached_tokens: int = 0  # prompt tokens reused from the cache
+    decode_tokens: int = 0
+    busy_s: float = 0.0
+    requests: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """A text generator over token ids. ``tokenizer`` is a Hugging Face tokenizer (or one with
+    ``encode``/``decode`` and ``apply_chat_template``) so the rollout can render prompts and
+    interpreter output."""
+
+    tokenizer: Any
+    name: str = "?"
+
+    @abstractmethod
+    async def agenerate(self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()) -> Completion:
+        """Continue ``prompt_ids``; returns when a stop string, EOS or ``max_tokens`` is reached."""
+
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, stop: tuple[str, ...] = ()
+    ) -> list[Completion]:
+        """Many prompts at once (batched by the engine), in order."""
+
+        async def run_all() -> list[Completion]:
+            return list(await asyncio.gather(*(self.agenerate(p, params, stop) for p in prompts)))
+
+        return asyncio.run(run_all())
+
+    @property
+    def stats(self) -> EngineStats:
+        return EngineStats()
+
+    def close(self) -> None:
+        """Release the model and any background workers. Idempotent."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def find_stop(text: str, stops: tuple[str, ...]) -> str | None:
+    """The stop string that occurs in ``text`` earliest, if any."""
+    best, best_at = None, len(text) + 1
+    for stop in stops:
+        at = text.find(stop)
+        if 0 <= at < best_at:
+            best, best_at = stop, at
+    return best

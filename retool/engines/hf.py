@@ -1,0 +1,322 @@
+"""The transformers engine: continuous batching on CPU or one GPU, with KV reuse across tool turns.
+
+A scheduler thread owns the model. Requests arrive from any number of asyncio tasks; each gets a
+slot of ``SlotKVCache``. Every iteration either *prefills* the slots that have new tokens to take
+(fresh prompts, or a continuation's interpreter tokens) or *decodes* one token for every slot that
+is generating. A slot whose request ended on a stop string is **parked**, cache intact: when the
+trajectory comes back with ``previous prompt + completion + interpreter tokens``, the slot is found
+by prefix and only the new tokens are computed. Other sequences keep decoding meanwhile, so a
+trajectory waiting on the sandbox never stalls the batch. A fresh prompt that shares a prefix with
+any slot (the k samples of one problem) copies those columns instead of recomputing them.
+
+Stop strings are detected on the decoded tail of the generated tokens, so one split across tokens
+is still found; the completion ends with the token that completed it. Logprobs are those of the
+sampled tokens under the raw distribution (temperature 1, no filtering).
+
+Not here: tensor parallelism, paged attention, speculative decoding — use the vLLM engine on GPUs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from retool.engines.base import Completion, Engine, EngineStats, SamplingParams, find_stop
+from retool.engines.kv_slots import SlotKVCache
+
+log = logging.getLogger(__name__)
+
+PARKED, DECODING, PENDING, FREE = "parked", "decoding", "pending", "free"
+
+
+@dataclass
+class _Request:
+    prompt: list[int]
+    params: SamplingParams
+    stop: tuple[str, ...]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    generator: torch.Generator | None
+    cached: int = 0
+
+
+@dataclass
+class _Slot:
+    index: int
+    state: str = FREE
+    fed: list[int] = field(default_factory=list)  # tokens whose keys/values fill columns [0, len(fed))
+    pending: list[int] = field(default_factory=list)  # tokens to feed next pass
+    request: _Request | None = None
+    generated: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    parked_at: float = 0.0
+
+
+class HFEngine(Engine):
+    """Generation with a transformers causal LM. ``max_batch`` bounds concurrent sequences."""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer, max_batch: int = 32, capacity: int = 2048, prefill_chunk: int = 1024) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
+        config = model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+        self.cache = SlotKVCache(config.num_hidden_layers, config.num_key_value_heads, head_dim,
+                                 min(4, max_batch), capacity, dtype, device)
+        self.slots = [_Slot(i) for i in range(self.cache.slots)]
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self._stats = EngineStats()
+        self._inbox: queue.Queue[_Request | None] = queue.Queue()
+        self._waiting: list[_Request] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name="hf-engine", daemon=True)
+        self._thread.start()
+
+    # -- public -----------------------------------------------------------------------------------
+
+    async def agenerate(self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()) -> Completion:
+        if self._closed:
+            raise RuntimeError("the engine is closed")
+        if not prompt_ids:
+            raise ValueError("an empty prompt cannot be continued")
+        loop = asyncio.get_running_loop()
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        request = _Request(list(prompt_ids), params, tuple(stop), loop.create_future(), loop, generator)
+        self._inbox.put(request)
+        return await request.future
+
+    @property
+    def stats(self) -> EngineStats:
+        return self._stats
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._inbox.put(None)
+            self._thread.join(timeout=30)
+
+    # -- the scheduler thread ----------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        with torch.inference_mode():
+            while not self._closed:
+                busy = any(s.state in (DECODING, PENDING) for s in self.slots)
+                if not self._take_requests(block=not busy and not self._waiting):
+                    return
+                self._admit_waiting()
+                try:
+                    if any(s.state == PENDING for s in self.slots):
+                        self._step([s for s in self.slots if s.state == PENDING])
+                    elif any(s.state == DECODING for s in self.slots):
+                        self._step([s for s in self.slots if s.state == DECODING])
+                except Exception as exc:  # noqa: BLE001 - fail the requests in flight, keep serving
+                    log.exception("hf engine step failed")
+                    for slot in self.slots:
+                        if slot.state in (DECODING, PENDING):
+                            self._fail(slot, exc)
+
+    def _take_requests(self, block: bool) -> bool:
+        try:
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            while True:
+                if item is None:
+                    return False
+                self._waiting.append(item)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+
+    def _admit_waiting(self) -> None:
+        still_waiting = []
+        for request in self._waiting:
+            if not self._admit(request):
+                still_waiting.append(request)
+        self._waiting = still_waiting
+
+    def _admit(self, request: _Request) -> bool:
+        prompt = request.prompt
+        if len(prompt) + request.params.max_tokens + 2 > self.cache.capacity:
+            self.cache.grow(capacity=_next_pow2(len(prompt) + request.params.max_tokens + 2))
+        # 1. a parked slot this prompt continues (the same trajectory after a tool call)
+        for slot in self.slots:
+            if slot.state == PARKED and len(slot.fed) < len(prompt) and prompt[: len(slot.fed)] == slot.fed:
+                self._assign(slot, request, keep=len(slot.fed))
+                return True
+        for other in self.slots:  # a slot about to compute this prompt's prefix: wait one pass, then copy it
+            if other.state == PENDING and _common_prefix(other.fed + other.pending, prompt) >= max(len(prompt) // 2, 16):
+                return False
+        slot = self._free_slot()
+        if slot is None:
+            return False
+        # 2. the longest prefix any slot holds (the k samples of one prompt share it)
+        best, best_len = None, 0
+        for other in self.slots:
+            if other is not slot and other.state != FREE:
+                n = _common_prefix(other.fed, prompt)
+                if n > best_len:
+                    best, best_len = other, n
+        keep = min(best_len, len(prompt) - 1)
+        if best is not None and keep > 0:
+            self.cache.copy_prefix(best.index, slot.index, keep)
+            slot.fed = prompt[:keep]
+        else:
+            keep = 0
+        self._assign(slot, request, keep)
+        return True
+
+    def _assign(self, slot: _Slot, request: _Request, keep: int) -> None:
+        slot.fed = slot.fed[:keep]
+        slot.pending = request.prompt[keep:]
+        slot.request, slot.state = request, PENDING
+        slot.generated, slot.logprobs = [], []
+        request.cached = keep
+        self._stats.requests += 1
+        self._stats.cached_tokens += keep
+
+    def _free_slot(self) -> _Slot | None:
+        for slot in self.slots:
+            if slot.state == FREE:
+                return slot
+        parked = [s for s in self.slots if s.state == PARKED]
+        if parked and len(self.slots) >= self.max_batch:
+            oldest = min(parked, key=lambda s: s.parked_at)  # evict: its trajectory will re-prefill
+            oldest.state, oldest.fed = FREE, []
+            return oldest
+        if len(self.slots) < self.max_batch:
+            new_count = min(self.max_batch, max(2 * len(self.slots), 1))
+            self.cache.grow(slots=new_count)
+            self.slots += [_Slot(i) for i in range(len(self.slots), new_count)]
+            return self._free_slot()
+        return None
+
+    # -- one forward pass ---------------------------------------------------------------------------
+
+    def _step(self, active: list[_Slot]) -> None:
+        decoding = active[0].state == DECODING
+        if decoding:  # all slots up to the highest active one, so the cache is read as a view
+            rows = self.slots[: max(s.index for s in active) + 1]
+            feeds = [[s.generated[-1]] if s.state == DECODING else [] for s in rows]
+        else:
+            rows = active
+            feeds = [s.pending[: self.prefill_chunk] for s in rows]
+        width = max(len(f) for f in feeds)
+        pad = self.eos_ids[0] if self.eos_ids else 0
+        input_ids = torch.tensor([[pad] * (width - len(f)) + f for f in feeds], device=self.cache.device)
+        positions = torch.tensor(
+            [[max(len(s.fed) + i - (width - len(f)), 0) for i in range(width)] for s, f in zip(rows, feeds)],
+            device=self.cache.device,
+        )
+        mask = self.cache.prepare([s.index for s in rows], [len(s.fed) for s in rows], [len(f) for f in feeds], width)
+        started = time.perf_counter()
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self._stats.busy_s += time.perf_counter() - started
+        logits = out.logits[:, -1, :].float()
+        for row, (slot, feed) in enumerate(zip(rows, feeds)):
+            if not feed:
+                continue
+            slot.fed += feed
+            if decoding:
+                self._stats.decode_tokens += 1
+            else:
+                self._stats.prefill_tokens += len(feed)
+                slot.pending = slot.pending[len(feed):]
+                if slot.pending:
+                    continue  # a long prompt takes several passes
+                slot.state = DECODING
+            self._sample(slot, logits[row])
+
+    def _sample(self, slot: _Slot, logits: torch.Tensor) -> None:
+        request = slot.request
+        params = request.params
+        logprobs = torch.log_softmax(logits, dim=-1)
+        if params.temperature <= 0:
+            token = int(torch.argmax(logits))
+        else:
+            probs = torch.softmax(_filter(logits / params.temperature, params.top_k, params.top_p), dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=request.generator))
+        slot.generated.append(token)
+        slot.logprobs.append(float(logprobs[token]))
+        self._check_done(slot)
+
+    def _check_done(self, slot: _Slot) -> None:
+        request = slot.request
+        stop = None
+        if request.stop:
+            window = max(len(s) for s in request.stop) + 8
+            stop = find_stop(self.tokenizer.decode(slot.generated[-window:], skip_special_tokens=False), request.stop)
+        if stop is not None:
+            self._finish(slot, "stop", stop, park=True)
+        elif slot.generated[-1] in self.eos_ids:
+            self._finish(slot, "eos")
+        elif len(slot.generated) >= request.params.max_tokens:
+            self._finish(slot, "length", park=True)
+
+    def _finish(self, slot: _Slot, reason: str, stop: str | None = None, park: bool = False) -> None:
+        request = slot.request
+        completion = Completion(list(slot.generated), list(slot.logprobs), reason, stop,
+                                prompt_tokens=len(request.prompt), cached_tokens=request.cached)
+        slot.request = None
+        slot.state, slot.parked_at = (PARKED, time.monotonic()) if park else (FREE, 0.0)
+        if not park:
+            slot.fed = []
+        request.loop.call_soon_threadsafe(_resolve, request.future, completion, None)
+
+    def _fail(self, slot: _Slot, exc: BaseException) -> None:
+        request = slot.request
+        slot.state, slot.fed, slot.pending, slot.request = FREE, [], [], None
+        if request is not None:
+            request.loop.call_soon_threadsafe(_resolve, request.future, None, exc)
+
+
+def _resolve(future: asyncio.Future, value: Any, exc: BaseException | None) -> None:
+    if not future.done():
+        future.set_exception(exc) if exc is not None else future.set_result(value)
+
+
+def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k then nucleus (top-p) filtering of one row of logits."""
+    if top_k > 0 and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) > top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    return logits
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << (max(n, 1) - 1).bit_length()
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids: list[int] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id):
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if token is not None and token not in ids:
+                ids.append(int(token))
+    return ids

@@ -1,0 +1,166 @@
+"""The interpreter loop, for many trajectories at once.
+
+Each trajectory is an asyncio task with its own sandbox session for its whole life::
+
+    generate (stop at the end of a code block)
+      └─ block closed → run it in the session → append the rendered output (loss-mask 0) → generate
+      └─ answer closed / EOS / budget → done
+
+All tasks share one engine, which batches whatever is in flight: while one trajectory's code runs,
+the others keep generating. Token ids are only ever appended; the next turn's input is exactly
+``prompt_ids + ids`` (the engine's KV cache then prefills only the interpreter tokens).
+
+Budgets: ``max_tool_calls``, ``max_total_tokens`` (model + interpreter tokens after the prompt)
+and the sandbox's per-call timeout. A code block cut off by the token budget is never executed.
+
+Not here: grading (``retool.grading``), prompts for datasets (callers build ``prompt_ids`` with
+``Rollout.prompt_ids``), training.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from retool.engines.base import Completion, Engine, SamplingParams
+from retool.protocol import Dialect, build_messages, get_dialect
+from retool.sandbox.base import ExecResult, Session
+from retool.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    dialect: str = "retool"
+    max_tool_calls: int = 8
+    max_total_tokens: int = 2048
+    sampling: SamplingParams = SamplingParams()
+    sandbox_timeout: float = 10.0
+    output_head_chars: int = 1024
+    output_tail_chars: int = 1024
+    few_shot: bool = True  # show the model one worked example of the dialect
+
+
+@dataclass
+class RolloutStats:
+    """Where the time went. ``engine_idle_s`` counts time in which no generation was in flight
+    while at least one trajectory waited for its sandbox: the engine idling on the interpreter."""
+
+    wall_s: float = 0.0
+    engine_idle_s: float = 0.0
+    sandbox_s: float = 0.0
+    tool_calls: int = 0
+    _in_engine: int = 0
+    _in_sandbox: int = 0
+    _since: float = field(default_factory=time.monotonic)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self._in_engine == 0 and self._in_sandbox > 0:
+            self.engine_idle_s += now - self._since
+        self._since = now
+
+    @property
+    def engine_idle_frac(self) -> float:
+        return self.engine_idle_s / self.wall_s if self.wall_s else 0.0
+
+
+class Rollout:
+    """Runs trajectories against one engine and one sandbox pool."""
+
+    def __init__(self, engine: Engine, pool, config: RolloutConfig | None = None) -> None:
+        self.engine, self.pool = engine, pool
+        self.config = config or RolloutConfig()
+        self.dialect: Dialect = get_dialect(self.config.dialect)
+        self.tokenizer = engine.tokenizer
+        self.stats = RolloutStats()
+
+    def prompt_ids(self, problem: str) -> list[int]:
+        """The chat-templated prompt that opens a trajectory (system prompt, example, problem)."""
+        messages = build_messages(problem, self.dialect, few_shot=self.config.few_shot)
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self, prompts: list[list[int]], metas: list[dict[str, Any]] | None = None) -> list[Trajectory]:
+        """Synchronous wrapper of ``run_many``."""
+        return asyncio.run(self.run_many(prompts, metas))
+
+    async def run_many(self, prompts: list[list[int]], metas: list[dict[str, Any]] | None = None) -> list[Trajectory]:
+        metas = metas or [{} for _ in prompts]
+        started = time.monotonic()
+        try:
+            return list(await asyncio.gather(*(self.run_one(p, m, i) for i, (p, m) in enumerate(zip(prompts, metas)))))
+        finally:
+            self.stats.wall_s += time.monotonic() - started
+
+    async def run_one(self, prompt_ids: list[int], meta: dict[str, Any] | None = None, index: int = 0) -> Trajectory:
+        traj = Trajectory(list(prompt_ids), meta=dict(meta or {}))
+        async with self.pool.asession() as session:
+            turn = 0
+            while not traj.finished:
+                await self._turn(traj, session, index, turn)
+                turn += 1
+        return traj
+
+    async def _turn(self, traj: Trajectory, session: Session, index: int, turn: int) -> None:
+        cfg, dialect = self.config, self.dialect
+        remaining = cfg.max_total_tokens - len(traj.ids)
+        if remaining <= 0:
+            traj.finish("length")
+            return
+        seed = None if cfg.sampling.seed is None else cfg.sampling.seed * 1_000_003 + index * 1_009 + turn
+        params = cfg.sampling.with_(max_tokens=remaining, seed=seed)
+        completion = await self._generate(traj.input_ids, params, dialect.stop_strings)
+        traj.append_model(completion.ids, completion.logprobs)
+        if completion.finish_reason == "stop" and completion.stop == dialect.stop:
+            code = dialect.extract_code(self.tokenizer.decode(completion.ids, skip_special_tokens=False))
+            if code is None:
+                return  # a stray closing tag, not a block: keep generating
+            if len(traj.tool_calls) >= cfg.max_tool_calls:
+                traj.finish("max_tool_calls")
+                return
+            result = await self._execute(session, code)
+            rendered = dialect.render_output(result, cfg.output_head_chars, cfg.output_tail_chars)
+            output_ids = self.tokenizer.encode(rendered, add_special_tokens=False)
+            room = cfg.max_total_tokens - len(traj.ids)
+            code_end = len(traj.ids)
+            span = traj.append_tool(output_ids[:room])
+            traj.record_tool_call(code, result, code_end, span)
+            if len(output_ids) > room:
+                traj.finish("length")
+            return
+        if completion.finish_reason == "stop":  # the answer section was closed
+            traj.finish("answer")
+        elif completion.finish_reason == "eos":
+            model_text = self.tokenizer.decode(traj.model_ids(), skip_special_tokens=True)
+            traj.finish("answer" if dialect.find_answer(model_text) is not None else "eos")
+        else:  # out of tokens; an unclosed code block is not executed
+            traj.finish("length")
+
+    async def _generate(self, input_ids: list[int], params: SamplingParams, stop: tuple[str, ...]) -> Completion:
+        self._enter("_in_engine")
+        try:
+            return await self.engine.agenerate(input_ids, params, stop)
+        finally:
+            self._leave("_in_engine")
+
+    async def _execute(self, session: Session, code: str) -> ExecResult:
+        self._enter("_in_sandbox")
+        started = time.monotonic()
+        try:
+            return await session.arun(code, self.config.sandbox_timeout)
+        finally:
+            self.stats.sandbox_s += time.monotonic() - started
+            self.stats.tool_calls += 1
+            self._leave("_in_sandbox")
+
+    def _enter(self, counter: str) -> None:
+        self.stats._tick()
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+
+    def _leave(self, counter: str) -> None:
+        self.stats._tick()
+        setattr(self.stats, counter, getattr(self.stats, counter) - 1)

@@ -1,0 +1,52 @@
+"""A tiny random causal LM and a real byte-level BPE tokenizer, built in-process in a second.
+
+The tokenizer is trained on text full of the protocol's tags, so they split into several tokens
+(stop strings split across tokens are the interesting case). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = [
+    "Let me compute this with code.\n<code>\n```python\nprint(2 ** 10)\n```\n</code>\n<interpreter>\n1024\n</interpreter>\n",
+    "The answer is <answer>\n\\boxed{42}\n</answer> and more text about numbers 0123456789.",
+    "```python\nx = sum(range(100))\nprint(x)\n```\n```output\n4950\n```\n",
+    "We reason step by step: first, the sum of squares; then the remainder modulo 1000.",
+] * 20
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS, trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                      bos_token="<|im_start|>")
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def tiny_model(seed: int = 0, layers: int = 2):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    return model, tokenizer
