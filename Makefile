@@ -11,10 +11,9 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 setup: $(STAMP)
 
-# Until the rollout lands: a stateful session in the jailed Jupyter sandbox, then the attack suite.
+# The main job: a tool-integrated solve of a sample problem by the embedded model, in the sandbox.
 demo: $(STAMP)
-	$(VENV)/bin/retool sandbox run 'import sympy as sp; n = 2**64 + 1; f = sp.factorint(n); print(f"{n} = {f}"); sum(p * e for p, e in f.items())'
-	$(VENV)/bin/retool sandbox check --backend jupyter
+	$(VENV)/bin/retool solve --dialect fenced "What is the remainder when 2 to the power 100 is divided by 97?"
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -29,6 +28,7 @@ docker-image: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/sandbox_bench.py --backend jupyter
+	$(VENV)/bin/python benchmarks/rollout_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

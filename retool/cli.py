@@ -15,6 +15,8 @@ from retool.sandbox import BACKENDS, ExecResult, SandboxLimits, SandboxUnavailab
 app = typer.Typer(help="Tool-integrated reasoning: models that think in text and run Python in a sandbox.", no_args_is_help=True)
 sandbox_app = typer.Typer(help="Run, attack-test and benchmark the code sandboxes.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
+bench_app = typer.Typer(help="Performance benchmarks (numbers printed, JSON with --json).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -147,6 +149,63 @@ def sandbox_reap() -> None:
     except (ImportError, SandboxUnavailable):
         pass
     console.print(f"reaped {count} orphaned sandbox(es)")
+
+
+@app.command("solve")
+def solve(
+    problem: str = typer.Argument(..., help="The problem to solve ('-' reads it from standard input)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local path, hub name, or the embedded default."),
+    engine: str = typer.Option("hf", help="Engine: hf (transformers), vllm (GPU) or openai (a served model)."),
+    base_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server (engine openai)."),
+    api_key: Optional[str] = typer.Option(None, envvar="OPENAI_API_KEY", help="API key for --base-url."),
+    sandbox: str = typer.Option("jupyter", help=f"Sandbox backend: {', '.join(BACKENDS)}."),
+    dialect: str = typer.Option("retool", help="Protocol dialect: retool (<code>…</code>) or fenced (```python)."),
+    max_tool_calls: int = typer.Option(8, help="Most code executions in the answer."),
+    max_tokens: int = typer.Option(1024, help="Most tokens after the prompt (model and interpreter)."),
+    temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy)."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    timeout: float = typer.Option(10.0, help="Seconds per code execution."),
+    json_output: bool = typer.Option(False, "--json", help="Print the trajectory as JSON."),
+) -> None:
+    """Solve PROBLEM with tool-integrated reasoning and print the interleaved transcript."""
+    from retool.solve import SolveConfig, run_solve
+
+    text = sys.stdin.read() if problem == "-" else problem
+    config = SolveConfig(model=model, engine=engine, base_url=base_url, api_key=api_key, sandbox=_check_backend(sandbox),
+                         dialect=dialect, max_tool_calls=max_tool_calls, max_tokens=max_tokens,
+                         temperature=temperature, top_p=top_p, seed=seed, timeout=timeout)
+    try:
+        report = run_solve(text, config, console=None if json_output else console)
+    except (SandboxUnavailable, ValueError, RuntimeError, ImportError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(3)
+    if json_output:
+        console.print_json(json.dumps(report))
+
+
+@bench_app.command("rollout")
+def bench_rollout(
+    problems: int = typer.Option(8, help="Problems (up to 8 built in)."),
+    samples: int = typer.Option(4, help="Samples per problem."),
+    max_tokens: int = typer.Option(320, help="Token budget per trajectory."),
+    naive: int = typer.Option(4, help="Trajectories to run through the naive loop for comparison."),
+    json_output: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
+) -> None:
+    """Embedded model on CPU: tokens/s, prefill ratio, engine idle share, speedup over a naive loop."""
+    from retool.rollout_bench import as_dict, run_rollout_bench
+
+    with console.status("running the rollout benchmark…") if not json_output else _nothing():
+        report = as_dict(run_rollout_bench(problems, samples, max_tokens, naive))
+    if json_output:
+        console.print_json(json.dumps(report))
+        return
+    table = Table(title="rollout bench (embedded model, CPU)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(table)
 
 
 class _nothing:

@@ -144,7 +144,8 @@ FENCED = Dialect(
     output_open="\n",
     output_close="\n```\n",
     answer_stop=None,
-    code_pattern=re.compile(r"```(?:python|py)[ \t]*\n(?P<code>.*?)\n?```\s*```output", re.DOTALL),
+    # prose may sit between the closing fence and the output fence ("This prints the sum.\n```output")
+    code_pattern=re.compile(r"```(?:python|py)[ \t]*\n(?P<code>(?:(?!```).)*?)\n?```(?:(?!```).)*?```output", re.DOTALL),
 )
 
 DIALECTS = {d.name: d for d in (RETOOL, FENCED)}

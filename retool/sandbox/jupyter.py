@@ -30,6 +30,7 @@ import uuid
 
 import psutil
 from jupyter_client.blocking import BlockingKernelClient
+from jupyter_core.utils import ensure_event_loop
 
 from retool.sandbox.base import (
     CappedText,
@@ -155,6 +156,7 @@ class JupyterSession(Session):
         if self._client is not None:
             self._client.stop_channels()
             self._client = None
+            ensure_event_loop().close()  # the loop jupyter-client made in this session's context
         if self._jail is not None:
             self._jail.kill()
             self._jail = None

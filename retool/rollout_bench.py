@@ -1,0 +1,132 @@
+"""Rollout throughput: retool's loop against the naive one, on the embedded model and a real sandbox.
+
+retool's loop: every trajectory at once on the continuous-batching engine, token ids appended,
+the KV cache kept across tool turns. The naive loop, as many first implementations are written:
+one trajectory at a time; each turn decodes the history to text, re-tokenizes it and calls
+``model.generate`` from scratch (stop strings through transformers), then runs the code.
+
+Reported: model tokens per second for both (sampled trajectories differ, so throughput is the fair
+comparison) and their ratio ``speedup_vs_naive``; ``prefill_ratio``, prompt tokens the engine
+computed relative to the minimum (every distinct prefix of the prompts once, plus each turn's
+closing token and interpreter tokens); ``engine_idle_frac``, the share of wall time with no generation in flight
+while a trajectory waited on its sandbox. Numbers are printed, never asserted by tests.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from retool.engines.base import SamplingParams
+from retool.engines.hf import HFEngine
+from retool.models import load_model
+from retool.rollout import Rollout, RolloutConfig
+from retool.sandbox import SandboxPool
+
+PROBLEMS = [
+    "What is the remainder when 2 to the power 100 is divided by 97?",
+    "What is 123456789 multiplied by 987654321?",
+    "What is the sum of the squares of the first 50 positive integers?",
+    "What is 17 factorial?",
+    "How many prime numbers are there below 1000?",
+    "What is the greatest common divisor of 1071 and 462?",
+    "What is 3 to the power 40?",
+    "What is the sum of the digits of 2 to the power 50?",
+]
+
+
+@dataclass(frozen=True)
+class RolloutBench:
+    trajectories: int
+    model_tokens: int
+    interpreter_tokens: int
+    tool_calls: int
+    wall_s: float
+    tokens_per_s: float
+    prefill_tokens: int
+    prefill_minimum: int
+    prefill_ratio: float
+    engine_idle_frac: float
+    naive_trajectories: int
+    naive_model_tokens: int
+    naive_wall_s: float
+    naive_tokens_per_s: float
+    speedup_vs_naive: float
+
+
+def run_rollout_bench(problems: int = 8, samples: int = 4, max_tokens: int = 320, naive_trajectories: int = 4,
+                      dialect: str = "fenced", seed: int = 0) -> RolloutBench:
+    model, tokenizer = load_model(None)
+    config = RolloutConfig(dialect=dialect, max_total_tokens=max_tokens, max_tool_calls=4,
+                           sampling=SamplingParams(temperature=0.7, top_p=0.95, seed=seed))
+    chosen = PROBLEMS[:problems]
+    with SandboxPool("jupyter", size=min(problems * samples, 16)) as pool:
+        pool.wait_ready()
+        engine = HFEngine(model, tokenizer, max_batch=problems * samples)
+        try:
+            rollout = Rollout(engine, pool, config)
+            prompts = [rollout.prompt_ids(p) for p in chosen]
+            trajectories = rollout.run([p for p in prompts for _ in range(samples)])
+            stats = engine.stats
+        finally:
+            engine.close()
+        model_tokens = sum(t.num_model_tokens for t in trajectories)
+        tool_tokens = sum(t.num_tool_tokens for t in trajectories)
+        turns = sum(len(t.tool_calls) for t in trajectories)
+        minimum = distinct_prefixes(prompts) + tool_tokens + turns
+        naive_tokens, naive_wall = _naive(model, tokenizer, pool, rollout, chosen, naive_trajectories, config)
+    ours = model_tokens / rollout.stats.wall_s
+    naive = naive_tokens / naive_wall
+    return RolloutBench(len(trajectories), model_tokens, tool_tokens, turns, rollout.stats.wall_s, ours,
+                        stats.prefill_tokens, minimum, stats.prefill_tokens / minimum, rollout.stats.engine_idle_frac,
+                        naive_trajectories, naive_tokens, naive_wall, naive, ours / naive)
+
+
+def distinct_prefixes(prompts: list[list[int]]) -> int:
+    """Tokens that must enter the model at least once: the nodes of the prompts' prefix trie
+    (a system prompt and example shared by every problem count once)."""
+    ordered = sorted(set(map(tuple, prompts)))
+    total, previous = 0, ()
+    for prompt in ordered:
+        shared = next((i for i, (a, b) in enumerate(zip(prompt, previous)) if a != b), min(len(prompt), len(previous)))
+        total += len(prompt) - shared
+        previous = prompt
+    return total
+
+
+def _naive(model, tokenizer, pool, rollout: Rollout, problems, count, config) -> tuple[int, float]:
+    """The naive loop on the first ``count`` trajectories: text in, text out, generate from scratch."""
+    import torch
+
+    dialect = rollout.dialect
+    generated, started = 0, time.monotonic()
+    for index in range(count):
+        problem = problems[index % len(problems)]  # spread over the problems
+        torch.manual_seed(config.sampling.seed * 1_000_003 + index)
+        text = tokenizer.decode(rollout.prompt_ids(problem), skip_special_tokens=False)
+        response_tokens, calls = 0, 0
+        with pool.session() as session:
+            while response_tokens < config.max_total_tokens:
+                ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids  # re-tokenize it all
+                with torch.inference_mode():
+                    out = model.generate(ids, max_new_tokens=config.max_total_tokens - response_tokens, do_sample=True,
+                                         temperature=config.sampling.temperature, top_p=config.sampling.top_p,
+                                         stop_strings=list(dialect.stop_strings), tokenizer=tokenizer,
+                                         pad_token_id=tokenizer.pad_token_id)
+                new = out[0, ids.shape[1]:].tolist()
+                generated += len(new)
+                response_tokens += len(new)
+                turn = tokenizer.decode(new, skip_special_tokens=False)
+                text += turn
+                code = dialect.extract_code(turn)
+                if code is None or calls >= config.max_tool_calls:
+                    break
+                calls += 1
+                rendered = dialect.render_output(session.run(code, config.sandbox_timeout))
+                text += rendered
+                response_tokens += len(tokenizer.encode(rendered, add_special_tokens=False))
+    return generated, time.monotonic() - started
+
+
+def as_dict(bench: RolloutBench) -> dict[str, float]:
+    return asdict(bench)

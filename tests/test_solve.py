@@ -1,0 +1,44 @@
+"""`retool solve` end to end: the embedded model with a real sandbox, and the CLI's JSON."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from retool.cli import app
+from retool.solve import SolveConfig, run_solve
+from tiny import tiny_model
+
+SAMPLE = "What is the remainder when 2 to the power 100 is divided by 97?"
+
+
+def test_the_embedded_model_calls_the_interpreter_on_a_sample_problem():
+    report = run_solve(SAMPLE, SolveConfig(dialect="fenced", max_tokens=256))
+    calls = report["tool_calls"]
+    assert calls, report["text"]
+    assert calls[0]["status"] == "ok" and calls[0]["stdout"].strip() == str(pow(2, 100, 97))
+    # the interpreter's tokens are masked, the model's are not
+    start, end = calls[0]["output_span"]
+    assert set(report["loss_mask"][start:end]) == {0} and report["loss_mask"][0] == 1
+    assert "16" in report["text"][report["text"].index("```output"):]
+
+
+def test_cli_solve_json_with_a_local_model(tmp_path):
+    model, tokenizer = tiny_model()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    result = CliRunner().invoke(
+        app, ["solve", "What is 2+2?", "--model", str(tmp_path), "--max-tokens", "24", "--sandbox", "subprocess", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["finish_reason"] in ("length", "eos", "answer", "max_tool_calls")
+    assert len(report["ids"]) == len(report["loss_mask"]) == len(report["logprobs"]) <= 24
+    assert report["config"]["model"] == str(tmp_path)
+
+
+def test_cli_solve_reports_a_missing_model_clearly(tmp_path):
+    result = CliRunner().invoke(app, ["solve", "1+1", "--model", str(tmp_path / "nowhere")])
+    assert result.exit_code == 3
+    assert "nowhere" in result.output
