@@ -51,6 +51,7 @@ class RolloutStats:
     engine_idle_s: float = 0.0
     sandbox_s: float = 0.0
     tool_calls: int = 0
+    generate_calls: int = 0
     _in_engine: int = 0
     _in_sandbox: int = 0
     _since: float = field(default_factory=time.monotonic)
@@ -142,6 +143,7 @@ class Rollout:
 
     async def _generate(self, input_ids: list[int], params: SamplingParams, stop: tuple[str, ...]) -> Completion:
         self._enter("_in_engine")
+        self.stats.generate_calls += 1
         try:
             return await self.engine.agenerate(input_ids, params, stop)
         finally:

@@ -7,8 +7,8 @@ one trajectory at a time; each turn decodes the history to text, re-tokenizes it
 
 Reported: model tokens per second for both (sampled trajectories differ, so throughput is the fair
 comparison) and their ratio ``speedup_vs_naive``; ``prefill_ratio``, prompt tokens the engine
-computed relative to the minimum (every distinct prefix of the prompts once, plus each turn's
-closing token and interpreter tokens); ``engine_idle_frac``, the share of wall time with no generation in flight
+computed relative to the minimum (every distinct prefix of the prompts once, plus, for each
+continuation, the token that ended the previous turn and the interpreter tokens); ``engine_idle_frac``, the share of wall time with no generation in flight
 while a trajectory waited on its sandbox. Numbers are printed, never asserted by tests.
 """
 
@@ -73,7 +73,8 @@ def run_rollout_bench(problems: int = 8, samples: int = 4, max_tokens: int = 320
         model_tokens = sum(t.num_model_tokens for t in trajectories)
         tool_tokens = sum(t.num_tool_tokens for t in trajectories)
         turns = sum(len(t.tool_calls) for t in trajectories)
-        minimum = distinct_prefixes(prompts) + tool_tokens + turns
+        continuations = rollout.stats.generate_calls - len(trajectories)  # each feeds the token that ended its turn
+        minimum = distinct_prefixes(prompts) + tool_tokens + continuations
         naive_tokens, naive_wall = _naive(model, tokenizer, pool, rollout, chosen, naive_trajectories, config)
     ours = model_tokens / rollout.stats.wall_s
     naive = naive_tokens / naive_wall

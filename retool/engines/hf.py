@@ -58,6 +58,7 @@ class _Slot:
     generated: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     parked_at: float = 0.0
+    prompt_logits: tuple[int, torch.Tensor] | None = None  # (prompt length, next-token logits after it)
 
 
 class HFEngine(Engine):
@@ -173,27 +174,35 @@ class HFEngine(Engine):
         for other in self.slots:  # a slot about to compute this prompt's prefix: wait one pass, then copy it
             if other.state == PENDING and _common_prefix(other.fed + other.pending, prompt) >= max(len(prompt) // 2, 16):
                 return False
-        slot = self._free_slot()
-        if slot is None:
-            return False
-        # 2. the longest prefix any slot holds (the k samples of one prompt share it)
+        # 2. the longest prefix any slot holds, free slots included (their columns stay until reused)
         best, best_len = None, 0
         for other in self.slots:
-            if other is not slot and other.state != FREE:
-                n = _common_prefix(other.fed, prompt)
-                if n > best_len:
-                    best, best_len = other, n
+            n = _common_prefix(other.fed, prompt)
+            if n > best_len:
+                best, best_len = other, n
+        slot = self._free_slot(prefer=best)
+        if slot is None:
+            return False
+        logits = best.prompt_logits if best is not None else None
+        if best_len == len(prompt) and logits is not None and logits[0] == len(prompt):
+            # the same prompt again (another sample): its columns and its next-token logits are known
+            if best is not slot:
+                self.cache.copy_prefix(best.index, slot.index, len(prompt))
+            slot.fed = list(prompt)
+            self._assign(slot, request, len(prompt))
+            slot.state, slot.prompt_logits = DECODING, logits
+            self._sample(slot, logits[1])
+            return True
         keep = min(best_len, len(prompt) - 1)
-        if best is not None and keep > 0:
+        if keep > 0 and best is not slot:
             self.cache.copy_prefix(best.index, slot.index, keep)
             slot.fed = prompt[:keep]
-        else:
-            keep = 0
-        self._assign(slot, request, keep)
+        self._assign(slot, request, max(keep, 0))
         return True
 
     def _assign(self, slot: _Slot, request: _Request, keep: int) -> None:
         slot.fed = slot.fed[:keep]
+        slot.prompt_logits = None
         slot.pending = request.prompt[keep:]
         slot.request, slot.state = request, PENDING
         slot.generated, slot.logprobs = [], []
@@ -201,20 +210,19 @@ class HFEngine(Engine):
         self._stats.requests += 1
         self._stats.cached_tokens += keep
 
-    def _free_slot(self) -> _Slot | None:
-        for slot in self.slots:
-            if slot.state == FREE:
-                return slot
+    def _free_slot(self, prefer: _Slot | None) -> _Slot | None:
+        """A slot to take: ``prefer`` if it is free (its columns are reused in place), else the free
+        slot holding the least, else the longest-parked one (its trajectory re-prefills if it returns)."""
+        free = [s for s in self.slots if s.state == FREE]
+        if prefer is not None and prefer.state == FREE:
+            return prefer
+        if free:
+            return min(free, key=lambda s: len(s.fed))
         parked = [s for s in self.slots if s.state == PARKED]
-        if parked and len(self.slots) >= self.max_batch:
-            oldest = min(parked, key=lambda s: s.parked_at)  # evict: its trajectory will re-prefill
-            oldest.state, oldest.fed = FREE, []
+        if parked:
+            oldest = min(parked, key=lambda s: s.parked_at)
+            oldest.state = FREE
             return oldest
-        if len(self.slots) < self.max_batch:
-            new_count = min(self.max_batch, max(2 * len(self.slots), 1))
-            self.cache.grow(slots=new_count)
-            self.slots += [_Slot(i) for i in range(len(self.slots), new_count)]
-            return self._free_slot()
         return None
 
     # -- one forward pass ---------------------------------------------------------------------------
@@ -252,6 +260,7 @@ class HFEngine(Engine):
                 if slot.pending:
                     continue  # a long prompt takes several passes
                 slot.state = DECODING
+                slot.prompt_logits = (len(slot.fed), logits[row].clone())
             self._sample(slot, logits[row])
 
     def _sample(self, slot: _Slot, logits: torch.Tensor) -> None:
@@ -278,15 +287,13 @@ class HFEngine(Engine):
         request = slot.request
         completion = Completion(list(slot.generated), list(slot.logprobs), reason, stop,
                                 prompt_tokens=len(request.prompt), cached_tokens=request.cached)
-        slot.request = None
+        slot.request = None  # a freed slot keeps its columns: a later prompt may share their prefix
         slot.state, slot.parked_at = (PARKED, time.monotonic()) if park else (FREE, 0.0)
-        if not park:
-            slot.fed = []
         request.loop.call_soon_threadsafe(_resolve, request.future, completion, None)
 
     def _fail(self, slot: _Slot, exc: BaseException) -> None:
         request = slot.request
-        slot.state, slot.fed, slot.pending, slot.request = FREE, [], [], None
+        slot.state, slot.fed, slot.pending, slot.request, slot.prompt_logits = FREE, [], [], None, None
         if request is not None:
             request.loop.call_soon_threadsafe(_resolve, request.future, None, exc)
 
