@@ -135,3 +135,17 @@ def test_eos_and_length_finish_reasons(model_and_tokenizer):
         engine.close()
     assert eos.finish_reason == "eos" and eos.ids[-1] == tok.eos_token_id
     assert length.finish_reason == "length" and len(length.ids) == 1
+
+
+def test_closing_the_engine_fails_requests_in_flight_instead_of_hanging(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    engine = HFEngine(model, tok, max_batch=2, capacity=4096)
+
+    async def run():
+        task = asyncio.ensure_future(engine.agenerate(tok.encode("x"), SamplingParams(max_tokens=3000, temperature=0)))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(engine.close)
+        with pytest.raises(RuntimeError, match="closed"):
+            await asyncio.wait_for(task, timeout=10)
+
+    asyncio.run(run())

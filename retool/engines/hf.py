@@ -127,6 +127,18 @@ class HFEngine(Engine):
     # -- the scheduler thread ----------------------------------------------------------------------
 
     def _serve(self) -> None:
+        try:
+            self._loop()
+        finally:  # closed (or crashed): nobody may wait forever on a request the engine dropped
+            closed = RuntimeError("the engine was closed before this request finished")
+            for slot in self.slots:
+                if slot.request is not None:
+                    self._fail(slot, closed)
+            for request in self._waiting:
+                request.loop.call_soon_threadsafe(_resolve, request.future, None, closed)
+            self._waiting = []
+
+    def _loop(self) -> None:
         with torch.inference_mode():
             while not self._closed:
                 busy = any(s.state in (DECODING, PENDING) for s in self.slots)
