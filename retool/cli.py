@@ -184,6 +184,62 @@ def solve(
         console.print_json(json.dumps(report))
 
 
+@app.command("eval")
+def evaluate(
+    benchmark: str = typer.Option(..., "--benchmark", "-b", help="aime24, aime25, amc23, gsm8k, a .jsonl/.parquet path, or hf:NAME."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local path, hub name, or the embedded default."),
+    engine: str = typer.Option("hf", help="Engine: hf, vllm or openai."),
+    base_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server (engine openai)."),
+    k: int = typer.Option(32, "-k", help="Samples per problem."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (ReTool: 1.0)."),
+    top_p: float = typer.Option(0.7, help="Nucleus sampling (ReTool: 0.7)."),
+    max_tokens: int = typer.Option(4096, help="Token budget per response (model + interpreter)."),
+    max_tool_calls: int = typer.Option(8, help="Most code executions per response."),
+    sandbox: str = typer.Option("jupyter", help=f"Sandbox backend: {', '.join(BACKENDS)}."),
+    dialect: str = typer.Option("retool", help="Protocol dialect: retool or fenced."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
+    out: Optional[str] = typer.Option(None, help="Directory for results.json, trajectories.jsonl, report.md, plots (resumable)."),
+    notebooks: bool = typer.Option(False, "--notebooks", help="Also write each trajectory as a Jupyter notebook."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    concurrency: int = typer.Option(16, help="Trajectories in flight (each holds one sandbox session)."),
+) -> None:
+    """Sample k answers per problem with tool use, grade them, and report avg@k / pass@k / maj@k."""
+    from retool.evals.harness import EvalConfig, run_eval
+
+    config = EvalConfig(benchmark=benchmark, model=model, engine=engine, base_url=base_url, k=k, temperature=temperature,
+                        top_p=top_p, max_tokens=max_tokens, max_tool_calls=max_tool_calls, sandbox=_check_backend(sandbox),
+                        dialect=dialect, limit=limit, out=out, notebooks=notebooks, seed=seed, concurrency=concurrency)
+    try:
+        result = run_eval(config)
+    except KeyboardInterrupt:
+        where = f"; finished samples are in {out}/trajectories.jsonl: run the same command to resume" if out else ""
+        err_console.print(f"[yellow]interrupted[/yellow]{where}")
+        raise typer.Exit(130)
+    except (SandboxUnavailable, ValueError, RuntimeError, ImportError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(3)
+    table = Table(title=f"{benchmark}: {len(result.per_problem)} problems × {k} samples")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in {**result.metrics, **{k2: v for k2, v in result.analytics.items() if isinstance(v, float)}}.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    if out:
+        console.print(f"results: {out}/results.json, report: {out}/report.md")
+
+
+@bench_app.command("grading")
+def bench_grading(json_output: bool = typer.Option(False, "--json", help="Print the numbers as JSON.")) -> None:
+    """Answers graded per second, and agreement with math-verify's default configuration."""
+    from retool.grading_bench import print_report, run_grading_bench
+
+    report = run_grading_bench()
+    if json_output:
+        console.print_json(json.dumps(report))
+    else:
+        print_report(report)
+
+
 @bench_app.command("rollout")
 def bench_rollout(
     problems: int = typer.Option(8, help="Problems (up to 8 built in)."),

@@ -1,0 +1,244 @@
+"""``retool eval``: k samples per problem, each in its own sandbox session, graded as they finish.
+
+Every finished sample is appended to ``OUT/trajectories.jsonl`` at once (and flushed), so an
+interrupted run — Ctrl-C, a crash, a full disk — loses at most the samples in flight; running
+the same command again skips what is there. A partial last line (the process died mid-write) is
+dropped on resume and that sample is redone. A run directory remembers its settings
+(``config.json``); resuming with different sampling settings is refused rather than mixed.
+
+Not here: the metrics (``metrics.py``), tool analytics (``analytics.py``), the report and plots
+(``report.py``), notebooks (``notebooks.py``), grading (``retool.grading``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retool.datasets import Problem, load_benchmark
+from retool.engines.base import Engine, SamplingParams
+from retool.evals.analytics import Sample, tool_analytics
+from retool.evals.metrics import avg_at_k, majority_answer, mean, pass_at_k
+from retool.grading import extract_answer_from_trajectory, is_equivalent
+from retool.rollout import Rollout, RolloutConfig
+from retool.sandbox import SandboxLimits, SandboxPool
+from retool.trajectory import Trajectory
+
+log = logging.getLogger(__name__)
+
+# settings that change what a sample is: a run directory may only be resumed with the same ones
+SAMPLE_DEFINING = ("benchmark", "model", "dialect", "temperature", "top_p", "max_tokens", "max_tool_calls", "seed")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    benchmark: str
+    model: str | None = None
+    engine: str = "hf"
+    base_url: str | None = None
+    k: int = 32
+    temperature: float = 1.0
+    top_p: float = 0.7
+    max_tokens: int = 4096
+    max_tool_calls: int = 8
+    sandbox: str = "jupyter"
+    dialect: str = "retool"
+    limit: int | None = None
+    out: str | None = None
+    notebooks: bool = False
+    seed: int = 0
+    concurrency: int = 16
+    sandbox_timeout: float = 10.0
+
+
+@dataclass
+class EvalResult:
+    config: EvalConfig
+    metrics: dict[str, float]
+    per_problem: list[dict[str, Any]]
+    analytics: dict[str, Any]
+    samples: list[Sample] = field(repr=False, default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": asdict(self.config), "metrics": self.metrics, "analytics": self.analytics,
+                "per_problem": self.per_problem}
+
+
+# -- storage -------------------------------------------------------------------------------------
+
+
+def sample_to_json(s: Sample) -> dict[str, Any]:
+    return {"problem_id": s.problem_id, "sample": s.sample, "answer": s.answer, "gold": s.gold,
+            "correct": s.correct, "trajectory": s.trajectory.to_dict()}
+
+
+def sample_from_json(d: dict[str, Any]) -> Sample:
+    return Sample(d["problem_id"], int(d["sample"]), d["answer"], d["gold"], bool(d["correct"]),
+                  Trajectory.from_dict(d["trajectory"]))
+
+
+def load_samples(path: Path) -> list[Sample]:
+    """Finished samples in ``path``; a broken line (a crash mid-write) is dropped, and the file
+    rewritten without it, so appending continues cleanly."""
+    if not path.exists():
+        return []
+    samples, broken = [], 0
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            samples.append(sample_from_json(json.loads(line)))
+        except (ValueError, KeyError, TypeError) as exc:
+            broken += 1
+            log.warning("%s line %d is unreadable (%s); that sample will be redone", path, number, exc)
+    if broken:
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(sample_to_json(s)) + "\n" for s in samples))
+        tmp.replace(path)
+    return samples
+
+
+def check_resumable(out: Path, config: EvalConfig) -> None:
+    saved_path = out / "config.json"
+    current = {k: getattr(config, k) for k in SAMPLE_DEFINING}
+    if saved_path.exists():
+        saved = json.loads(saved_path.read_text())
+        changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"{out} holds a run with other settings ({detail}); use another --out")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        saved_path.write_text(json.dumps(current, indent=2))
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+def run_eval(config: EvalConfig, engine: Engine | None = None, problems: list[Problem] | None = None,
+             show_progress: bool = True) -> EvalResult:
+    """Run (or resume) an evaluation; returns the graded result and writes ``config.out``."""
+    problems = problems if problems is not None else load_benchmark(config.benchmark, limit=config.limit)
+    out = Path(config.out) if config.out else None
+    done: list[Sample] = []
+    if out is not None:
+        check_resumable(out, config)
+        done = [s for s in load_samples(out / "trajectories.jsonl") if s.sample < config.k]
+    owns_engine = engine is None
+    if engine is None:
+        from retool.engines import create_engine
+
+        engine = create_engine(config.engine, config.model, base_url=config.base_url,
+                               max_batch=min(config.concurrency, 64))
+    try:
+        with SandboxPool(config.sandbox, size=config.concurrency,
+                         limits=SandboxLimits(timeout_s=config.sandbox_timeout)) as pool:
+            new = asyncio.run(_sample_all(config, engine, pool, problems, done, out, show_progress))
+    finally:
+        if owns_engine:
+            engine.close()
+    result = summarize(config, problems, done + new)
+    if out is not None:
+        from retool.evals.report import write_report
+
+        write_report(out, result, engine.tokenizer)
+        if config.notebooks:
+            from retool.evals.notebooks import write_notebooks
+
+            write_notebooks(out / "notebooks", result.samples, engine.tokenizer, config.dialect)
+    return result
+
+
+async def _sample_all(config, engine, pool, problems, done, out, show_progress) -> list[Sample]:
+    rollout = Rollout(engine, pool, RolloutConfig(
+        dialect=config.dialect, max_tool_calls=config.max_tool_calls, max_total_tokens=config.max_tokens,
+        sampling=SamplingParams(temperature=config.temperature, top_p=config.top_p, seed=config.seed),
+        sandbox_timeout=config.sandbox_timeout))
+    finished = {(s.problem_id, s.sample) for s in done}
+    todo = [(i, p, s) for i, p in enumerate(problems) for s in range(config.k) if (p.id, s) not in finished]
+    prompts = {p.id: rollout.prompt_ids(p.problem) for p in problems}
+    sink = (out / "trajectories.jsonl").open("a") if out is not None else None
+    gate = asyncio.Semaphore(config.concurrency)
+    new: list[Sample] = []
+    progress = _Progress(len(todo) + len(done), sum(s.correct for s in done), len(done), show_progress)
+
+    async def one(index: int, problem: Problem, sample: int) -> None:
+        async with gate:
+            traj = await rollout.run_one(prompts[problem.id], {"problem_id": problem.id, "sample": sample},
+                                         index=index * 100_003 + sample)
+        answer = extract_answer_from_trajectory(traj, engine.tokenizer, rollout.dialect)
+        graded = Sample(problem.id, sample, answer, problem.answer, is_equivalent(answer, problem.answer), traj)
+        new.append(graded)
+        if sink is not None:
+            sink.write(json.dumps(sample_to_json(graded)) + "\n")
+            sink.flush()
+        progress.advance(graded.correct)
+
+    try:
+        with progress:
+            await asyncio.gather(*(one(i, p, s) for i, p, s in todo))
+    finally:
+        if sink is not None:
+            sink.close()
+    return new
+
+
+class _Progress:
+    """A rich progress bar showing the running accuracy (or nothing, for tests)."""
+
+    def __init__(self, total: int, correct: int, completed: int, enabled: bool) -> None:
+        self.correct, self.completed, self.bar = correct, completed, None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            self.task = self.bar.add_task(self._label(), total=total, completed=completed)
+
+    def _label(self) -> str:
+        return f"accuracy {self.correct / self.completed:.3f}" if self.completed else "sampling"
+
+    def advance(self, correct: bool) -> None:
+        self.correct += correct
+        self.completed += 1
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, description=self._label())
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+
+def summarize(config: EvalConfig, problems: list[Problem], samples: list[Sample]) -> EvalResult:
+    by_problem: dict[str, list[Sample]] = {p.id: [] for p in problems}
+    for s in sorted(samples, key=lambda s: (s.problem_id, s.sample)):
+        if s.problem_id in by_problem:
+            by_problem[s.problem_id].append(s)
+    per_problem, avgs, passes, majs = [], [], [], []
+    for problem in problems:
+        group = by_problem[problem.id]
+        if not group:
+            continue
+        n, c = len(group), sum(s.correct for s in group)
+        majority = majority_answer([s.answer for s in group], is_equivalent)
+        maj_correct = is_equivalent(majority, problem.answer)
+        row = {"id": problem.id, "gold": problem.answer, "samples": n, "correct": c, "avg": avg_at_k([s.correct for s in group]),
+               f"pass@{n}": pass_at_k(n, c, n), "pass@1": pass_at_k(n, c, 1), "majority": majority,
+               "maj_correct": maj_correct, "answers": [s.answer for s in group]}
+        per_problem.append(row)
+        avgs.append(row["avg"])
+        passes.append(pass_at_k(n, c, min(config.k, n)))
+        majs.append(float(maj_correct))
+    k = config.k
+    metrics = {f"avg@{k}": mean(avgs), f"pass@{k}": mean(passes), f"maj@{k}": mean(majs),
+               "problems": len(per_problem), "samples": len(samples)}
+    return EvalResult(config, metrics, per_problem, tool_analytics(samples), samples)

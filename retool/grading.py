@@ -1,0 +1,240 @@
+"""Is the model's final answer right? Extraction, equivalence and the outcome reward.
+
+Why it is built this way:
+
+* **Only the model's own text is searched.** ``extract_answer_from_trajectory`` decodes
+  ``Trajectory.model_ids()`` (loss-mask 1), so ``\\boxed{42}`` printed by code inside an
+  ``<interpreter>`` span can never earn a reward, and code blocks are skipped (the dialect's
+  ``find_answer``). ``extract_answer`` on a string also blanks interpreter spans, as a safety net.
+* **The answer section wins.** ReTool ends with ``<answer>\\boxed{…}</answer>``: the last box of
+  the last answer section is the answer, even when a box appears after it (a model that keeps
+  talking after answering has already answered). No section: the last box of the prose
+  (``\\boxed{721} wait no \\boxed{720}`` → 720). A section with no box but a short bare
+  answer (``<answer>42</answer>``) gives that text.
+* **Integers first, exactly.** AIME/AMC/GSM8K answers are integers; after stripping wrappers
+  (``$``, ``\\text{}``, ``^\\circ``, ``\\!``, a trailing ``.``, 3-digit thousands groups, leading
+  zeros) two integers or simple fractions (``\\frac{50}{2}``, ``50/2``) are compared with
+  ``fractions.Fraction``: no floats, no sympy, microseconds.
+* **math-verify, strict, for the rest**: each side is parsed alone as ``\\boxed{…}`` with LaTeX
+  extraction only (no fallback strings, first match), then ``verify(gold, pred, strict=True)``
+  (gold first: the function is not symmetric). math-verify's own timeouts use ``signal.alarm``,
+  which raises outside the main thread, so they are switched off (``parsing_timeout=None``,
+  ``timeout_seconds=None``) and runtime is bounded here instead: inputs over ``MAX_CHARS`` are
+  compared as strings only, and parsed expressions that would make sympy evaluate something
+  astronomically large (``10^{10^{10}}``, ``1000000!``, sums over huge ranges) are refused
+  before ``verify`` sees them. Everything runs in the calling thread, so worker threads are fine.
+
+What it deliberately does not do:
+
+* ``ExprExtractionConfig`` is not used: it extracts *part* of a string (``2*pi`` → 2,
+  ``x**2 - 1`` → 1), which would turn wrong answers into right ones. Python-style input is
+  rewritten (``**`` → ``^``, bare ``pi`` → ``\\pi``) and parsed as LaTeX instead.
+* No numeric tolerance beyond math-verify's (6 decimals): ``2\\pi`` is not ``6.28``,
+  ``0.333`` is not ``\\frac{1}{3}``.
+* No hard wall-clock timeout: a pathological expression under ``MAX_CHARS`` that sympy simplifies
+  slowly can still take seconds. Run grading in a process pool if the inputs are adversarial.
+* No multiple-choice letters, units conversion, answer-in-words or ``1e3`` notation (read as
+  ``1·e·3``). Known leniency inherited from math-verify: an open interval ``(1,2)`` matches the set
+  ``\\{1,2\\}`` (it reads ``(1,2)`` as a possible pair); see ``retool.grading_bench``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from retool.protocol import RETOOL, Dialect, last_boxed
+from retool.trajectory import Trajectory
+
+MAX_CHARS = 1000  # longer answers are compared as strings only
+MAX_EXPONENT = 10_000  # |exponent|, factorial argument or summation range allowed before verify
+BARE_ANSWER_CHARS = 64  # <answer>42</answer> without a box: accepted up to this length, one line
+
+# math-verify warns once that its (signal-based) timeout is off; here that is the design, not news.
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(lambda record: not record.getMessage().startswith("Timeout is disabled"))
+
+# -- extraction ---------------------------------------------------------------------------------
+
+
+def _tool_span_pattern(dialect: Dialect) -> re.Pattern[str]:
+    start = dialect.output_open.strip() or dialect.stop
+    end = dialect.output_close.strip()
+    return re.compile(f"({re.escape(start)}).*?(?:({re.escape(end)})|\\Z)", re.DOTALL)
+
+
+def extract_answer(text: str, dialect: Dialect = RETOOL) -> str | None:
+    """The final answer in the *model's* text: the last ``\\boxed{}``/``\\fbox{}`` of the last
+    answer section, else of the prose; code blocks and interpreter spans never count."""
+    text = _tool_span_pattern(dialect).sub(lambda m: m.group(1) + (m.group(2) or ""), text)
+    text = dialect.code_pattern.sub("", text)
+    answer = dialect.find_answer(text)
+    if answer is None and dialect.answer_pattern is not None:
+        sections = dialect.answer_pattern.findall(text)
+        if sections and last_boxed(sections[-1]) is None:
+            bare = sections[-1].strip()
+            if bare and len(bare) <= BARE_ANSWER_CHARS and "\n" not in bare:
+                return bare
+    return answer
+
+
+def extract_answer_from_trajectory(traj: Trajectory, tokenizer: Any, dialect: Dialect) -> str | None:
+    """Decode only the model's tokens (mask 1) and extract the answer with the dialect's rules."""
+    text = tokenizer.decode(traj.model_ids(), skip_special_tokens=True)
+    return extract_answer(text, dialect)
+
+
+# -- the integer / fraction fast path ------------------------------------------------------------
+
+_WRAPPERS = re.compile(r"\\(?:text|textbf|textrm|textnormal|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree")
+_INT = r"[+-]?(?:\d+|\d{1,3}(?:,\d{3})+|\d{1,3}(?: \d{3})+)"
+_INT_RE = re.compile(_INT)
+_FRAC_RE = re.compile(rf"([+-]?)\\[dt]?frac\s*\{{\s*({_INT})\s*\}}\s*\{{\s*({_INT})\s*\}}")
+_FRAC_SHORT_RE = re.compile(r"([+-]?)\\[dt]?frac\s*(\d)\s*(\d)")
+_SLASH_RE = re.compile(rf"({_INT})\s*/\s*({_INT})")
+
+
+def _normalise(s: str) -> str:
+    """Cosmetic clean-up for the fast path and the cheap string comparison."""
+    s = s.strip().replace("\u2212", "-").replace("\\$", "").replace("$", "")
+    s = re.sub(r"\\[()\[\]]", "", s).replace("\\!", "").replace("{,}", ",")
+    s = re.sub(r"\\[,;:> ]|~", " ", s)
+    for _ in range(3):
+        s = _WRAPPERS.sub(r"\1", s)
+    s = _DEGREES.sub("", s)
+    s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+    return s
+
+
+def _integer(s: str) -> int | None:
+    return int(s.replace(",", "").replace(" ", "")) if _INT_RE.fullmatch(s) else None
+
+
+def _rational(s: str) -> Fraction | None:
+    """An integer or a simple fraction of integers, exactly; None for anything else."""
+    if (n := _integer(s)) is not None:
+        return Fraction(n)
+    m = _FRAC_RE.fullmatch(s) or _FRAC_SHORT_RE.fullmatch(s)
+    if m:
+        sign, num, den = m.group(1), _integer(m.group(2)), _integer(m.group(3))
+    elif m := _SLASH_RE.fullmatch(s):
+        sign, num, den = "", _integer(m.group(1)), _integer(m.group(2))
+    else:
+        return None
+    if num is None or not den:
+        return None
+    return -Fraction(num, den) if sign == "-" else Fraction(num, den)
+
+
+# -- math-verify, strict, without signals ----------------------------------------------------------
+
+
+def _mv_text(s: str) -> str:
+    s = s.strip().replace("\\$", "").replace("$", "").replace("\\!", "").replace("**", "^")
+    return re.sub(r"(?<![\\A-Za-z])pi(?![A-Za-z])", r"\\pi", s)
+
+
+def _mv_parse(s: str) -> list:
+    from math_verify import LatexExtractionConfig, parse
+
+    return parse("\\boxed{" + _mv_text(s) + "}", [LatexExtractionConfig(boxed_match_priority=0)],
+                 fallback_mode="no_fallback", extraction_mode="first_match", parsing_timeout=None)
+
+
+def _too_costly(expr: Any) -> bool:
+    """Would ``verify`` make sympy evaluate something astronomically large? Checked bottom-up,
+    so each ``evalf`` below only sees sub-expressions already known to be of reasonable size."""
+    import sympy
+
+    if isinstance(expr, sympy.MatrixBase):
+        return any(_too_costly(e) for e in expr)
+    if not isinstance(expr, sympy.Basic):
+        return False
+    combinatorial = (sympy.factorial, sympy.factorial2, sympy.subfactorial, sympy.binomial, sympy.gamma)
+    for node in sympy.postorder_traversal(expr):
+        if isinstance(node, sympy.Pow):
+            sizes = [node.exp]
+        elif isinstance(node, combinatorial):
+            sizes = list(node.args)
+        elif isinstance(node, (sympy.Sum, sympy.Product)):
+            sizes = [hi - lo for _, lo, hi in node.limits]
+        else:
+            continue
+        for size in sizes:
+            if size.is_number:
+                value = abs(sympy.N(size, 15))
+                if not value.is_finite or value > MAX_EXPONENT:
+                    return True
+            elif isinstance(node, (sympy.Sum, sympy.Product)):
+                return True  # a symbolic or infinite range: verify would try to evaluate it
+    return False
+
+
+def _math_verify(pred: str, gold: str) -> bool:
+    from math_verify import verify
+
+    gold_parsed, pred_parsed = _mv_parse(gold), _mv_parse(pred)
+    if not gold_parsed or not pred_parsed:
+        return False
+    if any(_too_costly(e) for e in gold_parsed + pred_parsed):
+        return False
+    return bool(verify(gold_parsed, pred_parsed, strict=True, timeout_seconds=None))
+
+
+def grade(pred: str | None, gold: str) -> tuple[bool, str]:
+    """``is_equivalent`` plus the path that decided it: ``none`` (no answer), ``string`` (equal
+    after clean-up), ``fast`` (integers/fractions), ``too_long``, or ``math_verify``."""
+    if pred is None:
+        return False, "none"
+    p, g = _normalise(pred), _normalise(gold)
+    if not p:
+        return False, "none"
+    if p == g:
+        return True, "string"
+    if len(pred) > MAX_CHARS or len(gold) > MAX_CHARS:
+        return False, "too_long"
+    rp, rg = _rational(p), _rational(g)
+    if rp is not None and rg is not None:
+        return rp == rg, "fast"
+    return _math_verify(pred, gold), "math_verify"
+
+
+def is_equivalent(pred: str | None, gold: str) -> bool:
+    """Does the predicted answer equal the gold one? None (no answer) is never right."""
+    return grade(pred, gold)[0]
+
+
+# -- reward ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    correct: float = 1.0
+    incorrect: float = -1.0
+    no_answer: float | None = None  # None: a missing answer is simply incorrect
+
+
+def reward(trajectory_or_text: Trajectory | str, gold: str, correct: float = 1.0, incorrect: float = -1.0,
+           tokenizer: Any = None, dialect: Dialect | None = None, *, config: RewardConfig | None = None) -> float:
+    """ReTool's outcome reward: ``correct`` (+1) if the model's final answer equals ``gold``, else
+    ``incorrect`` (−1); with ``config.no_answer`` set, a trajectory without an answer gets that.
+    A Trajectory is read through ``tokenizer`` + ``dialect`` (the model's tokens only)."""
+    if config is None:
+        config = RewardConfig(correct, incorrect)
+    elif (correct, incorrect) != (1.0, -1.0):
+        raise ValueError("pass either config= or correct=/incorrect=, not both")
+    if isinstance(trajectory_or_text, Trajectory):
+        if tokenizer is None or dialect is None:
+            raise ValueError("grading a Trajectory needs the tokenizer and dialect that produced it")
+        answer = extract_answer_from_trajectory(trajectory_or_text, tokenizer, dialect)
+    elif isinstance(trajectory_or_text, str):
+        answer = extract_answer(trajectory_or_text, dialect or RETOOL)
+    else:
+        raise TypeError(f"reward() takes a Trajectory or the model's text, not {type(trajectory_or_text).__name__}")
+    if answer is None and config.no_answer is not None:
+        return config.no_answer
+    return config.correct if is_equivalent(answer, gold) else config.incorrect
