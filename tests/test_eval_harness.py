@@ -110,3 +110,15 @@ def test_the_embedded_model_on_two_aime_problems(tmp_path):
     saved = json.loads((tmp_path / "aime" / "results.json").read_text())
     assert [r["id"] for r in saved["per_problem"]] == [r["id"] for r in result.per_problem]
     assert all(len(r["answers"]) == 2 for r in saved["per_problem"])
+
+
+def test_two_runs_cannot_write_one_directory_at_once(tmp_path):
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with (run / ".lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process's run, in effect
+        with pytest.raises(ValueError, match="another retool eval"):
+            run_eval(config(tmp_path), engine=ScriptedEngine(), problems=PROBLEMS, show_progress=False)
+    assert run_eval(config(tmp_path), engine=ScriptedEngine(), problems=PROBLEMS, show_progress=False).metrics["samples"] == 12

@@ -135,7 +135,7 @@ class HFEngine(Engine):
                 if slot.request is not None:
                     self._fail(slot, closed)
             for request in self._waiting:
-                request.loop.call_soon_threadsafe(_resolve, request.future, None, closed)
+                _tell(request, None, closed)
             self._waiting = []
 
     def _loop(self) -> None:
@@ -301,13 +301,21 @@ class HFEngine(Engine):
                                 prompt_tokens=len(request.prompt), cached_tokens=request.cached)
         slot.request = None  # a freed slot keeps its columns: a later prompt may share their prefix
         slot.state, slot.parked_at = (PARKED, time.monotonic()) if park else (FREE, 0.0)
-        request.loop.call_soon_threadsafe(_resolve, request.future, completion, None)
+        _tell(request, completion, None)
 
     def _fail(self, slot: _Slot, exc: BaseException) -> None:
         request = slot.request
         slot.state, slot.fed, slot.pending, slot.request, slot.prompt_logits = FREE, [], [], None, None
         if request is not None:
-            request.loop.call_soon_threadsafe(_resolve, request.future, None, exc)
+            _tell(request, None, exc)
+
+
+def _tell(request: _Request, value: Any, exc: BaseException | None) -> None:
+    """Resolve a request's future on its own event loop; a loop already closed has nobody waiting."""
+    try:
+        request.loop.call_soon_threadsafe(_resolve, request.future, value, exc)
+    except RuntimeError:  # "Event loop is closed": the caller was interrupted and is gone
+        pass
 
 
 def _resolve(future: asyncio.Future, value: Any, exc: BaseException | None) -> None:

@@ -13,6 +13,8 @@ Not here: the metrics (``metrics.py``), tool analytics (``analytics.py``), the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -122,6 +124,28 @@ def run_eval(config: EvalConfig, engine: Engine | None = None, problems: list[Pr
     """Run (or resume) an evaluation; returns the graded result and writes ``config.out``."""
     problems = problems if problems is not None else load_benchmark(config.benchmark, limit=config.limit)
     out = Path(config.out) if config.out else None
+    with _exclusive(out):
+        return _run_locked(config, engine, problems, out, show_progress)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path | None):
+    """One writer per run directory: a second ``retool eval`` on the same ``--out`` would redo and
+    duplicate the samples the first one is working on."""
+    if out is None:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{out} is being written by another retool eval; wait for it or use another --out") from None
+        yield
+
+
+def _run_locked(config: EvalConfig, engine: Engine | None, problems: list[Problem], out: Path | None,
+                show_progress: bool) -> EvalResult:
     done: list[Sample] = []
     if out is not None:
         check_resumable(out, config)
