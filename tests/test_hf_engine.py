@@ -149,3 +149,41 @@ def test_closing_the_engine_fails_requests_in_flight_instead_of_hanging(model_an
             await asyncio.wait_for(task, timeout=10)
 
     asyncio.run(run())
+
+
+def test_streaming_yields_each_token_then_the_completion(model_and_tokenizer):
+    from retool.engines.base import Completion, TokenDelta
+
+    model, tok = model_and_tokenizer
+    prompt = tok.encode("Let me compute")
+    params = SamplingParams(max_tokens=12, temperature=0)
+    with HFEngine(model, tok, max_batch=2, capacity=128) as engine:
+
+        async def collect():
+            return [item async for item in engine.astream(prompt, params)]
+
+        items = asyncio.run(collect())
+        expected = engine.generate([prompt], params)[0]
+    deltas, final = items[:-1], items[-1]
+    assert isinstance(final, Completion) and all(isinstance(d, TokenDelta) and len(d.ids) == 1 for d in deltas)
+    assert [d.ids[0] for d in deltas] == final.ids == expected.ids
+
+
+def test_leaving_a_stream_early_stops_its_generation(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    with HFEngine(model, tok, max_batch=2, capacity=4096) as engine:
+
+        async def first_three():
+            stream = engine.astream(tok.encode("x"), SamplingParams(max_tokens=3000, temperature=0))
+            got = []
+            async for item in stream:
+                got.append(item)
+                if len(got) == 3:
+                    break
+            await stream.aclose()
+            await asyncio.sleep(0.5)
+            return got
+
+        assert len(asyncio.run(first_three())) == 3
+        assert engine.stats.decode_tokens < 200  # stopped long before 3000
+        assert not any(s.state in ("decoding", "pending") for s in engine.slots)

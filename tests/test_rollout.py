@@ -130,10 +130,38 @@ def test_a_number_only_in_interpreter_output_is_not_an_answer(pool):
     assert traj.finish_reason == "eos"
 
 
+class ByPromptEngine(ScriptedEngine):
+    """First turns write a block, continuations (the prompt ends with interpreter output) finish:
+    decided by the prompt, so concurrent trajectories cannot take each other's turns."""
+
+    def __init__(self, block: str):
+        super().__init__([])
+        self.block = block
+
+    async def agenerate(self, prompt_ids, params, stop=()):
+        continuation = self.tokenizer.decode(prompt_ids).rstrip().endswith("</interpreter>")
+        self.turns = ["done" + EOS if continuation else self.block]
+        return await super().agenerate(prompt_ids, params, stop)
+
+
 def test_many_trajectories_overlap_sandbox_and_generation(pool):
     block = "<code>\n```python\nimport time\ntime.sleep(0.3)\nprint(1)\n```\n</code>"
-    engine = ScriptedEngine([block, block, "a" + EOS, "b" + EOS])
+    engine = ByPromptEngine(block)
     r = rollout(engine, pool)
     trajs = r.run([engine.tokenizer.encode("p"), engine.tokenizer.encode("q")])
     assert all(len(t.tool_calls) == 1 for t in trajs)
     assert r.stats.wall_s < 0.6 + 5.0 and r.stats.tool_calls == 2
+
+
+def test_an_engine_without_streaming_streams_its_completion_at_once():
+    import asyncio
+
+    from retool.engines.base import TokenDelta
+
+    engine = ScriptedEngine(["all at once" + EOS])
+
+    async def collect():
+        return [item async for item in engine.astream([1], SamplingParams())]
+
+    delta, completion = asyncio.run(collect())
+    assert isinstance(delta, TokenDelta) and list(delta.ids) == completion.ids and completion.finish_reason == "eos"

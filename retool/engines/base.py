@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, AsyncIterator, Literal
 
 FinishReason = Literal["stop", "eos", "length"]
 
@@ -43,6 +43,14 @@ class Completion:
     cached_tokens: int = 0  # prompt tokens served from the KV cache instead of computed
 
 
+@dataclass(frozen=True)
+class TokenDelta:
+    """New tokens of a completion in progress (``Engine.astream``); the stream ends with the
+    ``Completion`` itself."""
+
+    ids: tuple[int, ...]
+
+
 @dataclass
 class EngineStats:
     """Counters for benchmarks and logs. ``busy_s`` is time spent in model forward passes."""
@@ -66,6 +74,15 @@ class Engine(ABC):
     @abstractmethod
     async def agenerate(self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()) -> Completion:
         """Continue ``prompt_ids``; returns when a stop string, EOS or ``max_tokens`` is reached."""
+
+    async def astream(
+        self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()
+    ) -> AsyncIterator[TokenDelta | Completion]:
+        """Like ``agenerate``, yielding ``TokenDelta``s as tokens are sampled, then the ``Completion``.
+        Engines that cannot stream yield all tokens at once at the end (this default)."""
+        completion = await self.agenerate(prompt_ids, params, stop)
+        yield TokenDelta(tuple(completion.ids))
+        yield completion
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, stop: tuple[str, ...] = ()

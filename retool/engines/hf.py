@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from retool.engines.base import Completion, Engine, EngineStats, SamplingParams, find_stop
+from retool.engines.base import Completion, Engine, EngineStats, SamplingParams, TokenDelta, find_stop
 from retool.engines.kv_slots import SlotKVCache
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     generator: torch.Generator | None
     cached: int = 0
+    stream: asyncio.Queue | None = None  # receives each sampled token, then the Completion (astream)
+    cancelled: bool = False  # the streaming consumer went away: stop at the next token
 
 
 @dataclass
@@ -102,6 +104,10 @@ class HFEngine(Engine):
     # -- public -----------------------------------------------------------------------------------
 
     async def agenerate(self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()) -> Completion:
+        return await self._submit(prompt_ids, params, stop).future
+
+    def _submit(self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...],
+                stream: asyncio.Queue | None = None) -> _Request:
         if self._closed:
             raise RuntimeError("the engine is closed")
         if not prompt_ids:
@@ -110,9 +116,25 @@ class HFEngine(Engine):
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device="cpu").manual_seed(params.seed)
-        request = _Request(list(prompt_ids), params, tuple(stop), loop.create_future(), loop, generator)
+        request = _Request(list(prompt_ids), params, tuple(stop), loop.create_future(), loop, generator, stream=stream)
         self._inbox.put(request)
-        return await request.future
+        return request
+
+    async def astream(self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()):
+        """Tokens as they are sampled (``TokenDelta`` per token), then the ``Completion``. Leaving the
+        loop early (Ctrl-C in a chat, a dropped HTTP client) stops the generation at the next token."""
+        request = self._submit(prompt_ids, params, stop, stream=asyncio.Queue())
+        try:
+            while True:
+                item = await request.stream.get()
+                if isinstance(item, Completion):
+                    yield item
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield TokenDelta((item,))
+        finally:
+            request.cancelled = True
 
     @property
     def stats(self) -> EngineStats:
@@ -280,6 +302,8 @@ class HFEngine(Engine):
         token = sample_token(logits, request.params, request.generator)
         slot.generated.append(token)
         slot.logprobs.append(float(logits[token] - torch.logsumexp(logits, dim=-1)))
+        if request.stream is not None:
+            _push(request, token)
         self._check_done(slot)
 
     def _check_done(self, slot: _Slot) -> None:
@@ -292,7 +316,7 @@ class HFEngine(Engine):
             self._finish(slot, "stop", stop, park=True)
         elif slot.generated[-1] in self.eos_ids:
             self._finish(slot, "eos")
-        elif len(slot.generated) >= request.params.max_tokens:
+        elif len(slot.generated) >= request.params.max_tokens or request.cancelled:
             self._finish(slot, "length", park=True)
 
     def _finish(self, slot: _Slot, reason: str, stop: str | None = None, park: bool = False) -> None:
@@ -315,6 +339,16 @@ def _tell(request: _Request, value: Any, exc: BaseException | None) -> None:
     try:
         request.loop.call_soon_threadsafe(_resolve, request.future, value, exc)
     except RuntimeError:  # "Event loop is closed": the caller was interrupted and is gone
+        pass
+    if request.stream is not None:
+        _push(request, exc if exc is not None else value)
+
+
+def _push(request: _Request, item: Any) -> None:
+    """Hand a token (or the final Completion / error) to a streaming consumer's queue."""
+    try:
+        request.loop.call_soon_threadsafe(request.stream.put_nowait, item)
+    except RuntimeError:
         pass
 
 
