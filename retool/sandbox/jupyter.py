@@ -248,7 +248,7 @@ class JupyterSession(Session):
         if truncated:
             stopped_for = ExecStatus.OUTPUT_LIMIT
         if stopped_for is ExecStatus.TIMEOUT:
-            error = f"TimeoutError: the cell ran past its time limit and was interrupted"
+            error = "TimeoutError: the cell ran past its time limit and was interrupted"
             return ExecResult(ExecStatus.TIMEOUT, out.text(), err.text(), error, watch.elapsed, truncated)
         if stopped_for is ExecStatus.OUTPUT_LIMIT:
             error = f"OutputLimitError: the cell printed more than {self.limits.max_output_bytes:,} bytes and was stopped"
