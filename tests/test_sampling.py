@@ -5,7 +5,7 @@ import math
 import torch
 
 from retool.engines.base import SamplingParams
-from retool.engines.hf import sample_token
+from retool.engines.sampling import sample_token
 from retool.rollout_bench import distinct_prefixes
 
 

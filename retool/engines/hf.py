@@ -31,6 +31,7 @@ import torch
 
 from retool.engines.base import Completion, Engine, EngineStats, SamplingParams, TokenDelta, find_stop
 from retool.engines.kv_slots import SlotKVCache
+from retool.engines.sampling import sample_token
 
 log = logging.getLogger(__name__)
 
@@ -355,41 +356,6 @@ def _push(request: _Request, item: Any) -> None:
 def _resolve(future: asyncio.Future, value: Any, exc: BaseException | None) -> None:
     if not future.done():
         future.set_exception(exc) if exc is not None else future.set_result(value)
-
-
-CANDIDATES = 1024  # top-p is decided among this many best tokens, unless they hold too little mass
-
-
-def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token from one row of logits: greedy at temperature 0, else temperature, top-k, top-p.
-
-    Sampling is by inverse CDF over the kept tokens (one uniform draw), which is exact and far
-    cheaper than ``torch.multinomial`` over a 49k vocabulary; top-p looks only at the best
-    ``CANDIDATES`` tokens when they already hold ``top_p`` of the mass (the usual case), else at all.
-    """
-    if params.temperature <= 0:
-        return int(torch.argmax(logits))
-    scaled = logits / params.temperature
-    filtered = 0 < params.top_k < scaled.numel() or params.top_p < 1.0
-    if not filtered:
-        return _inverse_cdf(torch.softmax(scaled, dim=-1), generator)
-    k = params.top_k if 0 < params.top_k < scaled.numel() else min(CANDIDATES, scaled.numel())
-    values, order = torch.topk(scaled, k)  # sorted, best first
-    probs = torch.exp(values - torch.logsumexp(scaled, dim=-1))  # shares of the *whole* distribution
-    if params.top_p < 1.0:
-        cumulative = probs.cumsum(-1)
-        if params.top_k <= 0 and cumulative[-1] < params.top_p and k < scaled.numel():
-            values, order = torch.sort(scaled, descending=True)  # the candidates were not enough
-            probs = torch.softmax(values, dim=-1)
-            cumulative = probs.cumsum(-1)
-        probs = probs[: int((cumulative - probs < params.top_p).sum())]  # keep the token that crosses top_p
-    return int(order[_inverse_cdf(probs, generator)])
-
-
-def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> int:
-    cumulative = probs.cumsum(-1)
-    u = torch.rand((), generator=generator) * cumulative[-1]
-    return min(int(torch.searchsorted(cumulative, u, right=True)), probs.numel() - 1)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
