@@ -33,8 +33,9 @@ _reaped_once = threading.Lock()
 _reaped = False
 
 
-def reap_orphans_once(backend: str) -> None:
-    """Once per process: clean up what crashed earlier processes left (jails, cgroups, containers)."""
+def reap_orphans_once() -> None:
+    """Once per process: clean up the jails and cgroups that crashed earlier processes left.
+    (Containers: the docker backend reaps its own, once per process, when its first session starts.)"""
     global _reaped
     with _reaped_once:
         if _reaped:
@@ -43,10 +44,6 @@ def reap_orphans_once(backend: str) -> None:
     from retool.sandbox.isolation import reap_orphans
 
     count = reap_orphans()
-    if backend == "docker":
-        from retool.sandbox.docker import reap_orphans as reap_containers
-
-        count += reap_containers()
     if count:
         log.warning("reaped %d sandbox(es) left behind by a process that is gone", count)
 
@@ -65,7 +62,7 @@ class SandboxPool:
         if size < 1:
             raise ValueError("a pool needs at least one session")
         self.backend, self.size, self.limits, self.options = backend, size, limits or SandboxLimits(), options
-        reap_orphans_once(backend)
+        reap_orphans_once()
         self._lock = threading.Condition()
         self._idle: list[Session] = []
         self._busy: set[Session] = set()
