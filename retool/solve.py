@@ -15,7 +15,8 @@ from retool.engines import create_engine
 from retool.engines.base import SamplingParams
 from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox import SandboxLimits, SandboxPool
-from retool.transcript import model_text, print_transcript
+from retool.grading import extract_answer_from_trajectory
+from retool.transcript import print_transcript
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def run_solve(problem: str, config: SolveConfig, console=None) -> dict[str, Any]
             rollout = Rollout(engine, pool, rollout_config)
             traj = rollout.run([rollout.prompt_ids(problem)], [{"problem": problem}])[0]
         tokenizer = engine.tokenizer
-        answer = rollout.dialect.find_answer(model_text(traj, tokenizer))
+        answer = extract_answer_from_trajectory(traj, tokenizer, rollout.dialect)
         if console is not None:
             print_transcript(console, traj, tokenizer, rollout.dialect)
             console.rule()

@@ -41,11 +41,6 @@ def pieces(traj: Trajectory, tokenizer, dialect: Dialect) -> list[Piece]:
     return out
 
 
-def model_text(traj: Trajectory, tokenizer) -> str:
-    """Only what the model wrote (interpreter output removed): the text answers are read from."""
-    return tokenizer.decode(traj.model_ids(), skip_special_tokens=True)
-
-
 def print_transcript(console, traj: Trajectory, tokenizer, dialect: Dialect) -> None:
     """Reasoning plain, code in yellow, interpreter output in cyan on a dark background."""
     from rich.text import Text
