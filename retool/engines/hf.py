@@ -200,7 +200,7 @@ class HFEngine(Engine):
     def _admit(self, request: _Request) -> bool:
         prompt = request.prompt
         if len(prompt) + request.params.max_tokens + 2 > self.cache.capacity:
-            self.cache.grow(capacity=_next_pow2(len(prompt) + request.params.max_tokens + 2))
+            self.cache.grow(_next_pow2(len(prompt) + request.params.max_tokens + 2))
         # 1. a parked slot this prompt continues (the same trajectory after a tool call)
         for slot in self.slots:
             if slot.state == PARKED and len(slot.fed) < len(prompt) and prompt[: len(slot.fed)] == slot.fed:
@@ -336,13 +336,15 @@ class HFEngine(Engine):
 
 
 def _tell(request: _Request, value: Any, exc: BaseException | None) -> None:
-    """Resolve a request's future on its own event loop; a loop already closed has nobody waiting."""
+    """Hand the result to whoever waits: a streaming consumer through its queue, else the future,
+    on the caller's own event loop (a loop already closed has nobody waiting)."""
+    if request.stream is not None:
+        _push(request, exc if exc is not None else value)
+        return
     try:
         request.loop.call_soon_threadsafe(_resolve, request.future, value, exc)
     except RuntimeError:  # "Event loop is closed": the caller was interrupted and is gone
         pass
-    if request.stream is not None:
-        _push(request, exc if exc is not None else value)
 
 
 def _push(request: _Request, item: Any) -> None:

@@ -47,15 +47,14 @@ class SlotKVCache:
     def trash(self) -> int:
         return self.capacity - 1
 
-    def grow(self, slots: int | None = None, capacity: int | None = None) -> None:
-        """Enlarge the buffer (a copy): more slots, or more columns per slot."""
-        slots, capacity = max(slots or 0, self.slots), max(capacity or 0, self.capacity)
-        if (slots, capacity) == (self.slots, self.capacity):
+    def grow(self, capacity: int) -> None:
+        """More columns per slot (a copy of the buffer). Slots are fixed at construction."""
+        if capacity <= self.capacity:
             return
         for buffers in (self.keys, self.values):
             for i, old in enumerate(buffers):
-                new = torch.zeros(slots, old.shape[1], capacity, old.shape[3], dtype=self.dtype, device=self.device)
-                new[: old.shape[0], :, : old.shape[2] - 1] = old[:, :, :-1]  # the old trash column is not data
+                new = torch.zeros(old.shape[0], old.shape[1], capacity, old.shape[3], dtype=self.dtype, device=self.device)
+                new[:, :, : old.shape[2] - 1] = old[:, :, :-1]  # the old trash column is not data
                 buffers[i] = new
 
     def copy_prefix(self, src: int, dst: int, length: int) -> None:
