@@ -184,6 +184,35 @@ def solve(
         console.print_json(json.dumps(report))
 
 
+@app.command("chat")
+def chat(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local path, hub name, or the embedded default."),
+    engine: str = typer.Option("hf", help="Engine: hf (transformers), vllm (GPU) or openai (a served model)."),
+    base_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server (engine openai)."),
+    api_key: Optional[str] = typer.Option(None, envvar="OPENAI_API_KEY", help="API key for --base-url."),
+    sandbox: str = typer.Option("jupyter", help=f"Sandbox backend: {', '.join(BACKENDS)}."),
+    dialect: str = typer.Option("retool", help="Protocol dialect: retool (<code>…</code>) or fenced (```python)."),
+    max_tool_calls: int = typer.Option(8, help="Most code executions per answer."),
+    max_tokens: int = typer.Option(1024, help="Most tokens per answer (model and interpreter)."),
+    temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy)."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    timeout: float = typer.Option(30.0, help="Seconds per code execution."),
+    system: Optional[str] = typer.Option(None, help="Extra system instructions, after the tool protocol's."),
+) -> None:
+    """Chat with a tool-integrated model; one sandbox session lasts the whole conversation."""
+    from retool.chat import ChatConfig, run_chat
+
+    config = ChatConfig(model=model, engine=engine, base_url=base_url, api_key=api_key, sandbox=_check_backend(sandbox),
+                        dialect=dialect, max_tool_calls=max_tool_calls, max_tokens=max_tokens, temperature=temperature,
+                        top_p=top_p, seed=seed, timeout=timeout, system=system)
+    try:
+        run_chat(config, console)
+    except (SandboxUnavailable, ValueError, RuntimeError, ImportError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(3)
+
+
 @app.command("eval")
 def evaluate(
     benchmark: str = typer.Option(..., "--benchmark", "-b", help="aime24, aime25, amc23, gsm8k, a .jsonl/.parquet path, or hf:NAME."),

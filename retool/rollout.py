@@ -13,6 +13,11 @@ the others keep generating. Token ids are only ever appended; the next turn's in
 Budgets: ``max_tool_calls``, ``max_total_tokens`` (model + interpreter tokens after the prompt)
 and the sandbox's per-call timeout. A code block cut off by the token budget is never executed.
 
+A listener (``run_one(..., listener=f)``) sees the trajectory being written: ``TokenDelta``s as the
+engine samples them (the engine streams for it) and a ``ToolCallDone`` after each cell, which is how
+the chat and the server stream a turn. Cancelling ``run_one`` stops generation at the next token
+and interrupts a running cell (``Session.interrupt``), leaving the session usable.
+
 Not here: grading (``retool.grading``), prompts for datasets (callers build ``prompt_ids`` with
 ``Rollout.prompt_ids``), training.
 """
@@ -22,12 +27,24 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from retool.engines.base import Completion, Engine, SamplingParams
+from retool.engines.base import Completion, Engine, SamplingParams, TokenDelta
 from retool.protocol import Dialect, build_messages, get_dialect
 from retool.sandbox.base import ExecResult, Session
-from retool.trajectory import Trajectory
+from retool.trajectory import ToolCall, Trajectory
+
+
+@dataclass(frozen=True)
+class ToolCallDone:
+    """A cell ran; ``rendered`` is the text appended for the model (``output_ids`` decode to it)."""
+
+    call: ToolCall
+    rendered: str
+    output_ids: tuple[int, ...]
+
+
+Listener = Callable[[TokenDelta | ToolCallDone], None]
 
 
 @dataclass(frozen=True)
@@ -97,16 +114,33 @@ class Rollout:
         finally:
             self.stats.wall_s += time.monotonic() - started
 
-    async def run_one(self, prompt_ids: list[int], meta: dict[str, Any] | None = None, index: int = 0) -> Trajectory:
-        traj = Trajectory(list(prompt_ids), meta=dict(meta or {}))
+    async def run_one(
+        self,
+        prompt_ids: list[int],
+        meta: dict[str, Any] | None = None,
+        index: int = 0,
+        session: Session | None = None,
+        listener: Listener | None = None,
+        traj: Trajectory | None = None,
+    ) -> Trajectory:
+        """One trajectory, in a fresh pool session or in ``session`` (a conversation's own, kept
+        after the turn). Pass ``traj`` to see the partial trajectory if the task is cancelled."""
+        traj = traj if traj is not None else Trajectory(list(prompt_ids), meta=dict(meta or {}))
+        if session is not None:
+            await self._loop(traj, session, index, listener)
+            return traj
         async with self.pool.asession() as session:
-            turn = 0
-            while not traj.finished:
-                await self._turn(traj, session, index, turn)
-                turn += 1
+            await self._loop(traj, session, index, listener)
         return traj
 
-    async def _turn(self, traj: Trajectory, session: Session, index: int, turn: int) -> None:
+    async def _loop(self, traj: Trajectory, session: Session, index: int, listener: Listener | None) -> None:
+        turn = 0
+        while not traj.finished:
+            await self._turn(traj, session, index, turn, listener)
+            turn += 1
+
+    async def _turn(self, traj: Trajectory, session: Session, index: int, turn: int,
+                    listener: Listener | None = None) -> None:
         cfg, dialect = self.config, self.dialect
         remaining = cfg.max_total_tokens - len(traj.ids)
         if remaining <= 0:
@@ -114,7 +148,7 @@ class Rollout:
             return
         seed = None if cfg.sampling.seed is None else cfg.sampling.seed * 1_000_003 + index * 1_009 + turn
         params = cfg.sampling.with_(max_tokens=remaining, seed=seed)
-        completion = await self._generate(traj.input_ids, params, dialect.stop_strings)
+        completion = await self._generate(traj.input_ids, params, dialect.stop_strings, listener)
         traj.append_model(completion.ids, completion.logprobs)
         if completion.finish_reason == "stop" and completion.stop == dialect.stop:
             code = dialect.extract_code(self.tokenizer.decode(completion.ids, skip_special_tokens=False))
@@ -129,7 +163,9 @@ class Rollout:
             room = cfg.max_total_tokens - len(traj.ids)
             code_end = len(traj.ids)
             span = traj.append_tool(output_ids[:room])
-            traj.record_tool_call(code, result, code_end, span)
+            call = traj.record_tool_call(code, result, code_end, span)
+            if listener is not None:
+                listener(ToolCallDone(call, rendered, tuple(output_ids[:room])))
             if len(output_ids) > room:
                 traj.finish("length")
             return
@@ -141,19 +177,37 @@ class Rollout:
         else:  # out of tokens; an unclosed code block is not executed
             traj.finish("length")
 
-    async def _generate(self, input_ids: list[int], params: SamplingParams, stop: tuple[str, ...]) -> Completion:
+    async def _generate(self, input_ids: list[int], params: SamplingParams, stop: tuple[str, ...],
+                        listener: Listener | None = None) -> Completion:
         self._enter("_in_engine")
         self.stats.generate_calls += 1
         try:
-            return await self.engine.agenerate(input_ids, params, stop)
+            if listener is None:
+                return await self.engine.agenerate(input_ids, params, stop)
+            stream = self.engine.astream(input_ids, params, stop)
+            try:
+                async for item in stream:
+                    if isinstance(item, Completion):
+                        return item
+                    listener(item)
+            finally:
+                await stream.aclose()  # on cancellation too: the engine stops this sequence
+            raise RuntimeError(f"the {self.engine.name} engine's stream ended without a completion")
         finally:
             self._leave("_in_engine")
 
     async def _execute(self, session: Session, code: str) -> ExecResult:
         self._enter("_in_sandbox")
         started = time.monotonic()
+        cell = asyncio.ensure_future(session.arun(code, self.config.sandbox_timeout))
         try:
-            return await session.arun(code, self.config.sandbox_timeout)
+            return await asyncio.shield(cell)
+        except asyncio.CancelledError:
+            # the cell runs on a worker thread: stop it, and wait so the session is free again
+            while not cell.done():  # again until it lands: the first may beat the cell's start
+                session.interrupt()
+                await asyncio.wait([cell], timeout=0.2)
+            raise
         finally:
             self.stats.sandbox_s += time.monotonic() - started
             self.stats.tool_calls += 1

@@ -87,12 +87,13 @@ class Trajectory:
 
     # -- the rest --------------------------------------------------------------------------------
 
-    def record_tool_call(self, code: str, result: ExecResult, code_end: int, output_span: tuple[int, int]) -> None:
+    def record_tool_call(self, code: str, result: ExecResult, code_end: int, output_span: tuple[int, int]) -> "ToolCall":
         call = ToolCall(code, result, code_end, output_span)
         start, end = output_span
         if not (0 < code_end <= start <= end <= len(self.ids)) or any(self.loss_mask[start:end]):
             raise TrajectoryError(f"tool call spans {code_end}, {output_span} do not fit the trajectory")
         self.tool_calls.append(call)
+        return call
 
     def finish(self, reason: FinishReason) -> None:
         if reason not in FINISH_REASONS:

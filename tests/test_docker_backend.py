@@ -95,6 +95,17 @@ def test_timeout_interrupts_and_keeps_state(session) -> None:
     assert session.run("kept").stdout == "'yes'\n"
 
 
+def test_interrupt_from_another_thread_stops_the_cell_and_keeps_state(session) -> None:
+    import threading
+
+    session.run("kept = 'yes'")
+    threading.Timer(0.5, session.interrupt).start()
+    result = session.run("import time\ntime.sleep(60)", timeout=30)
+    assert result.status is ExecStatus.INTERRUPTED and not result.session_reset
+    assert result.duration_s < 5
+    assert session.run("kept").stdout == "'yes'\n"
+
+
 def test_cell_that_ignores_sigint_costs_a_reset(session) -> None:
     session.run("kept = 1")
     result = session.run("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass", timeout=1)

@@ -52,6 +52,18 @@ def test_timeout_interrupts_and_keeps_state(jupyter_session):
     assert jupyter_session.run("print(before)").stdout == "1\n"
 
 
+def test_interrupt_from_another_thread_stops_the_cell_and_keeps_state(jupyter_session):
+    import threading
+
+    jupyter_session.run("before = 1")
+    threading.Timer(0.5, jupyter_session.interrupt).start()
+    result = jupyter_session.run("import time\nprint('started', flush=True)\ntime.sleep(60)", timeout=30)
+    assert result.status is ExecStatus.INTERRUPTED and not result.session_reset
+    assert "started" in result.stdout and result.error.startswith("KeyboardInterrupt")
+    assert result.duration_s < 5
+    assert jupyter_session.run("print(before)").stdout == "1\n"  # and the next cell is not interrupted
+
+
 def test_sigint_ignoring_cell_gets_a_fresh_kernel(jupyter_session):
     jupyter_session.run("before = 1")
     result = jupyter_session.run("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass", timeout=1.0)

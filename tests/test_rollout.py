@@ -4,36 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from retool.engines.base import Completion, Engine, SamplingParams
+from retool.engines.base import SamplingParams
 from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox import SandboxPool
-from tiny import tiny_tokenizer
-
-EOS = "<|im_end|>"
-
-
-class ScriptedEngine(Engine):
-    """Returns the scripted turns in order (one script per trajectory, by its first prompt token
-    count), honouring stop strings and max_tokens the way a real engine would; records every input."""
-
-    name = "scripted"
-
-    def __init__(self, turns: list[str]):
-        self.tokenizer = tiny_tokenizer()
-        self.turns = list(turns)
-        self.calls: list[list[int]] = []
-
-    async def agenerate(self, prompt_ids, params: SamplingParams, stop=()):
-        self.calls.append(list(prompt_ids))
-        text = self.turns.pop(0)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) > params.max_tokens:
-            ids = ids[: params.max_tokens]
-            return Completion(ids, [-0.5] * len(ids), "length")
-        hit = next((s for s in stop if text.endswith(s)), None)
-        reason = "stop" if hit else ("eos" if text.endswith(EOS) else "length")
-        return Completion(ids, [-0.5] * len(ids), reason, hit)
-
+from scripted import EOS, ScriptedEngine
 
 @pytest.fixture(scope="module")
 def pool():

@@ -29,3 +29,12 @@ def test_large_code_travels_as_a_file_not_argv(subprocess_session):
     code = "values = [\n" + ",\n".join(str(i) for i in range(60_000)) + "]\nprint(sum(values))"
     assert len(code) > 300_000
     assert subprocess_session.run(code).stdout == f"{sum(range(60_000))}\n"
+
+
+def test_interrupt_from_another_thread_kills_the_program(subprocess_session):
+    import threading
+
+    threading.Timer(0.5, subprocess_session.interrupt).start()
+    result = subprocess_session.run("import time\nprint('started', flush=True)\ntime.sleep(60)", timeout=30)
+    assert result.status is ExecStatus.INTERRUPTED and result.duration_s < 5
+    assert subprocess_session.run("print(1)").ok

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import re
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, replace
@@ -32,6 +33,7 @@ class ExecStatus(str, enum.Enum):
     OOM = "oom"  # the memory limit was hit (MemoryError or the interpreter killed for memory)
     CRASHED = "crashed"  # the interpreter died (segfault, os._exit, killed); a fresh one serves the next call
     OUTPUT_LIMIT = "output_limit"  # the cell printed more than the output cap and was stopped
+    INTERRUPTED = "interrupted"  # stopped on request (``Session.interrupt``: a user's Ctrl-C); state kept
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,9 @@ def status_for_exception(ename: str) -> ExecStatus:
     return ExecStatus.ERROR
 
 
+INTERRUPTED_ERROR = "KeyboardInterrupt: the cell was stopped on request"
+
+
 class SandboxUnavailable(RuntimeError):
     """The backend cannot start on this machine (missing bwrap, no Docker engine, no image).
 
@@ -157,6 +162,18 @@ class Session(ABC):
 
     def __init__(self, limits: SandboxLimits | None = None) -> None:
         self.limits = limits or SandboxLimits()
+        self._interrupt_requested = threading.Event()
+
+    def interrupt(self) -> None:
+        """Stop the cell that is running now, from any thread (a chat user's Ctrl-C, a dropped HTTP
+        client). The cell returns ``INTERRUPTED`` with the output it had printed; the interpreter and
+        its variables stay (unless the cell ignores the interrupt: then it is replaced, as on a
+        timeout). Without a running cell this does nothing."""
+        self._interrupt_requested.set()
+
+    def _take_interrupt(self) -> bool:
+        """Backends poll this while a cell runs; it is cleared when ``run`` starts a new cell."""
+        return self._interrupt_requested.is_set()
 
     @abstractmethod
     def run(self, code: str, timeout: float | None = None) -> ExecResult:

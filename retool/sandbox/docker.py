@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from retool.sandbox.base import ExecResult, ExecStatus, SandboxLimits, SandboxUnavailable, Session, Stopwatch
-from retool.sandbox.base import status_for_exception
+from retool.sandbox.base import INTERRUPTED_ERROR, status_for_exception
 
 LABEL = "retool.sandbox"
 STARTUP_TIMEOUT_S = 30.0
+POLL_S = 0.05  # how often a waiting cell checks for an interrupt request
 BUILD_HINT = ("build it with `sudo bash sandbox/build_offline_image.sh` (no registry needed) "
               "or `docker build -t retool-sandbox:latest sandbox/`")
 ENGINE_HINT = "start the engine with `sudo dockerd &` (or point DOCKER_HOST at a reachable one)"
@@ -224,28 +225,40 @@ class DockerSession(Session):
                               duration_s=watch.elapsed, session_reset=True)
 
     def _run(self, code: str, timeout: float, watch: Stopwatch) -> ExecResult:
+        self._interrupt_requested.clear()
         try:
             self._send({"code": code, "max_output": self.limits.max_output_bytes})
-            line = self._read_line(timeout)
+            line = self._wait_reply(timeout)
             if line is not None:
                 return self._result(line, watch)
+            status = ExecStatus.INTERRUPTED if self._take_interrupt() else ExecStatus.TIMEOUT
+            why = (INTERRUPTED_ERROR if status is ExecStatus.INTERRUPTED
+                   else f"TimeoutError: the cell ran longer than {timeout:g} s")
             try:
                 self._container.kill(signal="SIGINT")  # docker-init forwards it to the runner
             except Exception as exc:  # noqa: BLE001 - 409: the container is not running any more
                 raise _RunnerGone(str(exc)) from None
             line = self._read_line(self.limits.interrupt_grace_s)
             if line is not None:
-                return self._result(line, watch, f"TimeoutError: the cell ran longer than {timeout:g} s (interrupted; state kept)")
+                return self._result(line, watch, (status, f"{why} (interrupted; state kept)"))
         except _RunnerGone:
             return self._after_death(watch)
         self._discard()
         self._start()
-        return ExecResult(ExecStatus.TIMEOUT, duration_s=watch.elapsed, session_reset=True,
-                          error=f"TimeoutError: the cell ran longer than {timeout:g} s and ignored the interrupt "
-                                "(interpreter restarted)")
+        return ExecResult(status, duration_s=watch.elapsed, session_reset=True,
+                          error=f"{why} and ignored the interrupt (interpreter restarted)")
 
-    def _result(self, line: bytes, watch: Stopwatch, interrupted: str | None = None) -> ExecResult:
-        """An ``ExecResult`` from the runner's reply line; ``interrupted`` names a timeout's SIGINT."""
+    def _wait_reply(self, timeout: float) -> bytes | None:
+        """The reply, or ``None`` once ``timeout`` passes or an interrupt is requested."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            line = self._read_line(min(remaining, POLL_S))
+            if line is not None or self._take_interrupt():
+                return line
+        return None
+
+    def _result(self, line: bytes, watch: Stopwatch, interrupted: tuple[ExecStatus, str] | None = None) -> ExecResult:
+        """An ``ExecResult`` from the runner's reply line; ``interrupted`` is why we sent SIGINT."""
         try:
             reply = json.loads(line)
             stdout, stderr, ename = str(reply["stdout"]), str(reply["stderr"]), reply["ename"]
@@ -255,7 +268,7 @@ class DockerSession(Session):
         if truncated:
             status = ExecStatus.OUTPUT_LIMIT
         elif interrupted and ename == "KeyboardInterrupt":
-            status, error = ExecStatus.TIMEOUT, [interrupted]
+            status, error = interrupted[0], [interrupted[1]]
         else:  # ename None: ok, or finished just as the deadline passed
             status = ExecStatus.OK if ename is None else status_for_exception(ename)
         return ExecResult(status, stdout, stderr, error[0], watch.elapsed, truncated)

@@ -232,6 +232,7 @@ class Jail:
                 stderr=subprocess.PIPE,
                 pass_fds=[write_fd],
                 close_fds=True,
+                start_new_session=True,  # a terminal's Ctrl-C is for the chat, not for the jail
             )
         finally:
             os.close(write_fd)

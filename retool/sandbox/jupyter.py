@@ -33,6 +33,7 @@ from jupyter_client.blocking import BlockingKernelClient
 from jupyter_core.utils import ensure_event_loop
 
 from retool.sandbox.base import (
+    INTERRUPTED_ERROR,
     CappedText,
     ExecResult,
     ExecStatus,
@@ -191,6 +192,7 @@ class JupyterSession(Session):
 
     def _run(self, code: str, timeout: float | None) -> ExecResult:
         timeout = self.limits.timeout_s if timeout is None else timeout
+        self._interrupt_requested.clear()
         watch = Stopwatch()
         reset = False
         if not self.alive:
@@ -210,6 +212,9 @@ class JupyterSession(Session):
         deadline = timeout
 
         while True:
+            if stopped_for is None and self._take_interrupt():
+                stopped_for, deadline = ExecStatus.INTERRUPTED, watch.elapsed + self.limits.interrupt_grace_s
+                self._interrupt()
             try:
                 msg = client.get_iopub_msg(timeout=min(POLL_S, max(watch.remaining(deadline), 0.001)))
             except queue.Empty:
@@ -250,6 +255,8 @@ class JupyterSession(Session):
         if stopped_for is ExecStatus.TIMEOUT:
             error = "TimeoutError: the cell ran past its time limit and was interrupted"
             return ExecResult(ExecStatus.TIMEOUT, out.text(), err.text(), error, watch.elapsed, truncated)
+        if stopped_for is ExecStatus.INTERRUPTED:
+            return ExecResult(ExecStatus.INTERRUPTED, out.text(), err.text(), INTERRUPTED_ERROR, watch.elapsed, truncated)
         if stopped_for is ExecStatus.OUTPUT_LIMIT:
             error = f"OutputLimitError: the cell printed more than {self.limits.max_output_bytes:,} bytes and was stopped"
             return ExecResult(ExecStatus.OUTPUT_LIMIT, out.text(), err.text(), error, watch.elapsed, True)
@@ -301,6 +308,8 @@ class JupyterSession(Session):
         error = (
             "TimeoutError: the cell ran past its time limit, ignored the interrupt, and the interpreter was restarted"
             if status is ExecStatus.TIMEOUT
+            else f"{INTERRUPTED_ERROR}; it ignored the interrupt and the interpreter was restarted"
+            if status is ExecStatus.INTERRUPTED
             else f"OutputLimitError: the cell printed more than {self.limits.max_output_bytes:,} bytes; "
             "the interpreter was restarted"
         )

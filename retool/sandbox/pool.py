@@ -11,6 +11,9 @@ Thread-safe (a lock and a condition around the idle list) and usable from asynci
 pool's own long-lived worker threads: the jails use parent-death signals, which fire when the
 *thread* that started them ends.
 
+``warm`` (default ``size``) sessions are kept started ahead; the rest of ``size`` start on demand.
+A server that holds one session per conversation sets ``size`` to its session cap and ``warm`` low.
+
 Not here: scheduling cells across sessions, or sharing one session between trajectories.
 """
 
@@ -57,11 +60,13 @@ class SandboxPool:
         size: int = 4,
         limits: SandboxLimits | None = None,
         start_workers: int = 2,
+        warm: int | None = None,
         **options: Any,
     ) -> None:
         if size < 1:
             raise ValueError("a pool needs at least one session")
         self.backend, self.size, self.limits, self.options = backend, size, limits or SandboxLimits(), options
+        self.warm = size if warm is None else max(0, min(warm, size))
         reap_orphans_once()
         self._lock = threading.Condition()
         self._idle: list[Session] = []
@@ -70,7 +75,7 @@ class SandboxPool:
         self._closed = False
         self._last_error: BaseException | None = None
         self._starter = ThreadPoolExecutor(max_workers=start_workers, thread_name_prefix=f"sandbox-{backend}")
-        for _ in range(size):
+        for _ in range(self.warm):
             self._start_one()
 
     # -- filling -------------------------------------------------------------------------------
@@ -94,8 +99,11 @@ class SandboxPool:
             self._lock.notify_all()
 
     def _retire(self, session: Session) -> None:
-        """Close ``session`` and start its replacement, both off the caller's thread."""
-        if not self._closed:
+        """Close ``session`` and start its replacement (if fewer than ``warm`` are ready), both off
+        the caller's thread."""
+        with self._lock:
+            short = not self._closed and len(self._idle) + self._starting < self.warm
+        if short:
             self._start_one()
         self._starter.submit(session.close)
 

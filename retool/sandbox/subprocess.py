@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 import sys
 
-from retool.sandbox.base import ExecResult, ExecStatus, SandboxLimits, Session, Stopwatch, status_for_exception
+from retool.sandbox.base import INTERRUPTED_ERROR, ExecResult, ExecStatus, SandboxLimits, Session, Stopwatch
+from retool.sandbox.base import status_for_exception
 from retool.sandbox.isolation import CONFIG_DIR, Jail, find_bwrap
 
 BOOTSTRAP = f"""
@@ -59,6 +60,7 @@ class SubprocessSession(Session):
     def run(self, code: str, timeout: float | None = None) -> ExecResult:
         timeout = self.limits.timeout_s if timeout is None else timeout
         watch = Stopwatch()
+        self._interrupt_requested.clear()
         jail = Jail(
             [sys.executable, "-I", "-c", BOOTSTRAP],
             self.limits,
@@ -76,6 +78,9 @@ class SubprocessSession(Session):
                 if watch.elapsed >= timeout:
                     stopped_for = ExecStatus.TIMEOUT
                     break
+                if self._take_interrupt():
+                    stopped_for = ExecStatus.INTERRUPTED
+                    break
                 if jail.output_overflow.wait(min(0.01, watch.remaining(timeout))):
                     stopped_for = ExecStatus.OUTPUT_LIMIT
                     break
@@ -92,6 +97,8 @@ class SubprocessSession(Session):
         if stopped_for is ExecStatus.TIMEOUT:
             error = "TimeoutError: the program ran past its time limit and was killed"
             return ExecResult(ExecStatus.TIMEOUT, stdout, stderr, error, watch.elapsed, truncated)
+        if stopped_for is ExecStatus.INTERRUPTED:
+            return ExecResult(ExecStatus.INTERRUPTED, stdout, stderr, INTERRUPTED_ERROR, watch.elapsed, truncated)
         if stopped_for is ExecStatus.OUTPUT_LIMIT or truncated:
             error = f"OutputLimitError: the program printed more than {self.limits.max_output_bytes:,} bytes and was stopped"
             return ExecResult(ExecStatus.OUTPUT_LIMIT, stdout, stderr, error, watch.elapsed, True)

@@ -1,0 +1,252 @@
+"""A multi-turn conversation with a tool-integrated model: the part the chat and the server share.
+
+An assistant turn is one trajectory of the rollout loop, run in the conversation's own sandbox
+session (so a name defined in turn 1 is still there in turn 3), prompted with the dialect's system
+prompt, its one-shot example and the conversation so far. While the turn is written, a callback
+receives ``Chunk``s of readable text tagged ``text`` / ``code`` / ``output``: the chat colours
+them, the server sends them as SSE deltas.
+
+The history is kept as messages (the assistant's content is the whole transcript, interpreter
+output included), as an OpenAI client would send it back; each turn re-renders it with the chat
+template, and the engine's prefix cache makes that cheap.
+
+Not here: terminals (``retool.chat``), HTTP (``retool.serve``), who owns the sandbox session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from retool.engines.base import TokenDelta
+from retool.grading import extract_answer_from_trajectory
+from retool.protocol import Dialect, build_messages
+from retool.rollout import Rollout, ToolCallDone
+from retool.sandbox.base import Session
+from retool.trajectory import ToolCall, Trajectory
+
+ChunkKind = Literal["text", "code", "output"]
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    kind: ChunkKind
+    text: str
+
+
+@dataclass
+class Turn:
+    """One assistant turn. ``text`` is everything shown (model text and interpreter output);
+    ``finish_reason`` adds ``interrupted`` (Ctrl-C, a dropped client) to the trajectory's reasons."""
+
+    user: str
+    text: str
+    trajectory: Trajectory
+    finish_reason: str
+    answer: str | None = None
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return self.trajectory.tool_calls
+
+
+class TextStream:
+    """Token ids in, new text out: decodes the whole run so far and returns what is new, holding
+    back an incomplete UTF-8 character (decoding token by token would garble multi-byte characters
+    and drop the spaces some tokenizers encode in the next token)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.shown = 0
+
+    def feed(self, ids: tuple[int, ...] | list[int]) -> str:
+        self.ids.extend(ids)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.shown = text[self.shown :], len(text)
+        return new
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        new, self.shown = text[self.shown :], len(text)
+        return new
+
+
+class CodeTracker:
+    """Tags streamed model text as code or prose by whether a block of the dialect is open: between
+    ``<code>`` and ``</code>``, or (fenced) after an odd number of ```` ``` ```` fences."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.open_marker = dialect.code_open.strip().split("\n")[0]  # "<code>" / "```python"
+        self.close_marker = dialect.stop
+        self.fenced = self.open_marker.startswith("```")
+        self.text = ""
+
+    def _inside(self) -> bool:
+        if self.fenced:
+            return self.text.count("```") % 2 == 1
+        return self.text.rfind(self.open_marker) > self.text.rfind(self.close_marker)
+
+    def tag(self, new_text: str) -> ChunkKind:
+        before = self._inside()
+        self.text += new_text
+        return "code" if before or self._inside() else "text"
+
+    def reset(self) -> None:
+        self.text = ""
+
+
+def prompt_messages(messages: list[dict[str, str]], dialect: Dialect, few_shot: bool = True) -> list[dict[str, str]]:
+    """The dialect's system prompt (a caller's system message is appended to it), the one-shot
+    example, then the conversation."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    rest = [m for m in messages if m["role"] != "system"]
+    if not rest or rest[-1]["role"] != "user":
+        raise ValueError("the conversation must end with a user message")
+    opening = build_messages(rest[0]["content"], dialect, few_shot=few_shot)
+    if system:
+        opening[0] = {"role": "system", "content": opening[0]["content"] + "\n\n" + "\n\n".join(system)}
+    return opening + rest[1:]
+
+
+def render_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+class TurnCollector:
+    """Runs a turn and keeps what was shown so far, so a cancelled turn can still be recorded."""
+
+    def __init__(self, rollout: Rollout, on_chunk: Callable[[Chunk], None] | None = None) -> None:
+        self.rollout = rollout
+        self.on_chunk = on_chunk
+        self.stream = TextStream(rollout.tokenizer)
+        self.tracker = CodeTracker(rollout.dialect)
+        self.parts: list[str] = []
+        self.trajectory: Trajectory | None = None
+        self.user = ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def _emit(self, kind: ChunkKind, text: str) -> None:
+        if not text:
+            return
+        self.parts.append(text)
+        if self.on_chunk is not None:
+            self.on_chunk(Chunk(kind, text))
+
+    def _listen(self, event: TokenDelta | ToolCallDone) -> None:
+        if isinstance(event, TokenDelta):
+            new = self.stream.feed(event.ids)
+            self._emit(self.tracker.tag(new) if new else "text", new)
+            return
+        rest = self.stream.flush()
+        self._emit(self.tracker.tag(rest) if rest else "text", rest)
+        self._emit("output", self.rollout.tokenizer.decode(list(event.output_ids), skip_special_tokens=True))
+        self.stream = TextStream(self.rollout.tokenizer)
+        self.tracker.reset()
+
+    async def run(self, session: Session, messages: list[dict[str, str]]) -> Turn:
+        conversation = prompt_messages(messages, self.rollout.dialect, self.rollout.config.few_shot)
+        self.user = conversation[-1]["content"]
+        prompt = render_prompt(self.rollout.tokenizer, conversation)
+        self.trajectory = Trajectory(prompt, meta={"user": self.user})
+        try:
+            await self.rollout.run_one(prompt, session=session, listener=self._listen, traj=self.trajectory)
+        finally:
+            rest = self.stream.flush()
+            self._emit(self.tracker.tag(rest) if rest else "text", rest)
+        traj = self.trajectory
+        answer = extract_answer_from_trajectory(traj, self.rollout.tokenizer, self.rollout.dialect)
+        return Turn(self.user, self.text, traj, traj.finish_reason or "eos", answer)
+
+    def partial(self) -> Turn:
+        """The turn as far as it got (after a cancellation)."""
+        traj = self.trajectory if self.trajectory is not None else Trajectory([])
+        return Turn(self.user, self.text, traj, "interrupted", None)
+
+
+@dataclass
+class Conversation:
+    """The chat's state: messages so far, finished turns, and the sandbox session they share."""
+
+    rollout: Rollout
+    session: Session
+    system: str | None = None
+    messages: list[dict[str, str]] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.system:
+            self.messages.append({"role": "system", "content": self.system})
+
+    async def send(self, user_text: str, on_chunk: Callable[[Chunk], None] | None = None) -> Turn:
+        """Ask; the turn is recorded even when cancelled (with what was written before the stop)."""
+        collector = TurnCollector(self.rollout, on_chunk)
+        asked = self.messages + [{"role": "user", "content": user_text}]
+        try:
+            turn = await collector.run(self.session, asked)
+        except asyncio.CancelledError:
+            self._record(asked, collector.partial())
+            raise
+        self._record(asked, turn)
+        return turn
+
+    def _record(self, asked: list[dict[str, str]], turn: Turn) -> None:
+        self.messages = asked + [{"role": "assistant", "content": turn.text}]
+        self.turns.append(turn)
+
+    def reset(self) -> None:
+        """Forget the conversation and give the interpreter a fresh start."""
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.turns = []
+        self.session.restart()
+
+    def save_jsonl(self, path: Path) -> int:
+        """One JSON object per message (role, content; assistant turns add tool calls, answer and
+        finish reason). Returns the number of lines written."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        turns = iter(self.turns)
+        lines = []
+        for message in self.messages:
+            record: dict[str, Any] = dict(message)
+            if message["role"] == "assistant":
+                turn = next(turns)
+                record.update(
+                    finish_reason=turn.finish_reason,
+                    answer=turn.answer,
+                    tool_calls=[{"code": c.code, **c.result.to_dict()} for c in turn.tool_calls],
+                )
+            lines.append(json.dumps(record, ensure_ascii=False))
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return len(lines)
+
+    def save_notebook(self, path: Path) -> int:
+        """The conversation as a notebook: user turns and reasoning as markdown, every executed
+        block as a code cell carrying its real output. Returns the number of cells."""
+        import nbformat
+        from nbformat.v4 import new_markdown_cell
+
+        from retool.evals.notebooks import new_notebook_of, trajectory_cells
+
+        cells = []
+        for turn in self.turns:
+            cells.append(new_markdown_cell(f"**User:** {turn.user}"))
+            if turn.trajectory.ids:
+                cells += trajectory_cells(turn.trajectory, self.rollout.tokenizer, self.rollout.dialect)
+            elif turn.text.strip():
+                cells.append(new_markdown_cell(turn.text.strip()))
+            if turn.finish_reason == "interrupted":
+                cells.append(new_markdown_cell("*(interrupted)*"))
+        notebook = new_notebook_of(cells)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(notebook, path)
+        return len(cells)
