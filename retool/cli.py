@@ -213,6 +213,41 @@ def chat(
         raise typer.Exit(3)
 
 
+@app.command("serve")
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local path, hub name, or the embedded default."),
+    engine: str = typer.Option("hf", help="Engine: hf (transformers), vllm (GPU) or openai (a served model)."),
+    base_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server (engine openai)."),
+    api_key: Optional[str] = typer.Option(None, envvar="OPENAI_API_KEY", help="API key for --base-url."),
+    served_name: Optional[str] = typer.Option(None, help="Model id in /v1/models (default: the model's name)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    sandbox: str = typer.Option("jupyter", help=f"Sandbox backend: {', '.join(BACKENDS)}."),
+    dialect: str = typer.Option("retool", help="Protocol dialect: retool (<code>…</code>) or fenced (```python)."),
+    max_concurrency: int = typer.Option(4, help="Turns generated at once (more requests wait)."),
+    max_tokens: int = typer.Option(2048, help="Most tokens a request may ask for (model and interpreter)."),
+    max_tool_calls: int = typer.Option(8, help="Most code executions per request."),
+    max_sessions: int = typer.Option(32, help="Most open sandbox sessions (conversations)."),
+    session_ttl: float = typer.Option(600.0, help="Seconds of idleness after which a session is closed."),
+    timeout: float = typer.Option(30.0, help="Seconds per code execution."),
+    temperature: float = typer.Option(0.0, help="Temperature for requests that do not set one."),
+) -> None:
+    """Serve the model over an OpenAI-compatible API that runs the tool loop server-side."""
+    from retool.serve import ServeConfig, run_server
+
+    config = ServeConfig(model=model, engine=engine, base_url=base_url, api_key=api_key, served_name=served_name,
+                         sandbox=_check_backend(sandbox), dialect=dialect, host=host, port=port,
+                         max_concurrency=max_concurrency, max_tokens=max_tokens,
+                         default_max_tokens=min(1024, max_tokens), max_tool_calls=max_tool_calls,
+                         max_sessions=max_sessions, session_ttl_s=session_ttl, sandbox_timeout=timeout,
+                         temperature=temperature)
+    try:
+        run_server(config)
+    except (SandboxUnavailable, ValueError, RuntimeError, ImportError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(3)
+
+
 @app.command("eval")
 def evaluate(
     benchmark: str = typer.Option(..., "--benchmark", "-b", help="aime24, aime25, amc23, gsm8k, a .jsonl/.parquet path, or hf:NAME."),
@@ -290,6 +325,31 @@ def bench_rollout(
     table.add_column("value", justify="right")
     for key, value in report.items():
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    clients: list[int] = typer.Option([1, 4, 16], "--clients", help="Concurrency levels (repeatable)."),
+    requests: int = typer.Option(2, help="Requests per client per level."),
+    max_tokens: int = typer.Option(96, help="Token budget per request."),
+    json_output: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
+) -> None:
+    """`retool serve` on the embedded model: requests/s and p50/p99 latency at 1, 4 and 16 clients."""
+    from retool.serve_bench import run_serve_bench
+
+    with console.status("running the server benchmark…") if not json_output else _nothing():
+        report = run_serve_bench(tuple(clients), requests, max_tokens)
+    if json_output:
+        console.print_json(json.dumps(report))
+        return
+    table = Table(title=f"serve bench ({report['model']}, CPU, {max_tokens} tokens/request)")
+    for column in ("clients", "requests", "errors", "requests_per_s", "p50_s", "p99_s", "tokens_per_s",
+                   "tool_calls_per_request"):
+        table.add_column(column, justify="right")
+    for level in report["levels"]:
+        table.add_row(*(str(level[c]) for c in ("clients", "requests", "errors", "requests_per_s", "p50_s", "p99_s",
+                                                 "tokens_per_s", "tool_calls_per_request")))
     console.print(table)
 
 

@@ -206,7 +206,10 @@ class Rollout:
             # the cell runs on a worker thread: stop it, and wait so the session is free again
             while not cell.done():  # again until it lands: the first may beat the cell's start
                 session.interrupt()
-                await asyncio.wait([cell], timeout=0.2)
+                try:
+                    await asyncio.wait([cell], timeout=0.2)
+                except asyncio.CancelledError:
+                    continue  # cancelled again (anyio cancels until done): the session must be free first
             raise
         finally:
             self.stats.sandbox_s += time.monotonic() - started

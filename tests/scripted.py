@@ -4,6 +4,7 @@ the chat, the server) is real. Used where a test needs the model to write specif
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 from retool.engines.base import Completion, Engine, SamplingParams, TokenDelta
 from tiny import tiny_tokenizer
@@ -14,19 +15,25 @@ EOS = "<|im_end|>"
 class ScriptedEngine(Engine):
     """Returns the scripted turns in order, honouring stop strings and max_tokens the way a real
     engine would; records every input. ``delay`` > 0 streams one token per ``delay`` seconds (so a
-    test can stop a generation half-way); a turn of ``None`` babbles until ``max_tokens``."""
+    test can stop a generation half-way); a turn of ``None`` babbles until ``max_tokens``. With
+    ``respond``, each turn is ``respond(decoded input)`` instead: for concurrent requests."""
 
     name = "scripted"
 
-    def __init__(self, turns: list[str | None], delay: float = 0.0):
+    def __init__(self, turns: list[str | None] = (), delay: float = 0.0,
+                 respond: Callable[[str], str | None] | None = None):
         self.tokenizer = tiny_tokenizer()
         self.turns = list(turns)
         self.delay = delay
+        self.respond = respond
         self.calls: list[list[int]] = []
 
     def _next(self, prompt_ids, params: SamplingParams, stop) -> Completion:
         self.calls.append(list(prompt_ids))
-        text = self.turns.pop(0) if self.turns else "(script exhausted)" + EOS
+        if self.respond is not None:
+            text = self.respond(self.tokenizer.decode(prompt_ids, skip_special_tokens=False))
+        else:
+            text = self.turns.pop(0) if self.turns else "(script exhausted)" + EOS
         if text is None:
             text = "la " * params.max_tokens
         ids = self.tokenizer.encode(text, add_special_tokens=False)
