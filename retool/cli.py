@@ -15,6 +15,8 @@ from retool.sandbox import BACKENDS, ExecResult, SandboxLimits, SandboxUnavailab
 app = typer.Typer(help="Tool-integrated reasoning: models that think in text and run Python in a sandbox.", no_args_is_help=True)
 sandbox_app = typer.Typer(help="Run, attack-test and benchmark the code sandboxes.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
+coldstart_app = typer.Typer(help="Cold-start SFT data: verified code-integrated traces.", no_args_is_help=True)
+app.add_typer(coldstart_app, name="coldstart")
 bench_app = typer.Typer(help="Performance benchmarks (numbers printed, JSON with --json).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
@@ -290,6 +292,74 @@ def evaluate(
     console.print(table)
     if out:
         console.print(f"results: {out}/results.json, report: {out}/report.md")
+
+
+@coldstart_app.command("synth")
+def coldstart_synth(
+    n: int = typer.Option(..., "--n", help="Problems to generate (held-out ones included)."),
+    out: str = typer.Option(..., "--out", help="Directory for code.jsonl, text.jsonl, heldout.jsonl, stats.json."),
+    seed: int = typer.Option(0, help="Generator seed: the same seed gives the same data."),
+    split_heldout: float = typer.Option(0.1, help="Fraction held out (never for training)."),
+    sandbox: str = typer.Option("jupyter", help=f"Sandbox backend for the verification: {', '.join(BACKENDS)}."),
+) -> None:
+    """Tool-necessary problems with code-integrated and text-only solutions, all verified."""
+    from rich.progress import Progress
+
+    from retool.coldstart.pipeline import SynthConfig, run_synth
+
+    with Progress(console=err_console) as bar:
+        task = bar.add_task("verifying", total=n)
+        stats = run_synth(SynthConfig(n, out, seed, split_heldout, _check_backend(sandbox)),
+                          progress=lambda done, total: bar.update(task, completed=done))
+    console.print(f"train {stats['train']} · held out {stats['heldout']} · dropped {stats['dropped'] or 'none'} → {out}",
+                  highlight=False)
+
+
+@coldstart_app.command("rewrite")
+def coldstart_rewrite(
+    input: str = typer.Option(..., "--input", help="jsonl/json/parquet (question, solution, answer) or hf:NAME."),
+    out: str = typer.Option(..., "--out", help="Directory for rewritten.jsonl, dataset/, stats.json (resumable)."),
+    rewriter: str = typer.Option(..., "--rewriter", help="The rewriting model: a model name served at --base-url, "
+                                                        "or with --engine hf/vllm a local path or hub name."),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL of the rewriter."),
+    api_key: Optional[str] = typer.Option(None, envvar="OPENAI_API_KEY", help="API key for --base-url."),
+    engine: str = typer.Option("openai", help="openai (with --base-url), hf or vllm."),
+    concurrency: int = typer.Option(4, help="Traces in flight."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N new traces."),
+    max_tokens: int = typer.Option(4096, help="Most tokens per rewrite."),
+    sandbox: str = typer.Option("jupyter", help=f"Sandbox backend: {', '.join(BACKENDS)}."),
+) -> None:
+    """Rewrite text solutions into code-integrated traces; keep only those that pass every check."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from retool.coldstart.pipeline import ChatRewriter, EngineRewriter, RewriteConfig, run_rewrite
+
+    local = None
+    try:
+        if engine == "openai":
+            if not base_url:
+                err_console.print("[red]error:[/red] --engine openai needs --base-url")
+                raise typer.Exit(2)
+            model_call = ChatRewriter(base_url, rewriter, api_key, max_tokens=max_tokens)
+        else:
+            from retool.engines import create_engine
+
+            local = create_engine(engine, rewriter, max_batch=concurrency)
+            model_call = EngineRewriter(local, max_tokens=max_tokens)
+        with Progress(console=err_console) as bar:
+            task = bar.add_task("rewriting", total=None)
+            stats = asyncio.run(run_rewrite(
+                RewriteConfig(input, out, concurrency, limit, _check_backend(sandbox)), model_call,
+                progress=lambda done, total: bar.update(task, completed=done, total=total)))
+    except (SandboxUnavailable, ValueError, RuntimeError, ImportError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(3)
+    finally:
+        if local is not None:
+            local.close()
+    console.print(f"kept {stats['kept']} · dropped {stats['dropped'] or 'none'} → {out}", highlight=False)
 
 
 @bench_app.command("grading")

@@ -232,6 +232,17 @@ def _resolve(spec: str) -> tuple[Iterable[tuple[str, Any]], str]:
                        f"file or folder, or an hf:NAME[:SPLIT] spec")
 
 
+def iter_records(spec: str | os.PathLike) -> Iterable[tuple[str, Any]]:
+    """The raw records of ``spec`` as (where, record); a malformed line comes as a ``DatasetError``
+    record, for callers that need fields beyond problem and answer (cold-start solutions)."""
+    return _resolve(os.fspath(spec))[0]
+
+
+def record_problem(rec: Any, where: str, stem: str, index: int) -> Problem:
+    """One record as a ``Problem`` (``DatasetError`` naming ``where`` when a field is missing)."""
+    return _to_problem(rec, where, stem, index)
+
+
 def load_benchmark(spec: str | os.PathLike, limit: int | None = None, *,
                    skip_bad_lines: bool = False) -> list[Problem]:
     """Load ``spec`` (see the module docstring) as ``Problem``s; ``limit`` = first N in file order.

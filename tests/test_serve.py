@@ -3,21 +3,18 @@ Jupyter sandboxes, a scripted model (so the model writes known code) and a real 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from retool.engines.hf import HFEngine
 from retool.serve import ServeConfig, create_app
+from live import live_server_app
 from scripted import EOS, ScriptedEngine
 from tiny import tiny_model
 
@@ -40,24 +37,8 @@ def scripted_reply(prompt: str) -> str | None:
     return f"Let me compute.\n<code>\n```python\n{source}\n```\n</code>"
 
 
-@contextlib.contextmanager
 def live_server(config: ServeConfig, engine, model_name: str):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(config, engine=engine, model_name=model_name),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    return live_server_app(create_app(config, engine=engine, model_name=model_name))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,178 @@
+"""Cold-start data: each verification stage rejects what it should and keeps what it should, synth
+is deterministic, and the rewrite path runs end to end against a live OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import datasets
+import pytest
+from fastapi import FastAPI
+
+from retool.coldstart.pipeline import ChatRewriter, RewriteConfig, SynthConfig, run_rewrite, run_synth
+from retool.coldstart.synth import FAMILIES, generate
+from retool.coldstart.verify import parse_blocks, verify_trace
+from retool.protocol import RETOOL
+from retool.sandbox import create_session
+from live import live_server_app
+
+
+def block(code: str, claimed: str | None = None) -> str:
+    out = f"<code>\n```python\n{code}\n```\n</code>"
+    return out + (f"\n<interpreter>\n{claimed}\n</interpreter>\n" if claimed is not None else "\n")
+
+
+ANSWER = "<answer>\n\\boxed{42}\n</answer>"
+
+
+@pytest.fixture(scope="module")
+def session():
+    with create_session("jupyter") as s:
+        yield s
+
+
+def test_a_good_trace_is_kept_and_its_outputs_are_the_real_ones(session):
+    text = "Compute.\n" + block("x = 6 * 7\nprint(x)", claimed="42") + "Then check.\n" + block("print(x - 42)") + ANSWER
+    verdict = verify_trace(text, "42", RETOOL, session)
+    assert verdict.ok, verdict.reason
+    assert verdict.outputs == ["42", "0"]
+    assert "</code>\n<interpreter>\n0\n</interpreter>\n" in verdict.text  # the missing span is inserted, rollout style
+    assert verdict.answer == "42"
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("Open.\n<code>\n```python\nprint(1)\n```\n" + ANSWER, "inside a code block"),
+    ("Text.\n<interpreter>\n1\n</interpreter>\n" + ANSWER, "does not follow a code block"),
+    ("Text.\n" + block("print(1)", "1") + "<answer>\n\\boxed{1}\n", "unclosed"),
+    ("Text.\n" + block("print(1)", "1") + "no answer tags \\boxed{1}", "no <answer>"),
+    ("Text.\n</code>\n" + ANSWER, "unexpected </code>"),
+    ("Text.\n" + block("def f(:\n    pass") + ANSWER, "does not parse"),
+])
+def test_format_stage_rejects_malformed_traces(session, text, reason):
+    verdict = verify_trace(text, "42", RETOOL, session)
+    assert not verdict.ok and verdict.stage == "format" and reason in verdict.reason
+
+
+def test_a_trace_without_code_is_rejected_unless_text_only_is_allowed(session):
+    text = "6 times 7 is 42.\n" + ANSWER
+    assert verify_trace(text, "42", RETOOL, session).stage == "format"
+    assert verify_trace(text, "42", RETOOL, session, require_code=False).ok
+
+
+def test_execution_stage_rejects_wrong_claimed_output(session):
+    text = "Compute.\n" + block("print(6 * 7)", claimed="43") + "So 43 minus one.\n" + ANSWER
+    verdict = verify_trace(text, "42", RETOOL, session)
+    assert verdict.stage == "execution" and "claims '43' but prints '42'" in verdict.reason
+
+
+def test_execution_stage_rejects_an_error_the_text_relies_on(session):
+    text = "Compute.\n" + block("print(1 / 0)") + "So the value is 42.\n" + ANSWER
+    verdict = verify_trace(text, "42", RETOOL, session)
+    assert verdict.stage == "execution" and "ZeroDivisionError" in verdict.reason
+
+
+def test_an_error_the_trace_itself_reports_is_kept(session):
+    text = ("Check that it fails.\n" + block("int('x')", claimed="ValueError: invalid literal for int() with base 10: 'x'")
+            + "As expected it fails; the answer is 42.\n" + ANSWER)
+    assert verify_trace(text, "42", RETOOL, session).ok
+
+
+def test_answer_stage_rejects_a_wrong_answer(session):
+    text = "Compute.\n" + block("print(6 * 7)", "42") + "<answer>\n\\boxed{41}\n</answer>"
+    verdict = verify_trace(text, "42", RETOOL, session)
+    assert verdict.stage == "answer" and "41" in verdict.reason
+
+
+def test_parse_blocks_finds_code_and_claims():
+    blocks = parse_blocks("a\n" + block("print(1)", "1") + "b\n" + block("print(2)") + ANSWER, RETOOL)
+    assert [(b.code, b.claimed) for b in blocks] == [("print(1)", "1"), ("print(2)", None)]
+
+
+def test_synth_is_deterministic_for_a_seed_and_covers_every_family():
+    first, again, other = generate(35, seed=5), generate(35, seed=5), generate(35, seed=6)
+    assert first == again and first != other
+    assert {e.family for e in first} == set(FAMILIES)
+    assert len({e.question for e in first}) == 35
+
+
+def test_run_synth_writes_verified_disjoint_splits_identically_twice(tmp_path):
+    stats = run_synth(SynthConfig(40, str(tmp_path / "a"), seed=2, heldout=0.25, sandbox="jupyter"))
+    run_synth(SynthConfig(40, str(tmp_path / "b"), seed=2, heldout=0.25, sandbox="jupyter"))
+    for name in ("code.jsonl", "text.jsonl", "heldout.jsonl"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    code = [json.loads(line) for line in (tmp_path / "a" / "code.jsonl").read_text().splitlines()]
+    text = [json.loads(line) for line in (tmp_path / "a" / "text.jsonl").read_text().splitlines()]
+    held = [json.loads(line) for line in (tmp_path / "a" / "heldout.jsonl").read_text().splitlines()]
+    assert stats["train"] == len(code) == len(text) and stats["heldout"] == len(held) > 0
+    assert {r["id"] for r in code} == {r["id"] for r in text} and not {r["id"] for r in code} & {r["id"] for r in held}
+    assert all("<interpreter>" in r["messages"][1]["content"] for r in code)
+    assert not any("<code>" in r["messages"][1]["content"] for r in text)
+    assert all(r["messages"][0]["role"] == "user" and set(r) >= {"id", "messages", "answer"} for r in code)
+
+
+# -- rewrite, end to end over HTTP ---------------------------------------------------------------
+
+GOOD = "Multiply.\n" + block("print({a} * {b})", "{p}") + "So the product is {p}.\n<answer>\n\\boxed{{{p}}}\n</answer>"
+
+
+def fake_rewriter_app(calls: list[str]) -> FastAPI:
+    """An OpenAI-compatible chat endpoint standing in for the rewriting LLM: its reply depends on
+    the problem in the prompt, including the kinds of mistakes real rewriters make."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def complete(body: dict):
+        prompt = body["messages"][-1]["content"]
+        question = prompt.split("Problem:\n", 1)[1].split("\n", 1)[0]
+        calls.append(question)
+        a, b = map(int, re.findall(r"\d+", question)[:2])
+        reply = GOOD.format(a=a, b=b, p=a * b)
+        if "wrong output" in question:
+            reply = reply.replace(f"<interpreter>\n{a * b}", f"<interpreter>\n{a * b + 1}")
+        elif "syntax" in question:
+            reply = reply.replace("print(", "print((")
+        elif "wrong answer" in question:
+            reply = reply.replace(f"\\boxed{{{a * b}}}", f"\\boxed{{{a * b + 2}}}")
+        elif "no tags" in question:
+            reply = f"The product is {a * b}."
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    return app
+
+
+def test_rewrite_end_to_end_against_a_live_endpoint_is_resumable_and_deduplicated(tmp_path):
+    rows = [{"id": f"p{i}", "question": q, "solution": "By hand: long multiplication ...", "answer": str(a * b)}
+            for i, (q, a, b) in enumerate([
+                ("What is 123 times 456?", 123, 456),
+                ("What is 77 times 88?", 77, 88),
+                ("What is 31 times 41, wrong output?", 31, 41),
+                ("What is 12 times 13, syntax?", 12, 13),
+                ("What is 21 times 22, wrong answer?", 21, 22),
+                ("What is 5 times 6, no tags?", 5, 6),
+            ])]
+    rows.append({**rows[0], "id": "dup"})  # the same question again
+    lines = [json.dumps(r) for r in rows] + [json.dumps({"id": "broken", "question": "no solution", "answer": "1"})]
+    source = tmp_path / "traces.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    calls: list[str] = []
+    out = tmp_path / "out"
+    with live_server_app(fake_rewriter_app(calls)) as url:
+        rewriter = ChatRewriter(f"{url}/v1", "fake-rewriter")
+        stats = asyncio.run(run_rewrite(RewriteConfig(str(source), str(out), concurrency=3), rewriter))
+        assert stats["kept"] == 2
+        assert stats["dropped"] == {"execution": 1, "format": 2, "answer": 1, "duplicate": 1, "input": 1}
+        kept = [json.loads(line) for line in (out / "rewritten.jsonl").read_text().splitlines()]
+        assert sorted(r["id"] for r in kept) == ["p0", "p1"]
+        assert "<interpreter>\n56088\n</interpreter>" in next(r for r in kept if r["id"] == "p0")["messages"][1]["content"]
+        assert datasets.load_from_disk(str(out / "dataset")).num_rows == 2
+        assert json.loads((out / "stats.json").read_text())["kept"] == 2
+        first_calls = len(calls)
+        assert first_calls == 6
+
+        again = asyncio.run(run_rewrite(RewriteConfig(str(source), str(out), concurrency=3), rewriter))
+        assert len(calls) == first_calls  # everything was already done: nothing is asked twice
+        assert again["kept"] == 2
