@@ -25,6 +25,7 @@ from retool.engines import create_engine
 from retool.engines.base import SamplingParams
 from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox import SandboxLimits, SandboxPool
+from retool.solve import SolveConfig
 
 STYLES = {"text": "", "code": "bold yellow", "output": "cyan on grey11"}
 HELP = ("commands: /reset (new conversation, fresh interpreter)  /save PATH (jsonl)  "
@@ -32,18 +33,10 @@ HELP = ("commands: /reset (new conversation, fresh interpreter)  /save PATH (jso
 
 
 @dataclass(frozen=True)
-class ChatConfig:
-    model: str | None = None
-    engine: str = "hf"
-    base_url: str | None = None
-    api_key: str | None = None
-    sandbox: str = "jupyter"
-    dialect: str = "retool"
-    max_tool_calls: int = 8
-    max_tokens: int = 1024
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
+class ChatConfig(SolveConfig):
+    """``retool solve``'s settings, a longer cell timeout (people wait for their cells), and extra
+    system instructions."""
+
     timeout: float = 30.0
     system: str | None = None
 

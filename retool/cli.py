@@ -24,6 +24,12 @@ console = Console()
 err_console = Console(stderr=True)
 
 BackendOption = typer.Option("jupyter", "--backend", "-b", help=f"Sandbox backend: {', '.join(BACKENDS)}.")
+ModelOption = typer.Option(None, "--model", "-m", help="Local path, hub name, or the embedded default.")
+EngineOption = typer.Option("hf", help="Engine: hf (transformers), vllm (GPU) or openai (a served model).")
+BaseUrlOption = typer.Option(None, help="Base URL of an OpenAI-compatible server (engine openai).")
+ApiKeyOption = typer.Option(None, envvar="OPENAI_API_KEY", help="API key for --base-url.")
+SandboxOption = typer.Option("jupyter", help=f"Sandbox backend: {', '.join(BACKENDS)}.")
+DialectOption = typer.Option("retool", help="Protocol dialect: retool (<code>…</code>) or fenced (```python).")
 
 
 def _check_backend(backend: str) -> str:
@@ -156,12 +162,12 @@ def sandbox_reap() -> None:
 @app.command("solve")
 def solve(
     problem: str = typer.Argument(..., help="The problem to solve ('-' reads it from standard input)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local path, hub name, or the embedded default."),
-    engine: str = typer.Option("hf", help="Engine: hf (transformers), vllm (GPU) or openai (a served model)."),
-    base_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server (engine openai)."),
-    api_key: Optional[str] = typer.Option(None, envvar="OPENAI_API_KEY", help="API key for --base-url."),
-    sandbox: str = typer.Option("jupyter", help=f"Sandbox backend: {', '.join(BACKENDS)}."),
-    dialect: str = typer.Option("retool", help="Protocol dialect: retool (<code>…</code>) or fenced (```python)."),
+    model: Optional[str] = ModelOption,
+    engine: str = EngineOption,
+    base_url: Optional[str] = BaseUrlOption,
+    api_key: Optional[str] = ApiKeyOption,
+    sandbox: str = SandboxOption,
+    dialect: str = DialectOption,
     max_tool_calls: int = typer.Option(8, help="Most code executions in the answer."),
     max_tokens: int = typer.Option(1024, help="Most tokens after the prompt (model and interpreter)."),
     temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy)."),
@@ -188,12 +194,12 @@ def solve(
 
 @app.command("chat")
 def chat(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local path, hub name, or the embedded default."),
-    engine: str = typer.Option("hf", help="Engine: hf (transformers), vllm (GPU) or openai (a served model)."),
-    base_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server (engine openai)."),
-    api_key: Optional[str] = typer.Option(None, envvar="OPENAI_API_KEY", help="API key for --base-url."),
-    sandbox: str = typer.Option("jupyter", help=f"Sandbox backend: {', '.join(BACKENDS)}."),
-    dialect: str = typer.Option("retool", help="Protocol dialect: retool (<code>…</code>) or fenced (```python)."),
+    model: Optional[str] = ModelOption,
+    engine: str = EngineOption,
+    base_url: Optional[str] = BaseUrlOption,
+    api_key: Optional[str] = ApiKeyOption,
+    sandbox: str = SandboxOption,
+    dialect: str = DialectOption,
     max_tool_calls: int = typer.Option(8, help="Most code executions per answer."),
     max_tokens: int = typer.Option(1024, help="Most tokens per answer (model and interpreter)."),
     temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy)."),
@@ -217,15 +223,15 @@ def chat(
 
 @app.command("serve")
 def serve(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local path, hub name, or the embedded default."),
-    engine: str = typer.Option("hf", help="Engine: hf (transformers), vllm (GPU) or openai (a served model)."),
-    base_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server (engine openai)."),
-    api_key: Optional[str] = typer.Option(None, envvar="OPENAI_API_KEY", help="API key for --base-url."),
+    model: Optional[str] = ModelOption,
+    engine: str = EngineOption,
+    base_url: Optional[str] = BaseUrlOption,
+    api_key: Optional[str] = ApiKeyOption,
     served_name: Optional[str] = typer.Option(None, help="Model id in /v1/models (default: the model's name)."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    sandbox: str = typer.Option("jupyter", help=f"Sandbox backend: {', '.join(BACKENDS)}."),
-    dialect: str = typer.Option("retool", help="Protocol dialect: retool (<code>…</code>) or fenced (```python)."),
+    sandbox: str = SandboxOption,
+    dialect: str = DialectOption,
     max_concurrency: int = typer.Option(4, help="Turns generated at once (more requests wait)."),
     max_tokens: int = typer.Option(2048, help="Most tokens a request may ask for (model and interpreter)."),
     max_tool_calls: int = typer.Option(8, help="Most code executions per request."),
@@ -253,15 +259,15 @@ def serve(
 @app.command("eval")
 def evaluate(
     benchmark: str = typer.Option(..., "--benchmark", "-b", help="aime24, aime25, amc23, gsm8k, a .jsonl/.parquet path, or hf:NAME."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local path, hub name, or the embedded default."),
+    model: Optional[str] = ModelOption,
     engine: str = typer.Option("hf", help="Engine: hf, vllm or openai."),
-    base_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server (engine openai)."),
+    base_url: Optional[str] = BaseUrlOption,
     k: int = typer.Option(32, "-k", help="Samples per problem."),
     temperature: float = typer.Option(1.0, help="Sampling temperature (ReTool: 1.0)."),
     top_p: float = typer.Option(0.7, help="Nucleus sampling (ReTool: 0.7)."),
     max_tokens: int = typer.Option(4096, help="Token budget per response (model + interpreter)."),
     max_tool_calls: int = typer.Option(8, help="Most code executions per response."),
-    sandbox: str = typer.Option("jupyter", help=f"Sandbox backend: {', '.join(BACKENDS)}."),
+    sandbox: str = SandboxOption,
     dialect: str = typer.Option("retool", help="Protocol dialect: retool or fenced."),
     limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
     out: Optional[str] = typer.Option(None, help="Directory for results.json, trajectories.jsonl, report.md, plots (resumable)."),
@@ -322,12 +328,12 @@ def coldstart_rewrite(
     rewriter: str = typer.Option(..., "--rewriter", help="The rewriting model: a model name served at --base-url, "
                                                         "or with --engine hf/vllm a local path or hub name."),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL of the rewriter."),
-    api_key: Optional[str] = typer.Option(None, envvar="OPENAI_API_KEY", help="API key for --base-url."),
+    api_key: Optional[str] = ApiKeyOption,
     engine: str = typer.Option("openai", help="openai (with --base-url), hf or vllm."),
     concurrency: int = typer.Option(4, help="Traces in flight."),
     limit: Optional[int] = typer.Option(None, help="Only the first N new traces."),
     max_tokens: int = typer.Option(4096, help="Most tokens per rewrite."),
-    sandbox: str = typer.Option("jupyter", help=f"Sandbox backend: {', '.join(BACKENDS)}."),
+    sandbox: str = SandboxOption,
 ) -> None:
     """Rewrite text solutions into code-integrated traces; keep only those that pass every check."""
     import asyncio
