@@ -109,6 +109,8 @@ def prompt_messages(messages: list[dict[str, str]], dialect: Dialect, few_shot: 
     rest = [m for m in messages if m["role"] != "system"]
     if not rest or rest[-1]["role"] != "user":
         raise ValueError("the conversation must end with a user message")
+    if rest[0]["role"] != "user":
+        raise ValueError("the conversation must start with a user message (after any system messages)")
     opening = build_messages(rest[0]["content"], dialect, few_shot=few_shot)
     if system:
         opening[0] = {"role": "system", "content": opening[0]["content"] + "\n\n" + "\n\n".join(system)}

@@ -325,8 +325,11 @@ class Server:
     def prompt_check(self, collector: TurnCollector, messages: list[dict[str, str]]) -> None:
         from retool.conversation import prompt_messages, render_prompt
 
-        length = len(render_prompt(collector.rollout.tokenizer,
-                                   prompt_messages(messages, collector.rollout.dialect, collector.rollout.config.few_shot)))
+        try:
+            conversation = prompt_messages(messages, collector.rollout.dialect, collector.rollout.config.few_shot)
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="messages") from None
+        length = len(render_prompt(collector.rollout.tokenizer, conversation))
         if length > self.config.max_prompt_tokens:
             raise APIError(400, f"the conversation is {length} tokens; this server takes at most "
                                 f"{self.config.max_prompt_tokens}", param="messages", code="context_length_exceeded")

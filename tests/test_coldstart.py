@@ -176,3 +176,19 @@ def test_rewrite_end_to_end_against_a_live_endpoint_is_resumable_and_deduplicate
         again = asyncio.run(run_rewrite(RewriteConfig(str(source), str(out), concurrency=3), rewriter))
         assert len(calls) == first_calls  # everything was already done: nothing is asked twice
         assert again["kept"] == 2
+
+
+def test_rewrite_with_a_local_engine_as_the_rewriter(tmp_path):
+    from retool.coldstart.pipeline import EngineRewriter
+    from scripted import ScriptedEngine
+
+    def reply(prompt: str) -> str:
+        a, b = map(int, re.findall(r"\d+", prompt.split("Problem:\n", 1)[1])[:2])
+        return GOOD.format(a=a, b=b, p=a * b)
+
+    source = tmp_path / "traces.jsonl"
+    source.write_text(json.dumps({"id": "q", "problem": "What is 19 times 21?", "solution": "19·21 = 399",
+                                  "answer": "399"}) + "\n")
+    stats = asyncio.run(run_rewrite(RewriteConfig(str(source), str(tmp_path / "out"), concurrency=1),
+                                    EngineRewriter(ScriptedEngine(respond=reply), max_tokens=200)))
+    assert stats["kept"] == 1

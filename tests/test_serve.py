@@ -127,6 +127,8 @@ def test_concurrent_requests_all_get_their_own_answers(client, base_url):
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400, "temperature"),
         ({"model": MODEL, "messages": [{"role": "assistant", "content": "hi"}]}, 400, "last message"),
         ({"model": MODEL, "messages": [{"role": "robot", "content": "hi"}]}, 400, "role"),
+        ({"model": MODEL, "messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]},
+         400, "start with a user message"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "session_id": "../../etc"}, 400, "session"),
     ],
