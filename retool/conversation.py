@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal
 from retool.engines.base import TokenDelta
 from retool.grading import extract_answer_from_trajectory
 from retool.protocol import Dialect, build_messages
-from retool.rollout import Rollout, ToolCallDone
+from retool.rollout import Rollout, ToolCallDone, render_prompt
 from retool.sandbox.base import Session
 from retool.trajectory import ToolCall, Trajectory
 
@@ -117,22 +117,21 @@ def prompt_messages(messages: list[dict[str, str]], dialect: Dialect, few_shot: 
     return opening + rest[1:]
 
 
-def render_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-
 class TurnCollector:
-    """Runs a turn and keeps what was shown so far, so a cancelled turn can still be recorded."""
+    """Runs one turn for ``messages`` and keeps what was shown so far, so a cancelled turn can
+    still be recorded. Building it renders the prompt: a malformed conversation (``ValueError``)
+    and the prompt's length are known before any work starts."""
 
-    def __init__(self, rollout: Rollout, on_chunk: Callable[[Chunk], None] | None = None) -> None:
+    def __init__(self, rollout: Rollout, messages: list[dict[str, str]],
+                 on_chunk: Callable[[Chunk], None] | None = None) -> None:
         self.rollout = rollout
         self.on_chunk = on_chunk
+        conversation = prompt_messages(messages, rollout.dialect, rollout.config.few_shot)
+        self.user = conversation[-1]["content"]
+        self.trajectory = Trajectory(render_prompt(rollout.tokenizer, conversation), meta={"user": self.user})
         self.stream = TextStream(rollout.tokenizer)
         self.tracker = CodeTracker(rollout.dialect)
         self.parts: list[str] = []
-        self.trajectory: Trajectory | None = None
-        self.user = ""
 
     @property
     def text(self) -> str:
@@ -145,35 +144,31 @@ class TurnCollector:
         if self.on_chunk is not None:
             self.on_chunk(Chunk(kind, text))
 
+    def _emit_model_text(self, text: str) -> None:
+        if text:
+            self._emit(self.tracker.tag(text), text)
+
     def _listen(self, event: TokenDelta | ToolCallDone) -> None:
         if isinstance(event, TokenDelta):
-            new = self.stream.feed(event.ids)
-            self._emit(self.tracker.tag(new) if new else "text", new)
+            self._emit_model_text(self.stream.feed(event.ids))
             return
-        rest = self.stream.flush()
-        self._emit(self.tracker.tag(rest) if rest else "text", rest)
+        self._emit_model_text(self.stream.flush())
         self._emit("output", self.rollout.tokenizer.decode(list(event.output_ids), skip_special_tokens=True))
         self.stream = TextStream(self.rollout.tokenizer)
         self.tracker.reset()
 
-    async def run(self, session: Session, messages: list[dict[str, str]]) -> Turn:
-        conversation = prompt_messages(messages, self.rollout.dialect, self.rollout.config.few_shot)
-        self.user = conversation[-1]["content"]
-        prompt = render_prompt(self.rollout.tokenizer, conversation)
-        self.trajectory = Trajectory(prompt, meta={"user": self.user})
-        try:
-            await self.rollout.run_one(prompt, session=session, listener=self._listen, traj=self.trajectory)
-        finally:
-            rest = self.stream.flush()
-            self._emit(self.tracker.tag(rest) if rest else "text", rest)
+    async def run(self, session: Session) -> Turn:
         traj = self.trajectory
+        try:
+            await self.rollout.run_one(traj.prompt_ids, session=session, listener=self._listen, traj=traj)
+        finally:
+            self._emit_model_text(self.stream.flush())
         answer = extract_answer_from_trajectory(traj, self.rollout.tokenizer, self.rollout.dialect)
         return Turn(self.user, self.text, traj, traj.finish_reason or "eos", answer)
 
     def partial(self) -> Turn:
         """The turn as far as it got (after a cancellation)."""
-        traj = self.trajectory if self.trajectory is not None else Trajectory([])
-        return Turn(self.user, self.text, traj, "interrupted", None)
+        return Turn(self.user, self.text, self.trajectory, "interrupted", None)
 
 
 @dataclass
@@ -192,10 +187,10 @@ class Conversation:
 
     async def send(self, user_text: str, on_chunk: Callable[[Chunk], None] | None = None) -> Turn:
         """Ask; the turn is recorded even when cancelled (with what was written before the stop)."""
-        collector = TurnCollector(self.rollout, on_chunk)
         asked = self.messages + [{"role": "user", "content": user_text}]
+        collector = TurnCollector(self.rollout, asked, on_chunk)
         try:
-            turn = await collector.run(self.session, asked)
+            turn = await collector.run(self.session)
         except asyncio.CancelledError:
             self._record(asked, collector.partial())
             raise

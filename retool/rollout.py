@@ -47,6 +47,12 @@ class ToolCallDone:
 Listener = Callable[[TokenDelta | ToolCallDone], None]
 
 
+def render_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Chat messages as the token ids that open an assistant turn."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
 @dataclass(frozen=True)
 class RolloutConfig:
     dialect: str = "retool"
@@ -96,9 +102,7 @@ class Rollout:
 
     def prompt_ids(self, problem: str) -> list[int]:
         """The chat-templated prompt that opens a trajectory (system prompt, example, problem)."""
-        messages = build_messages(problem, self.dialect, few_shot=self.config.few_shot)
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return render_prompt(self.tokenizer, build_messages(problem, self.dialect, few_shot=self.config.few_shot))
 
     # -- running ------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ Sessions: each conversation has one sandbox session, keyed by a session id sent 
 ``extra_body``). A request without one starts a new session; its id comes back in the
 ``X-Session-Id`` header and the ``session_id`` field, so the next request can continue it. Sessions
 idle for ``session_ttl_s`` are closed; past ``max_sessions`` the least recently used idle one goes.
-Requests on one session are served one at a time.
+Requests on one session are served one at a time (``retool.session_store``).
 
 Limits: ``max_concurrency`` turns run at once (more wait; past ``max_queue`` waiting: 429), a
 per-request cap on tokens and tool calls, a prompt-length cap. Validation errors are 400s in
@@ -29,7 +29,7 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Literal
 
 from fastapi import FastAPI, Request
@@ -42,6 +42,7 @@ from retool.engines.base import Engine, SamplingParams
 from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox import SandboxLimits, SandboxPool
 from retool.sandbox.base import SandboxUnavailable, Session
+from retool.session_store import SessionStore, SessionsFull
 
 log = logging.getLogger(__name__)
 
@@ -157,73 +158,6 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
-# -- sessions -----------------------------------------------------------------------------------
-
-
-@dataclass
-class _Entry:
-    session: Session
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    last_used: float = field(default_factory=time.monotonic)
-    users: int = 0  # requests holding or waiting for it
-
-
-class SessionStore:
-    """Sandbox sessions by conversation id, taken from a pool, closed when idle or evicted."""
-
-    def __init__(self, pool: SandboxPool, ttl_s: float, max_sessions: int) -> None:
-        self.pool, self.ttl_s, self.max_sessions = pool, ttl_s, max_sessions
-        self._entries: dict[str, _Entry] = {}
-        self._creating = asyncio.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @contextlib.asynccontextmanager
-    async def use(self, session_id: str) -> AsyncIterator[Session]:
-        entry = self._entries.get(session_id)
-        if entry is None:
-            async with self._creating:
-                entry = self._entries.get(session_id)
-                if entry is None:
-                    self._make_room()
-                    entry = _Entry(await self.pool.aacquire(timeout=120))
-                    self._entries[session_id] = entry
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield entry.session
-        finally:
-            entry.users -= 1
-            entry.last_used = time.monotonic()
-
-    def _make_room(self) -> None:
-        if len(self._entries) < self.max_sessions:
-            return
-        idle = [(e.last_used, k) for k, e in self._entries.items() if e.users == 0]
-        if not idle:
-            raise APIError(429, f"all {self.max_sessions} sandbox sessions are in use; retry later",
-                           "rate_limit_error", code="too_many_sessions")
-        self._drop(min(idle)[1])
-
-    def _drop(self, session_id: str) -> None:
-        entry = self._entries.pop(session_id)
-        with contextlib.suppress(Exception):
-            self.pool.release(entry.session)
-
-    def expire(self) -> int:
-        """Close sessions idle for longer than the TTL; returns how many."""
-        now = time.monotonic()
-        old = [k for k, e in self._entries.items() if e.users == 0 and now - e.last_used > self.ttl_s]
-        for session_id in old:
-            self._drop(session_id)
-        return len(old)
-
-    def close(self) -> None:
-        for session_id in list(self._entries):
-            self._drop(session_id)
-
-
 # -- the server ---------------------------------------------------------------------------------
 
 
@@ -315,24 +249,27 @@ class Server:
             self.waiting -= 1
         self.running += 1
         try:
-            async with self.sessions.use(session_id) as session:
+            async with self.sessions.use(session_id) as session:  # raises SessionsFull before, never after
                 yield session
+        except SessionsFull as exc:
+            raise APIError(429, str(exc), "rate_limit_error", code="too_many_sessions") from None
         finally:
             self.running -= 1
             self.served += 1
             self.slots.release()
 
-    def prompt_check(self, collector: TurnCollector, messages: list[dict[str, str]]) -> None:
-        from retool.conversation import prompt_messages, render_prompt
-
+    def start_turn(self, rollout: Rollout, messages: list[dict[str, str]]) -> TurnCollector:
+        """The turn's collector (its prompt rendered once, here), or a 400 for a conversation the
+        prompt cannot be built from or that is too long."""
         try:
-            conversation = prompt_messages(messages, collector.rollout.dialect, collector.rollout.config.few_shot)
+            collector = TurnCollector(rollout, messages)
         except ValueError as exc:
             raise APIError(400, str(exc), param="messages") from None
-        length = len(render_prompt(collector.rollout.tokenizer, conversation))
+        length = len(collector.trajectory.prompt_ids)
         if length > self.config.max_prompt_tokens:
             raise APIError(400, f"the conversation is {length} tokens; this server takes at most "
                                 f"{self.config.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+        return collector
 
 
 def _extension(turn, session_id: str) -> dict[str, Any]:
@@ -409,17 +346,16 @@ def create_app(config: ServeConfig, engine: Engine | None = None, model_name: st
     async def chat_completions(body: ChatRequest, request: Request):
         server = holder["server"]
         session_id, rollout, messages = server.check(body, request.headers.get(SESSION_HEADER))
-        collector = TurnCollector(rollout)
-        server.prompt_check(collector, messages)
+        collector = server.start_turn(rollout, messages)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         headers = {SESSION_HEADER: session_id}
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            events = _stream(server, collector, session_id, messages, completion_id, created, include_usage)
+            events = _stream(server, collector, session_id, completion_id, created, include_usage)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         try:
             async with server.turn_slot(session_id) as session:
-                turn = await collector.run(session, messages)
+                turn = await collector.run(session)
         except SandboxUnavailable as exc:
             raise APIError(503, f"no sandbox could be started: {exc}", "server_error", code="sandbox_unavailable")
         payload = {
@@ -433,16 +369,18 @@ def create_app(config: ServeConfig, engine: Engine | None = None, model_name: st
     return app
 
 
-async def _stream(server: Server, collector: TurnCollector, session_id: str, messages: list[dict[str, str]],
-                  completion_id: str, created: int, include_usage: bool) -> AsyncIterator[str]:
+async def _stream(server: Server, collector: TurnCollector, session_id: str, completion_id: str, created: int,
+                  include_usage: bool) -> AsyncIterator[str]:
     """SSE: a role chunk, content chunks as the transcript is written, a finish chunk (with the
     retool extension), a usage chunk when asked for, ``[DONE]``. A dropped client cancels the turn."""
 
+    def sse(choices: list[dict[str, Any]], **extra: Any) -> str:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": server.model_name,
+                "choices": choices, "session_id": session_id, **extra}
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
     def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": server.model_name,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-                 "session_id": session_id, **extra}
-        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        return sse([{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra)
 
     queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
     collector.on_chunk = queue.put_nowait
@@ -450,7 +388,7 @@ async def _stream(server: Server, collector: TurnCollector, session_id: str, mes
     async def run():
         try:
             async with server.turn_slot(session_id) as session:
-                return await collector.run(session, messages)
+                return await collector.run(session)
         finally:
             queue.put_nowait(None)
 
@@ -462,15 +400,13 @@ async def _stream(server: Server, collector: TurnCollector, session_id: str, mes
         try:
             turn = await task
         except (SandboxUnavailable, APIError, RuntimeError, ValueError) as exc:
-            kind = "server_error"
-            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': kind, 'param': None, 'code': None}})}\n\n"
+            error = exc if isinstance(exc, APIError) else APIError(500, str(exc), "server_error")
+            yield f"data: {json.dumps(error.body())}\n\n"
             yield "data: [DONE]\n\n"
             return
         yield event({}, FINISH.get(turn.finish_reason, "stop"), retool=_extension(turn, session_id))
         if include_usage:
-            chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                     "model": server.model_name, "choices": [], "usage": _usage(turn), "session_id": session_id}
-            yield f"data: {json.dumps(chunk)}\n\n"
+            yield sse([], usage=_usage(turn))
         yield "data: [DONE]\n\n"
     finally:
         if not task.done():  # the client went away: stop generating, interrupt the cell, free the session

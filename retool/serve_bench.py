@@ -10,14 +10,13 @@ asserted by tests.
 
 from __future__ import annotations
 
-import socket
-import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from retool.rollout_bench import PROBLEMS
+from retool.local_server import local_server
 from retool.serve import ServeConfig, create_app
 
 
@@ -37,12 +36,6 @@ class ServeLevel:
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _level(client, model: str, clients: int, per_client: int, max_tokens: int) -> ServeLevel:
@@ -81,28 +74,16 @@ def _level(client, model: str, clients: int, per_client: int, max_tokens: int) -
 def run_serve_bench(levels: tuple[int, ...] = (1, 4, 16), requests_per_client: int = 2, max_tokens: int = 96,
                     dialect: str = "fenced", model: str | None = None) -> dict:
     import openai
-    import uvicorn
 
     top = max(levels)
     config = ServeConfig(model=model, dialect=dialect, max_concurrency=top, max_sessions=2 * top,
                          warm_sessions=min(top, 4), max_tokens=max(max_tokens, 256))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
     load_started = time.monotonic()
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the server did not start (see the log above)")
-        time.sleep(0.05)
-    startup_s = time.monotonic() - load_started
-    try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=600)
+    with local_server(create_app(config)) as url:
+        startup_s = time.monotonic() - load_started
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
         name = client.models.list().data[0].id
         client.chat.completions.create(model=name, messages=[{"role": "user", "content": "1+1?"}], max_tokens=4)  # warm-up
         results = [_level(client, name, clients, requests_per_client, max_tokens) for clients in levels]
-    finally:
-        server.should_exit = True
-        thread.join(60)
     return {"model": name, "dialect": dialect, "max_tokens": max_tokens, "startup_s": round(startup_s, 2),
             "levels": [asdict(r) for r in results]}

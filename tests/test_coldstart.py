@@ -16,7 +16,7 @@ from retool.coldstart.synth import FAMILIES, generate
 from retool.coldstart.verify import parse_blocks, verify_trace
 from retool.protocol import RETOOL
 from retool.sandbox import create_session
-from live import live_server_app
+from retool.local_server import local_server
 
 
 def block(code: str, claimed: str | None = None) -> str:
@@ -160,7 +160,7 @@ def test_rewrite_end_to_end_against_a_live_endpoint_is_resumable_and_deduplicate
     source.write_text("\n".join(lines) + "\n")
     calls: list[str] = []
     out = tmp_path / "out"
-    with live_server_app(fake_rewriter_app(calls)) as url:
+    with local_server(fake_rewriter_app(calls)) as url:
         rewriter = ChatRewriter(f"{url}/v1", "fake-rewriter")
         stats = asyncio.run(run_rewrite(RewriteConfig(str(source), str(out), concurrency=3), rewriter))
         assert stats["kept"] == 2

@@ -14,7 +14,7 @@ import pytest
 
 from retool.engines.hf import HFEngine
 from retool.serve import ServeConfig, create_app
-from live import live_server_app
+from retool.local_server import local_server
 from scripted import EOS, ScriptedEngine
 from tiny import tiny_model
 
@@ -38,7 +38,7 @@ def scripted_reply(prompt: str) -> str | None:
 
 
 def live_server(config: ServeConfig, engine, model_name: str):
-    return live_server_app(create_app(config, engine=engine, model_name=model_name))
+    return local_server(create_app(config, engine=engine, model_name=model_name))
 
 
 @pytest.fixture(scope="module")

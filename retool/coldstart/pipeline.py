@@ -161,7 +161,7 @@ class EngineRewriter:
         self.engine, self.params = engine, SamplingParams(max_tokens=max_tokens, temperature=temperature)
 
     async def __call__(self, prompt: str) -> str:
-        from retool.conversation import render_prompt
+        from retool.rollout import render_prompt
 
         ids = render_prompt(self.engine.tokenizer, [{"role": "user", "content": prompt}])
         completion = await self.engine.agenerate(ids, self.params)
