@@ -95,6 +95,9 @@ def _to_problem(rec: Any, where: str, stem: str, index: int) -> Problem:
     if not isinstance(rec, dict):
         raise DatasetError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     problem = next((rec[k] for k in PROBLEM_FIELDS if isinstance(rec.get(k), str) and rec[k].strip()), None)
+    if problem is None and isinstance(rec.get("messages"), list):  # chat records (cold-start traces)
+        problem = next((m.get("content") for m in rec["messages"]
+                        if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)), None)
     answer = _answer_of(rec)
     missing = [name for name, value in (("problem", problem), ("answer", answer)) if value is None]
     if missing:

@@ -197,6 +197,19 @@ When you are sure, put the final answer in \\boxed{}, for example \\boxed{1023}.
 
 SYSTEM_PROMPTS = {"retool": _RETOOL_SYSTEM, "fenced": _FENCED_SYSTEM}
 
+# Text-only reasoning (no interpreter): the baseline that tool-integrated RL is measured against.
+TEXT_SYSTEM_PROMPTS = {
+    "retool": """You solve math problems by reasoning step by step. You cannot run code.
+
+When you are sure, give the final answer as a number in this form and stop:
+<answer>
+\\boxed{1023}
+</answer>""",
+    "fenced": """You solve math problems by reasoning step by step. You cannot run code.
+
+When you are sure, put the final answer in \\boxed{}, for example \\boxed{1023}.""",
+}
+
 # A worked example shown before the problem: small models follow a demonstration far better than
 # instructions (the embedded 135M model writes no code without it).
 _EXAMPLE_PROBLEM = "What is the sum of the squares of the first 20 positive integers?"
@@ -218,8 +231,11 @@ def example_turns(dialect: Dialect) -> list[dict[str, str]]:
     return [{"role": "user", "content": _EXAMPLE_PROBLEM}, {"role": "assistant", "content": reply}]
 
 
-def build_messages(problem: str, dialect: Dialect, few_shot: bool = True) -> list[dict[str, str]]:
-    """The chat messages that open a trajectory: system prompt, optional demonstration, problem."""
+def build_messages(problem: str, dialect: Dialect, few_shot: bool = True, tools: bool = True) -> list[dict[str, str]]:
+    """The chat messages that open a trajectory: system prompt, optional demonstration, problem.
+    ``tools=False`` is the text-only prompt (no interpreter, no demonstration of one)."""
+    if not tools:
+        return [{"role": "system", "content": TEXT_SYSTEM_PROMPTS[dialect.name]}, {"role": "user", "content": problem}]
     messages = [{"role": "system", "content": SYSTEM_PROMPTS[dialect.name]}]
     if few_shot:
         messages += example_turns(dialect)

@@ -63,6 +63,7 @@ class RolloutConfig:
     output_head_chars: int = 1024
     output_tail_chars: int = 1024
     few_shot: bool = True  # show the model one worked example of the dialect
+    # max_tool_calls 0 is text-only reasoning: the text-only prompt, and a code block ends the answer
 
 
 @dataclass
@@ -102,7 +103,8 @@ class Rollout:
 
     def prompt_ids(self, problem: str) -> list[int]:
         """The chat-templated prompt that opens a trajectory (system prompt, example, problem)."""
-        return render_prompt(self.tokenizer, build_messages(problem, self.dialect, few_shot=self.config.few_shot))
+        return render_prompt(self.tokenizer, build_messages(problem, self.dialect, few_shot=self.config.few_shot,
+                                                            tools=self.config.max_tool_calls > 0))
 
     # -- running ------------------------------------------------------------------------------
 

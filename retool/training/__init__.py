@@ -1,0 +1,1 @@
+"""Training: recipes, the RL math (advantages, losses) and the SFT/GRPO/PPO loops."""

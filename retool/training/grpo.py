@@ -1,0 +1,139 @@
+"""``retool rl`` with ``algorithm: grpo | dapo`` — TRL's GRPOTrainer, our interpreter loop.
+
+This is the only module that touches TRL's GRPO API (``rollout_func`` is marked experimental
+there; ``tests/test_grpo_contract.py`` pins what we rely on). What we hand TRL:
+
+* ``rollout_func(prompts, trainer)``: TRL's sampler repeats each prompt ``num_generations`` times
+  consecutively; we run one group per distinct problem through ``rl_rollout.sample`` (the live
+  weights, the sandbox, the outcome reward) and return ``prompt_ids``, ``completion_ids``,
+  ``env_mask`` (1 = model token, 0 = interpreter output: no gradient) and the reward as an extra
+  field. An answer that ended normally (``</answer>``, a refused block) gets an EOS appended with
+  mask 0, so TRL does not mistake it for a truncated one; a ``length`` finish stays truncated and
+  is masked when ``mask_truncated``. We pass no sampling logprobs: TRL recomputes old log-probs.
+* a reward function that returns that reward (so TRL's advantage code sees ``retool.grading``'s).
+* the loss settings: ``loss_type`` (dapo: token-level), ``epsilon``/``epsilon_high`` (clip-higher),
+  ``beta`` (KL; 0 loads no reference model), ``scale_rewards`` (group std, or none for Dr. GRPO).
+
+Checkpoints and exact resume are the HF Trainer's (weights, optimizer, scheduler, RNG, step, the
+sampler's position); our sampling seeds derive from the step, so resumed rollouts match.
+
+Not here: the rollout loop (``retool.rollout``), scoring (``rl_rollout``), PPO (``ppo``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from retool.datasets import Problem
+from retool.training.interrupt import StopOnRequestCallback, StopRequest
+from retool.training.recipe import RLRecipe
+from retool.training.rl_rollout import sample
+from retool.training.run_log import RunLog
+from retool.training.trainer_callbacks import RunLogCallback
+
+log = logging.getLogger(__name__)
+
+TRL_METRIC_NAMES = {
+    "loss": "loss/policy", "entropy": "entropy", "kl": "kl", "grad_norm": "grad_norm", "learning_rate": "lr",
+    "clip_ratio/region_mean": "clip_frac",
+}
+
+
+class RolloutContractError(RuntimeError):
+    """TRL called ``rollout_func`` in a way this module was not written for (its API changed)."""
+
+
+def problems_dataset(problems: list[Problem]):
+    """The train set TRL iterates: the problem text as ``prompt`` (plain text: templating is ours)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": p.problem, "answer": p.answer, "problem_id": p.id} for p in problems])
+
+
+def make_rollout_func(recipe: RLRecipe, tokenizer, pool, problems: list[Problem], run_log: RunLog | None):
+    by_text: dict[str, Problem] = {}
+    for p in problems:
+        if by_text.setdefault(p.problem, p).answer != p.answer:
+            raise ValueError(f"problem {p.id} appears twice with different answers")
+    eos = tokenizer.eos_token_id
+
+    def rollout_func(prompts: list[Any], trainer) -> dict[str, list]:
+        group = trainer.num_generations
+        if len(prompts) % group or any(prompts[i] != prompts[i - i % group] for i in range(len(prompts))):
+            raise RolloutContractError(f"expected each prompt repeated {group} times in a row, got {len(prompts)} prompts")
+        unique = [by_text[prompts[i]] for i in range(0, len(prompts), group)]
+        step = trainer.state.global_step
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        batch = sample(model, tokenizer, pool, unique, recipe.model_copy(update={"group_size": group}), step)
+        completion_ids, env_mask = [], []
+        for traj in batch.trajectories:
+            ids, mask = list(traj.ids), list(traj.loss_mask)
+            if traj.finish_reason != "length" and (not ids or ids[-1] != eos):
+                ids.append(eos)
+                mask.append(0)
+            completion_ids.append(ids)
+            env_mask.append(mask)
+        if run_log is not None and trainer.accelerator.is_main_process:
+            run_log.scalars(step + 1, batch.metrics.as_scalars())
+            if (step + 1) % recipe.sample_every == 0 or step == 0:
+                run_log.samples(step + 1, batch.samples(tokenizer, recipe.samples_per_log))
+        return {"prompt_ids": [t.prompt_ids for t in batch.trajectories], "completion_ids": completion_ids,
+                "logprobs": None, "env_mask": env_mask, "retool_reward": batch.rewards}
+
+    return rollout_func
+
+
+def outcome_reward(prompts, completions, retool_reward, **kwargs) -> list[float]:
+    """The reward ``rl_rollout`` computed with ``retool.grading`` on the model's own tokens."""
+    return list(retool_reward)
+
+
+def grpo_config(recipe: RLRecipe):
+    import torch
+    from trl import GRPOConfig
+
+    out = Path(recipe.output_dir)
+    per_step = recipe.prompts_per_step * recipe.group_size
+    micro = min(recipe.micro_batch_size, per_step)
+    if per_step % micro:
+        raise ValueError(f"prompts_per_step × group_size ({per_step}) must be a multiple of micro_batch_size ({micro})")
+    vllm = recipe.vllm
+    return GRPOConfig(
+        output_dir=str(out / "checkpoints"), report_to=list(recipe.report_to),
+        max_steps=recipe.steps, learning_rate=recipe.learning_rate, lr_scheduler_type="constant",
+        weight_decay=recipe.weight_decay, max_grad_norm=recipe.max_grad_norm,
+        per_device_train_batch_size=micro, gradient_accumulation_steps=per_step // micro,
+        num_generations=recipe.group_size, max_completion_length=recipe.max_total_tokens + 1,
+        temperature=recipe.temperature, top_p=recipe.top_p,
+        loss_type=recipe.loss_type, epsilon=recipe.epsilon, epsilon_high=recipe.epsilon_high, beta=recipe.beta,
+        scale_rewards="group" if recipe.scale_rewards else "none", mask_truncated_completions=recipe.mask_truncated,
+        num_iterations=1, seed=recipe.seed, data_seed=recipe.seed, save_steps=recipe.save_steps,
+        save_total_limit=2, logging_steps=recipe.logging_steps, use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), disable_dropout=True,
+        remove_unused_columns=False, dataloader_num_workers=0,
+        use_vllm=vllm is not None, **({} if vllm is None else {
+            "vllm_mode": vllm.mode, "vllm_server_host": vllm.server_host, "vllm_server_port": vllm.server_port,
+            "vllm_gpu_memory_utilization": vllm.gpu_memory_utilization,
+            "vllm_tensor_parallel_size": vllm.tensor_parallel_size}),
+    )
+
+
+def build_trainer(recipe: RLRecipe, model, tokenizer, problems: list[Problem], pool, run_log: RunLog | None,
+                  stop: StopRequest | None = None):
+    from trl import GRPOTrainer
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we know; the contract test watches it
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    callbacks = []
+    if stop is not None:
+        callbacks.append(StopOnRequestCallback(stop))
+    if run_log is not None:
+        callbacks.append(RunLogCallback(run_log, TRL_METRIC_NAMES))
+    return GRPOTrainer(model=model, reward_funcs=[outcome_reward], args=grpo_config(recipe),
+                       train_dataset=problems_dataset(problems), processing_class=tokenizer,
+                       rollout_func=make_rollout_func(recipe, tokenizer, pool, problems, run_log),
+                       callbacks=callbacks)

@@ -1,0 +1,219 @@
+"""``retool rl`` with ``algorithm: ppo`` — ReTool's algorithm, our own actor–critic on accelerate.
+
+One step::
+
+    sample (rl_rollout: group_size answers per problem, the interpreter in the loop, outcome reward)
+    → old log-probs and values (no grad)      → reward on each answer's last model token
+    → GAE twice: λ_actor (1, or VAPO's 1 − 1/(α·len)) for the policy, λ_critic for value targets
+    → ppo_epochs × minibatches: clipped policy loss (clip-higher, token-level aggregation)
+                                 + clipped value loss; critic alone during warm-up steps
+
+Every position with loss mask 0 — prompt, interpreter output, padding, and whole answers cut by the
+token budget when ``mask_truncated`` — is skipped by GAE and contributes exactly zero gradient.
+
+The critic is the actor's backbone with a scalar head (``AutoModelForTokenClassification``,
+``num_labels=1``, head zero-initialised so it starts at V = 0), or a separate checkpoint.
+``values[:, t]`` is read from the hidden state before token t, like ``token_logprobs``.
+
+Checkpoints (``checkpoint.py``) hold both models, both optimizers, the RNG states and the data
+position; sampling seeds derive from the step, so a resumed run repeats the uninterrupted one.
+
+Not here: sampling (``rl_rollout``), the math (``advantages``, ``losses``), GRPO (``grpo``).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+
+from retool.datasets import Problem
+from retool.training.advantages import gae, length_adaptive_lambda, masked_whiten
+from retool.training.checkpoint import DataCursor, latest_checkpoint, load_checkpoint, save_checkpoint
+from retool.training.interrupt import StopRequest
+from retool.training.losses import aggregate, entropy_from_logits, kl_k3, policy_loss, token_logprobs, value_loss
+from retool.training.recipe import RLRecipe
+from retool.training.rl_rollout import RolloutBatch, sample
+from retool.training.run_log import RunLog
+from retool.trajectory import collate
+
+
+def build_critic(recipe: RLRecipe, policy):
+    """A value model: the policy's backbone (or ``ppo.critic_model``) plus a zero-initialised head."""
+    from transformers import AutoModelForTokenClassification
+
+    settings = recipe.ppo
+    if settings.critic == "separate" and settings.critic_model:
+        critic = AutoModelForTokenClassification.from_pretrained(settings.critic_model, num_labels=1)
+    else:
+        config = copy.deepcopy(policy.config)
+        config.num_labels = 1
+        critic = AutoModelForTokenClassification.from_config(config)
+        critic.base_model.load_state_dict(policy.base_model.state_dict(), strict=True)
+    head = critic.score if hasattr(critic, "score") else critic.classifier
+    torch.nn.init.zeros_(head.weight)
+    if getattr(head, "bias", None) is not None:
+        torch.nn.init.zeros_(head.bias)
+    return critic.to(next(policy.parameters()).device)
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """A step's samples as tensors; every [B, T] tensor shares the ``input_ids`` layout."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    mask: torch.Tensor  # trained positions: model tokens of answers that count
+    old_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+class PPOTrainer:
+    def __init__(self, recipe: RLRecipe, model, tokenizer, problems: list[Problem], pool, run_log: RunLog) -> None:
+        from accelerate import Accelerator
+
+        self.recipe, self.tokenizer, self.pool, self.run_log = recipe, tokenizer, pool, run_log
+        self.problems = problems
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        torch.manual_seed(recipe.seed)
+        self.reference = copy.deepcopy(model).eval().requires_grad_(False) if recipe.beta > 0 else None
+        critic = build_critic(recipe, model)
+        actor_opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+        critic_opt = torch.optim.AdamW(critic.parameters(), lr=recipe.ppo.critic_learning_rate)
+        self.policy, self.critic, self.actor_opt, self.critic_opt = self.accelerator.prepare(
+            model, critic, actor_opt, critic_opt)
+        self.cursor = DataCursor(len(problems), recipe.seed)
+        self.step = 0
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def train(self, stop: StopRequest | None = None) -> int:
+        recipe, out = self.recipe, self.run_log.run_dir
+        resume = latest_checkpoint(out / "checkpoints")
+        if resume is not None:
+            self.step = load_checkpoint(resume, self)
+            self.run_log.truncate_after(self.step)
+        while self.step < recipe.steps and not (stop and stop.requested):
+            problems = [self.problems[i] for i in self.cursor.take(recipe.prompts_per_step)]
+            policy = self.accelerator.unwrap_model(self.policy)
+            batch = sample(policy, self.tokenizer, self.pool, problems, recipe, self.step)
+            started = time.monotonic()
+            numbers = self.update(batch)
+            self.step += 1
+            numbers["time/update_s"] = time.monotonic() - started
+            self.run_log.scalars(self.step, {**batch.metrics.as_scalars(), **numbers})
+            if self.step % recipe.sample_every == 0 or self.step == 1:
+                self.run_log.samples(self.step, batch.samples(self.tokenizer, recipe.samples_per_log))
+            if self.step % recipe.save_steps == 0 or self.step == recipe.steps or (stop and stop.requested):
+                save_checkpoint(out / "checkpoints", self.step, self)
+        return self.step
+
+    # -- one update ----------------------------------------------------------------------------------
+
+    def prepare_rollouts(self, batch: RolloutBatch) -> Rollouts:
+        recipe, settings = self.recipe, self.recipe.ppo
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        packed = collate(batch.trajectories, pad)
+        device = self.accelerator.device
+        ids, attn = packed.input_ids.to(device), packed.attention_mask.to(device)
+        mask = packed.loss_mask.to(device)
+        if recipe.mask_truncated:
+            keep = torch.tensor([t.finish_reason != "length" for t in batch.trajectories], device=device)
+            mask = mask * keep.unsqueeze(1)
+        old_logprobs, old_values = [], []
+        with torch.no_grad():
+            for rows in self._chunks(len(ids), recipe.micro_batch_size, shuffle=False):
+                old_logprobs.append(self._logprobs(self.policy, ids[rows], attn[rows])[0])
+                old_values.append(self._values(ids[rows], attn[rows]))
+        old_logprobs, old_values = torch.cat(old_logprobs), torch.cat(old_values)
+        rewards = torch.zeros_like(mask)
+        lengths = packed.loss_mask.sum(1)
+        for row, traj in enumerate(batch.trajectories):
+            last = _last_index(packed.loss_mask[row])
+            if last is not None:
+                rewards[row, last] = traj.reward
+        if settings.length_adaptive_alpha is not None:
+            lam_actor = length_adaptive_lambda(lengths.to(device), settings.length_adaptive_alpha)
+        else:
+            lam_actor = settings.lambda_actor
+        advantages, _ = gae(rewards, old_values, mask, settings.gamma, lam_actor)
+        _, returns = gae(rewards, old_values, mask, settings.gamma, settings.lambda_critic)
+        advantages = masked_whiten(advantages, mask)
+        return Rollouts(ids, attn, mask, old_logprobs, old_values, advantages, returns)
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        recipe, settings = self.recipe, self.recipe.ppo
+        r = self.prepare_rollouts(batch)
+        train_actor = self.step >= settings.critic_warmup_steps
+        sums: dict[str, list[float]] = {}
+        for _ in range(settings.ppo_epochs):
+            for rows in self._chunks(len(r.input_ids), settings.minibatch_size, shuffle=True):
+                ids, attn, mask = r.input_ids[rows], r.attention_mask[rows], r.mask[rows]
+                if train_actor:
+                    logprobs, entropy = self._logprobs(self.policy, ids, attn, with_entropy=True)
+                    pl = policy_loss(logprobs, r.old_logprobs[rows], r.advantages[rows], mask,
+                                     recipe.epsilon, recipe.epsilon_high, recipe.loss_type)
+                    loss = pl.loss
+                    if self.reference is not None:
+                        with torch.no_grad():
+                            ref, _ = self._logprobs(self.reference, ids, attn)
+                        kl = aggregate(kl_k3(logprobs, ref), mask, recipe.loss_type)
+                        loss = loss + recipe.beta * kl
+                        _add(sums, "kl", kl.item())
+                    else:
+                        _add(sums, "kl", pl.approx_kl)
+                    self.actor_opt.zero_grad(set_to_none=True)
+                    self.accelerator.backward(loss)
+                    norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), recipe.max_grad_norm)
+                    self.actor_opt.step()
+                    _add(sums, "loss/policy", pl.loss.item())
+                    _add(sums, "clip_frac", pl.clip_frac)
+                    _add(sums, "grad_norm", float(norm))
+                    _add(sums, "entropy", _masked_mean(entropy.detach(), mask))
+                values = self._values(ids, attn)
+                vl, vclip = value_loss(values, r.old_values[rows], r.returns[rows], mask, settings.value_clip,
+                                       recipe.loss_type)
+                self.critic_opt.zero_grad(set_to_none=True)
+                self.accelerator.backward(vl)
+                self.accelerator.clip_grad_norm_(self.critic.parameters(), recipe.max_grad_norm)
+                self.critic_opt.step()
+                _add(sums, "loss/value", vl.item())
+                _add(sums, "value/clip_frac", vclip)
+        numbers = {k: sum(v) / len(v) for k, v in sums.items()}
+        numbers["lr"] = recipe.learning_rate
+        numbers["critic_warmup"] = float(not train_actor)
+        return numbers
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _logprobs(self, model, ids, attn, with_entropy: bool = False):
+        logits = model(input_ids=ids, attention_mask=attn).logits
+        logprobs = token_logprobs(logits, ids, self.recipe.temperature)
+        entropy = entropy_from_logits(logits, self.recipe.temperature) if with_entropy else None
+        return logprobs, entropy
+
+    def _values(self, ids, attn) -> torch.Tensor:
+        scores = self.critic(input_ids=ids, attention_mask=attn).logits.squeeze(-1).float()
+        return torch.nn.functional.pad(scores[:, :-1], (1, 0))  # V before token t, aligned like logprobs
+
+    def _chunks(self, n: int, size: int, shuffle: bool):
+        order = torch.randperm(n).tolist() if shuffle else list(range(n))
+        return [order[i:i + size] for i in range(0, n, size)]
+
+
+def _last_index(mask_row: torch.Tensor) -> int | None:
+    nonzero = torch.nonzero(mask_row).flatten()
+    return int(nonzero[-1]) if len(nonzero) else None
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    total = mask.sum()
+    return float((x * mask).sum() / total) if total > 0 else 0.0
+
+
+def _add(sums: dict[str, list[float]], key: str, value: float) -> None:
+    sums.setdefault(key, []).append(float(value))

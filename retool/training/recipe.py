@@ -1,0 +1,171 @@
+"""Training recipes: one YAML file per run, validated before anything loads.
+
+A recipe names every knob that changes the result; nothing is read from the environment and no
+field has a hidden default that differs between SFT and RL. Unknown keys are errors (a typo such as
+``learing_rate`` must not silently train with the default). Paths are resolved against the current
+directory, except ``output_dir`` placeholders are left to the caller.
+
+Not here: running anything (``sft.py``, ``grpo.py``, ``ppo.py``), accelerate/DeepSpeed settings
+(those live in ``training/accelerate/*.yaml`` and are passed to ``accelerate launch``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used, with the file and the field at fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraSettings(_Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class SFTRecipe(_Strict):
+    """``retool sft``: supervised fine-tuning on code-integrated (or text) traces."""
+
+    model: str = "embedded"
+    data: list[str]  # jsonl files of {"messages": [user, assistant], ...} (coldstart format)
+    output_dir: str
+    dialect: Literal["retool", "fenced"] = "retool"
+    tools: bool = True  # False: text-only traces and the text-only system prompt
+    few_shot: bool = False  # prompt with the one-shot example (as the rollout will)
+    max_length: int = Field(1024, gt=0)
+    max_examples: int | None = Field(None, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = Field(5e-5, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    seed: int = 0
+    save_steps: int = Field(100, gt=0)
+    logging_steps: int = Field(10, gt=0)
+    lora: LoraSettings | None = None
+    report_to: list[str] = ["tensorboard"]  # add "wandb" when it is installed
+
+
+class RewardSettings(_Strict):
+    correct: float = 1.0
+    incorrect: float = -1.0
+    no_answer: float | None = None  # optional penalty, off by default
+
+
+class PPOSettings(_Strict):
+    """Only for ``algorithm: ppo`` (ReTool's algorithm; VAPO options included)."""
+
+    critic: Literal["value_head", "separate"] = "value_head"  # value head on a copy of the actor backbone
+    critic_model: str | None = None  # for "separate": another checkpoint; default the actor's
+    critic_learning_rate: float = Field(5e-6, gt=0)
+    gamma: float = Field(1.0, gt=0, le=1)
+    lambda_actor: float = Field(1.0, ge=0, le=1)  # decoupled GAE (VAPO): unbiased policy advantages
+    lambda_critic: float = Field(1.0, ge=0, le=1)  # value targets
+    length_adaptive_alpha: float | None = Field(None, gt=0)  # VAPO: λ_actor = 1 − 1/(α·length)
+    value_clip: float | None = Field(0.2, gt=0)
+    critic_warmup_steps: int = Field(0, ge=0)  # train only the critic for the first N steps
+    ppo_epochs: int = Field(1, gt=0)
+    minibatch_size: int = Field(8, gt=0)
+
+
+class VLLMSettings(_Strict):
+    """Rollouts on vLLM (GPU): ``colocate`` shares the training GPUs, ``server`` talks to
+    ``trl vllm-serve`` on other GPUs. Only the GRPO family uses TRL's vLLM integration."""
+
+    mode: Literal["colocate", "server"] = "colocate"
+    server_host: str = "127.0.0.1"
+    server_port: int = 8000
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, gt=0)
+
+
+class RLRecipe(_Strict):
+    """``retool rl``: outcome-reward RL with the interpreter in the loop."""
+
+    algorithm: Literal["grpo", "dapo", "ppo"] = "dapo"
+    model: str = "embedded"
+    data: list[str]  # problems: any file ``retool.datasets`` reads (id, problem, answer)
+    output_dir: str
+    dialect: Literal["retool", "fenced"] = "retool"
+    tools: bool = True  # False: text-only RL (no interpreter; a code block ends the answer)
+    few_shot: bool = False
+    max_problems: int | None = Field(None, gt=0)
+    # the loop
+    steps: int = Field(20, gt=0)
+    prompts_per_step: int = Field(8, gt=0)
+    group_size: int = Field(4, gt=0)  # samples per prompt (GRPO's G; PPO samples this many too)
+    max_total_tokens: int = Field(512, gt=0)  # model + interpreter tokens after the prompt
+    max_tool_calls: int = Field(4, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    sandbox: str = "jupyter"
+    sandbox_workers: int = Field(4, gt=0)
+    sandbox_timeout: float = Field(10.0, gt=0)
+    # the update
+    learning_rate: float = Field(1e-6, gt=0)
+    micro_batch_size: int = Field(8, gt=0)
+    loss_type: Literal["dapo", "grpo", "dr_grpo"] = "dapo"  # dapo = token-level mean over the batch
+    epsilon: float = Field(0.2, gt=0)
+    epsilon_high: float = Field(0.28, gt=0)  # clip-higher (DAPO)
+    beta: float = Field(0.0, ge=0)  # KL coefficient; 0 = no reference model (ReTool, DAPO)
+    mask_truncated: bool = True  # truncated answers get no gradient (DAPO's overlong filtering)
+    scale_rewards: bool = True  # GRPO's std normalisation (False: Dr. GRPO)
+    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    reward: RewardSettings = RewardSettings()
+    ppo: PPOSettings = PPOSettings()
+    vllm: VLLMSettings | None = None
+    # bookkeeping
+    seed: int = 0
+    save_steps: int = Field(10, gt=0)
+    logging_steps: int = Field(1, gt=0)
+    sample_every: int = Field(5, gt=0)  # write sample trajectories every N steps
+    samples_per_log: int = Field(4, gt=0)
+    report_to: list[str] = ["tensorboard"]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RLRecipe":
+        if self.epsilon_high < self.epsilon:
+            raise ValueError("epsilon_high is the upper clip; it must be ≥ epsilon")
+        if self.algorithm in ("grpo", "dapo") and self.group_size < 2:
+            raise ValueError("group-relative advantages need group_size ≥ 2")
+        if self.algorithm == "dapo" and self.loss_type != "dapo":
+            raise ValueError("algorithm dapo uses loss_type dapo (token-level); use algorithm grpo for the others")
+        if not self.tools and self.max_tool_calls:
+            raise ValueError("text-only RL (tools: false) needs max_tool_calls: 0")
+        return self
+
+
+Recipe = SFTRecipe | RLRecipe
+
+
+def load_recipe(path: str | Path, kind: type[SFTRecipe] | type[RLRecipe], **overrides) -> SFTRecipe | RLRecipe:
+    """Read and validate a recipe; ``overrides`` (from the command line) replace top-level keys."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"no recipe at {path}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path} must hold a mapping of settings, not {type(raw).__name__}")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return kind.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(recipe)'}: {e['msg']}" for e in exc.errors())
+        raise RecipeError(f"{path}: {problems}") from None

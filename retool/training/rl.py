@@ -1,0 +1,88 @@
+"""``retool rl``: load a recipe's problems, model and sandbox, and run its algorithm.
+
+Layout of ``output_dir`` (both algorithms): ``checkpoints/`` (resume state), ``final/`` (model +
+tokenizer), ``metrics.jsonl`` and ``tb/`` (curves), ``samples.jsonl`` (sample trajectories),
+``config.json`` (the recipe). Rerunning the same command resumes from the newest checkpoint.
+
+Not here: the algorithms (``grpo``, ``ppo``), the rollout (``rl_rollout``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from retool.datasets import Problem, load_benchmark
+from retool.models import load_model, load_tokenizer
+from retool.sandbox.base import SandboxLimits
+from retool.sandbox.pool import SandboxPool
+from retool.training.interrupt import StopRequest
+from retool.training.recipe import RLRecipe
+from retool.training.run_log import RunLog
+from retool.training.sft import last_checkpoint, save_plain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RLResult:
+    output_dir: Path
+    final_dir: Path | None  # None when stopped early (Ctrl-C): resume by running the command again
+    steps: int
+    interrupted: bool
+
+
+def load_problems(recipe: RLRecipe) -> list[Problem]:
+    problems = [p for spec in recipe.data for p in load_benchmark(spec)]
+    if recipe.max_problems is not None:
+        problems = random.Random(recipe.seed).sample(problems, min(recipe.max_problems, len(problems)))
+    return problems
+
+
+def open_pool(recipe: RLRecipe) -> SandboxPool:
+    size = recipe.sandbox_workers if recipe.tools else 1
+    return SandboxPool(recipe.sandbox, size=size, limits=SandboxLimits(timeout_s=recipe.sandbox_timeout),
+                       warm=size if recipe.tools else 0)
+
+
+def run_rl(recipe: RLRecipe, model=None, tokenizer=None, pool: SandboxPool | None = None) -> RLResult:
+    """Train as the recipe says (``model``/``tokenizer``/``pool`` objects override the recipe: tests)."""
+    out = Path(recipe.output_dir)
+    problems = load_problems(recipe)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(recipe.model)
+    model = model if model is not None else load_model(recipe.model)
+    own_pool = pool is None
+    pool = pool if pool is not None else open_pool(recipe)
+    run_log = RunLog(out, report_to=recipe.report_to if recipe.algorithm == "ppo" else (),
+                     config=recipe.model_dump())
+    stop = StopRequest()
+    try:
+        if recipe.algorithm == "ppo":
+            from retool.training.ppo import PPOTrainer
+
+            trainer = PPOTrainer(recipe, model, tokenizer, problems, pool, run_log)
+            with stop:
+                steps = trainer.train(stop)
+            policy = trainer.policy
+        else:
+            from retool.training.grpo import build_trainer
+
+            trainer = build_trainer(recipe, model, tokenizer, problems, pool, run_log, stop)
+            resume = last_checkpoint(out / "checkpoints")
+            if resume:
+                log.info("resuming from %s", resume)
+                run_log.truncate_after(int(Path(resume).name.split("-")[-1]))
+            with stop:
+                trainer.train(resume_from_checkpoint=resume)
+            steps, policy = trainer.state.global_step, trainer.model
+    finally:
+        run_log.close()
+        if own_pool:
+            pool.close()
+    if stop.requested:
+        return RLResult(out, None, steps, True)
+    final = out / "final"
+    save_plain(policy, tokenizer, final)
+    return RLResult(out, final, steps, False)

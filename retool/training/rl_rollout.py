@@ -1,0 +1,154 @@
+"""Rollouts for RL: the live policy, our interpreter loop, the outcome reward, the step's numbers.
+
+Both RL trainers (``grpo`` through TRL's ``rollout_func``, ``ppo`` directly) sample through here,
+so the tool loop, the loss mask and the reward are the same whichever algorithm updates the model.
+Each call builds a fresh ``HFEngine`` over the *current* weights (its KV cache would be stale after
+an update) and hands the model back in training mode. Sampling is seeded from (recipe seed, step),
+so a resumed run draws the same samples as an uninterrupted one.
+
+Text-only RL is the same loop with ``max_tool_calls: 0`` and the text-only prompt: a code block the
+model writes is never run and ends the answer.
+
+Not here: advantages, losses, optimizers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from retool.datasets import Problem
+from retool.engines.base import SamplingParams
+from retool.engines.hf import HFEngine
+from retool.grading import RewardConfig, extract_answer_from_trajectory, is_equivalent
+from retool.protocol import get_dialect
+from retool.rollout import Rollout, RolloutConfig
+from retool.training.advantages import zero_advantage_group_share
+from retool.training.recipe import RLRecipe
+from retool.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class RolloutMetrics:
+    """One step's rollout numbers, under the ``RunLog`` metric names (see ``as_scalars``)."""
+
+    reward_mean: float
+    accuracy: float
+    calls_per_answer: float
+    failure_rate: float
+    model_tokens_mean: float
+    interpreter_tokens_mean: float
+    truncation_rate: float
+    zero_adv_group_share: float
+    rollout_s: float
+    sandbox_s: float
+
+    def as_scalars(self) -> dict[str, float]:
+        return {
+            "reward/mean": self.reward_mean, "accuracy": self.accuracy,
+            "tools/calls_per_answer": self.calls_per_answer, "tools/failure_rate": self.failure_rate,
+            "tokens/model_mean": self.model_tokens_mean, "tokens/interpreter_mean": self.interpreter_tokens_mean,
+            "truncation_rate": self.truncation_rate, "zero_adv_group_share": self.zero_adv_group_share,
+            "time/rollout_s": self.rollout_s, "time/sandbox_s": self.sandbox_s,
+        }
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """``group_size`` consecutive trajectories per problem, with their rewards."""
+
+    problems: list[Problem]
+    trajectories: list[Trajectory]
+    rewards: list[float]
+    correct: list[bool]
+    answers: list[str | None]
+    metrics: RolloutMetrics
+
+    def samples(self, tokenizer: Any, limit: int) -> list[dict[str, Any]]:
+        """A few trajectories as readable records for ``samples.jsonl``."""
+        out = []
+        for i, traj in enumerate(self.trajectories[:limit]):
+            out.append({
+                "problem_id": traj.meta.get("problem_id"), "gold": traj.meta.get("gold"),
+                "answer": self.answers[i], "reward": self.rewards[i], "finish_reason": traj.finish_reason,
+                "tool_calls": len(traj.tool_calls),
+                "text": tokenizer.decode(traj.ids, skip_special_tokens=False),
+            })
+        return out
+
+
+def rollout_config(recipe: RLRecipe, step: int) -> RolloutConfig:
+    return RolloutConfig(
+        dialect=recipe.dialect, max_tool_calls=recipe.max_tool_calls if recipe.tools else 0,
+        max_total_tokens=recipe.max_total_tokens,
+        sampling=SamplingParams(temperature=recipe.temperature, top_p=recipe.top_p,
+                                seed=recipe.seed * 100_003 + step),
+        sandbox_timeout=recipe.sandbox_timeout, few_shot=recipe.few_shot,
+    )
+
+
+def reward_config(recipe: RLRecipe) -> RewardConfig:
+    r = recipe.reward
+    return RewardConfig(r.correct, r.incorrect, r.no_answer)
+
+
+def score(traj: Trajectory, gold: str, tokenizer: Any, recipe: RLRecipe) -> tuple[float, bool, str | None]:
+    """The outcome reward from the model's own tokens (``retool.grading``): (reward, correct, answer)."""
+    answer = extract_answer_from_trajectory(traj, tokenizer, get_dialect(recipe.dialect))
+    correct = is_equivalent(answer, gold)
+    cfg = reward_config(recipe)
+    if answer is None and cfg.no_answer is not None:
+        return cfg.no_answer, False, None
+    return (cfg.correct if correct else cfg.incorrect), correct, answer
+
+
+def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe, step: int) -> RolloutBatch:
+    """``recipe.group_size`` trajectories per problem from the current weights, scored."""
+    config = rollout_config(recipe, step)
+    group = recipe.group_size
+    engine = HFEngine(model, tokenizer, max_batch=max(1, len(problems) * group),
+                      capacity=min(1024, recipe.max_total_tokens + 512))
+    started = time.monotonic()
+    try:
+        rollout = Rollout(engine, pool, config)
+        prompts, metas = [], []
+        for problem in problems:
+            ids = rollout.prompt_ids(problem.problem)
+            for k in range(group):
+                prompts.append(ids)
+                metas.append({"problem_id": problem.id, "gold": problem.answer, "sample": k})
+        trajectories = rollout.run(prompts, metas)
+    finally:
+        engine.close()
+        model.train()
+        if next(model.parameters()).device.type == "cpu":
+            torch.set_num_threads(os.cpu_count() or 1)  # the engine leaves a core to the sandboxes
+    rollout_s = time.monotonic() - started
+    scored = [score(t, t.meta["gold"], tokenizer, recipe) for t in trajectories]
+    rewards = [s[0] for s in scored]
+    for traj, r in zip(trajectories, rewards):
+        traj.reward = r
+    metrics = summarize(trajectories, rewards, [s[1] for s in scored], group, rollout_s, rollout.stats.sandbox_s)
+    return RolloutBatch(list(problems), trajectories, rewards, [s[1] for s in scored], [s[2] for s in scored], metrics)
+
+
+def summarize(trajectories: list[Trajectory], rewards: list[float], correct: list[bool], group: int,
+              rollout_s: float = 0.0, sandbox_s: float = 0.0) -> RolloutMetrics:
+    n = len(trajectories)
+    calls = [c for t in trajectories for c in t.tool_calls]
+    failed = sum(1 for c in calls if not c.result.ok)
+    return RolloutMetrics(
+        reward_mean=sum(rewards) / n,
+        accuracy=sum(correct) / n,
+        calls_per_answer=len(calls) / n,
+        failure_rate=failed / len(calls) if calls else 0.0,
+        model_tokens_mean=sum(t.num_model_tokens for t in trajectories) / n,
+        interpreter_tokens_mean=sum(t.num_tool_tokens for t in trajectories) / n,
+        truncation_rate=sum(t.finish_reason == "length" for t in trajectories) / n,
+        zero_adv_group_share=zero_advantage_group_share(torch.tensor(rewards), group) if group > 1 else 0.0,
+        rollout_s=rollout_s, sandbox_s=sandbox_s,
+    )

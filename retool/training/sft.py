@@ -1,0 +1,123 @@
+"""``retool sft``: cold-start supervised fine-tuning with TRL's SFTTrainer.
+
+The dataset is pre-tokenized (``sft_data``: ``input_ids`` + ``labels`` with −100 on the prompt and
+on interpreter output), so TRL applies no chat template and no masking of its own — our
+``Trajectory`` rendering is the single source of truth. LoRA (peft) is optional; the final model
+is saved merged, as a plain checkpoint that ``retool rl`` / ``retool eval --model`` load directly.
+
+Layout of ``output_dir``: ``checkpoints/checkpoint-N`` (Trainer checkpoints: weights, optimizer,
+scheduler, RNG, step, data position), ``final/`` (model + tokenizer), ``metrics.jsonl``, ``tb/``.
+Running the same command again resumes from the newest checkpoint; Ctrl-C saves one and stops.
+
+Not here: data rendering (``sft_data``), RL (``grpo``, ``ppo``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from retool.models import load_model, load_tokenizer
+from retool.protocol import get_dialect
+from retool.training.interrupt import StopOnRequestCallback, StopRequest
+from retool.training.recipe import SFTRecipe
+from retool.training.run_log import RunLog
+from retool.training.sft_data import build_dataset, iter_examples
+from retool.training.trainer_callbacks import RunLogCallback
+
+log = logging.getLogger(__name__)
+
+SFT_METRIC_NAMES = {"loss": "sft/loss", "learning_rate": "lr", "grad_norm": "grad_norm"}
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    output_dir: Path
+    final_dir: Path | None  # None when the run was stopped before the end
+    steps: int
+    examples: int
+    trained_tokens: int
+    interrupted: bool
+
+
+def last_checkpoint(checkpoints: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+
+
+def run_sft(recipe: SFTRecipe, model=None, tokenizer=None) -> SFTResult:
+    """Train as the recipe says (``model``/``tokenizer`` objects override ``recipe.model``: tests)."""
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    out = Path(recipe.output_dir)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(recipe.model)
+    examples = list(iter_examples(recipe.data, tokenizer, get_dialect(recipe.dialect), tools=recipe.tools,
+                                  few_shot=recipe.few_shot, max_length=recipe.max_length,
+                                  max_examples=recipe.max_examples))
+    dataset = build_dataset(iter(examples))
+    model = model if model is not None else load_model(recipe.model)
+    if recipe.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lora = recipe.lora
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not torch.cuda.is_available():
+        torch.set_num_threads(os.cpu_count() or 1)  # an engine may have lowered it for rollouts
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"),
+        max_length=recipe.max_length,
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.lr_scheduler,
+        warmup_ratio=recipe.warmup_ratio,
+        weight_decay=recipe.weight_decay,
+        per_device_train_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.grad_accum,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        save_steps=recipe.save_steps,
+        save_total_limit=2,
+        logging_steps=recipe.logging_steps,
+        report_to=list(recipe.report_to),
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        packing=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    run_log = RunLog(out, report_to=(), config=recipe.model_dump())
+    stop = StopRequest()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[StopOnRequestCallback(stop), RunLogCallback(run_log, SFT_METRIC_NAMES)])
+    resume = last_checkpoint(out / "checkpoints")
+    if resume:
+        log.info("resuming from %s", resume)
+        run_log.truncate_after(int(Path(resume).name.split("-")[-1]))
+    try:
+        with stop:
+            trainer.train(resume_from_checkpoint=resume)
+    finally:
+        run_log.close()
+    trained = sum(e.num_trained for e in examples)
+    if stop.requested:
+        return SFTResult(out, None, trainer.state.global_step, len(examples), trained, True)
+    final = out / "final"
+    save_plain(trainer.model, tokenizer, final)
+    return SFTResult(out, final, trainer.state.global_step, len(examples), trained, False)
+
+
+def save_plain(model, tokenizer, path: Path) -> None:
+    """A plain transformers checkpoint (LoRA merged in) that every loader of ours reads."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path), safe_serialization=True)
+    tokenizer.save_pretrained(str(path))
