@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from retool.cli_training import register as register_training_commands
 from retool.sandbox import BACKENDS, ExecResult, SandboxLimits, SandboxUnavailable
 
 app = typer.Typer(help="Tool-integrated reasoning: models that think in text and run Python in a sandbox.", no_args_is_help=True)
@@ -19,6 +20,7 @@ coldstart_app = typer.Typer(help="Cold-start SFT data: verified code-integrated 
 app.add_typer(coldstart_app, name="coldstart")
 bench_app = typer.Typer(help="Performance benchmarks (numbers printed, JSON with --json).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+register_training_commands(app)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -274,13 +276,15 @@ def evaluate(
     notebooks: bool = typer.Option(False, "--notebooks", help="Also write each trajectory as a Jupyter notebook."),
     seed: int = typer.Option(0, help="Sampling seed."),
     concurrency: int = typer.Option(16, help="Trajectories in flight (each holds one sandbox session)."),
+    few_shot: bool = typer.Option(True, help="Show the one-shot demonstration (--no-few-shot for models trained without it)."),
 ) -> None:
     """Sample k answers per problem with tool use, grade them, and report avg@k / pass@k / maj@k."""
     from retool.evals.harness import EvalConfig, run_eval
 
     config = EvalConfig(benchmark=benchmark, model=model, engine=engine, base_url=base_url, k=k, temperature=temperature,
                         top_p=top_p, max_tokens=max_tokens, max_tool_calls=max_tool_calls, sandbox=_check_backend(sandbox),
-                        dialect=dialect, limit=limit, out=out, notebooks=notebooks, seed=seed, concurrency=concurrency)
+                        dialect=dialect, limit=limit, out=out, notebooks=notebooks, seed=seed, concurrency=concurrency,
+                        few_shot=few_shot)
     try:
         result = run_eval(config)
     except KeyboardInterrupt:

@@ -218,3 +218,10 @@ def load_model(name: str | None = None, device: str = "cpu", dtype=None):
             raise
         raise _hub_error(spec.name, e) from e
     return model.to(device).eval(), tokenizer
+
+
+def training_device() -> str:
+    """Where training puts the model: the first GPU when there is one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -79,6 +79,15 @@ def test_bad_values_and_names_are_clear_errors(tmp_path):
         RunLog(tmp_path, report_to=["tensorbord"])
 
 
+def test_a_line_cut_by_a_crash_does_not_swallow_the_next(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "accuracy": 0.5}\n{"step": 2, "acc')
+    with RunLog(tmp_path, report_to=()) as log:
+        log.scalars(2, {"accuracy": 0.75})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])["accuracy"] == 0.75
+    assert read_metrics(tmp_path).points("accuracy") == ([1, 2], [0.5, 0.75])
+
+
 def test_wandb_missing_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
     with pytest.raises(RuntimeError, match=r"pip install retool\[wandb\]"):

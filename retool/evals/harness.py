@@ -33,7 +33,8 @@ from retool.trajectory import Trajectory
 log = logging.getLogger(__name__)
 
 # settings that change what a sample is: a run directory may only be resumed with the same ones
-SAMPLE_DEFINING = ("benchmark", "model", "dialect", "temperature", "top_p", "max_tokens", "max_tool_calls", "seed")
+SAMPLE_DEFINING = ("benchmark", "model", "dialect", "temperature", "top_p", "max_tokens", "max_tool_calls", "seed",
+                   "few_shot")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class EvalConfig:
     seed: int = 0
     concurrency: int = 16
     sandbox_timeout: float = 10.0
+    few_shot: bool = True  # the one-shot demonstration in the prompt (off for models trained without it)
 
 
 @dataclass
@@ -179,7 +181,7 @@ async def _sample_all(config, engine, pool, problems, done, out, show_progress) 
     rollout = Rollout(engine, pool, RolloutConfig(
         dialect=config.dialect, max_tool_calls=config.max_tool_calls, max_total_tokens=config.max_tokens,
         sampling=SamplingParams(temperature=config.temperature, top_p=config.top_p, seed=config.seed),
-        sandbox_timeout=config.sandbox_timeout))
+        sandbox_timeout=config.sandbox_timeout, few_shot=config.few_shot))
     finished = {(s.problem_id, s.sample) for s in done}
     todo = [(i, p, s) for i, p in enumerate(problems) for s in range(config.k) if (p.id, s) not in finished]
     prompts = {p.id: rollout.prompt_ids(p.problem) for p in problems}

@@ -112,7 +112,7 @@ class RLRecipe(_Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     sandbox: str = "jupyter"
-    sandbox_workers: int = Field(4, gt=0)
+    sandbox_workers: int | None = Field(None, gt=0)  # default: one per sample of a step (no queueing)
     sandbox_timeout: float = Field(10.0, gt=0)
     # the update
     learning_rate: float = Field(1e-6, gt=0)

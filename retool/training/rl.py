@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retool.datasets import Problem, load_benchmark
-from retool.models import load_model, load_tokenizer
+from retool.models import load_model, load_tokenizer, training_device
 from retool.sandbox.base import SandboxLimits
 from retool.sandbox.pool import SandboxPool
 from retool.training.interrupt import StopRequest
@@ -42,9 +42,11 @@ def load_problems(recipe: RLRecipe) -> list[Problem]:
 
 
 def open_pool(recipe: RLRecipe) -> SandboxPool:
-    size = recipe.sandbox_workers if recipe.tools else 1
-    return SandboxPool(recipe.sandbox, size=size, limits=SandboxLimits(timeout_s=recipe.sandbox_timeout),
-                       warm=size if recipe.tools else 0)
+    """One session per in-flight sample. Text-only RL runs no code: its sessions are the stateless
+    subprocess kind, which start nothing until asked to run (so they cost nothing)."""
+    size = recipe.sandbox_workers or recipe.prompts_per_step * recipe.group_size
+    backend = recipe.sandbox if recipe.tools else "subprocess"
+    return SandboxPool(backend, size=size, limits=SandboxLimits(timeout_s=recipe.sandbox_timeout))
 
 
 def run_rl(recipe: RLRecipe, model=None, tokenizer=None, pool: SandboxPool | None = None) -> RLResult:
@@ -52,7 +54,9 @@ def run_rl(recipe: RLRecipe, model=None, tokenizer=None, pool: SandboxPool | Non
     out = Path(recipe.output_dir)
     problems = load_problems(recipe)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(recipe.model)
-    model = model if model is not None else load_model(recipe.model)
+    if model is None:
+        model, _ = load_model(recipe.model, device=training_device())
+        model.train()
     own_pool = pool is None
     pool = pool if pool is not None else open_pool(recipe)
     run_log = RunLog(out, report_to=recipe.report_to if recipe.algorithm == "ppo" else (),

@@ -81,6 +81,8 @@ class RunLog:
 
     def __init__(self, run_dir: Path, report_to: Sequence[str] = ("tensorboard",),
                  config: Mapping[str, Any] | None = None) -> None:
+        if isinstance(report_to, str):
+            report_to = (report_to,)
         unknown = sorted(set(report_to) - set(BACKENDS))
         if unknown:
             raise ValueError(f"unknown report_to {unknown}; choose from {', '.join(BACKENDS)}")
@@ -89,6 +91,8 @@ class RunLog:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / METRICS_FILE
         self.samples_path = self.run_dir / SAMPLES_FILE
+        for path in (self.metrics_path, self.samples_path):
+            _end_partial_line(path)
         self._closed = False
         self._tb = self._open_tensorboard() if "tensorboard" in report_to else None
         self._wandb_run = None
@@ -119,7 +123,7 @@ class RunLog:
                 continue
             try:
                 number = float(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several elements
                 raise TypeError(f"metric {key!r} must be a number, got {type(value).__name__}: {value!r}") from None
             if math.isfinite(number):
                 clean[key] = number
@@ -211,6 +215,16 @@ def _append_lines(path: Path, lines: Sequence[Mapping[str, Any]]) -> None:
     with path.open("a", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
+
+
+def _end_partial_line(path: Path) -> None:
+    """A line cut short by a crash must not swallow the first line appended after a restart."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) != b"\n":
+            handle.write(b"\n")
 
 
 def _drop_lines_after(path: Path, step: int) -> None:

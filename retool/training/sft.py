@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from retool.models import load_model, load_tokenizer
+from retool.models import load_model, load_tokenizer, training_device
 from retool.protocol import get_dialect
 from retool.training.interrupt import StopOnRequestCallback, StopRequest
 from retool.training.recipe import SFTRecipe
@@ -59,7 +59,9 @@ def run_sft(recipe: SFTRecipe, model=None, tokenizer=None) -> SFTResult:
                                   few_shot=recipe.few_shot, max_length=recipe.max_length,
                                   max_examples=recipe.max_examples))
     dataset = build_dataset(iter(examples))
-    model = model if model is not None else load_model(recipe.model)
+    if model is None:
+        model, _ = load_model(recipe.model, device=training_device())
+        model.train()
     if recipe.lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -77,7 +79,7 @@ def run_sft(recipe: SFTRecipe, model=None, tokenizer=None) -> SFTResult:
         max_steps=recipe.max_steps,
         learning_rate=recipe.learning_rate,
         lr_scheduler_type=recipe.lr_scheduler,
-        warmup_ratio=recipe.warmup_ratio,
+        warmup_steps=recipe.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=recipe.weight_decay,
         per_device_train_batch_size=recipe.batch_size,
         gradient_accumulation_steps=recipe.grad_accum,

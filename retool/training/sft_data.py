@@ -56,8 +56,11 @@ def render_trajectory(problem: str, reply: str, tokenizer: Any, dialect: Dialect
         traj.append_model(_encode(tokenizer, reply[cursor:block.end]))
         if block.claimed is None:
             raise ValueError("a code block without interpreter output: the trace was never executed")
-        traj.append_tool(_encode(tokenizer, reply[block.end:block.claimed_end]))
-        cursor = block.claimed_end
+        end = block.claimed_end  # the rollout appends the whole wrapper, trailing newline included
+        while not reply[block.end:end].endswith(dialect.output_close) and end < len(reply) and reply[end] in " \n":
+            end += 1
+        traj.append_tool(_encode(tokenizer, reply[block.end:end]))
+        cursor = end
     if cursor < len(reply):
         traj.append_model(_encode(tokenizer, reply[cursor:]))
     traj.finish("answer")

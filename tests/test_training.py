@@ -1,0 +1,252 @@
+"""Training on a tiny random model: real SFT, GRPO/DAPO (TRL) and PPO steps, masks, checkpoints.
+
+Each test trains for real (a step or two, in seconds) and checks what a user relies on: the
+parameters move, interpreter tokens never carry gradient, Ctrl-C saves and resuming is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny import tiny_model
+from retool.protocol import RETOOL, build_messages
+from retool.rollout import render_prompt
+from retool.training.recipe import RecipeError, RLRecipe, SFTRecipe, load_recipe
+from retool.training.sft_data import IGNORE_INDEX, SFTDataError, iter_examples, render_trajectory, to_example
+
+CODE_REPLY = ("I will compute it.\n<code>\n```python\nprint(3 + 4)\n```\n</code>\n<interpreter>\n7\n</interpreter>\n"
+              "So the answer is 7.\n<answer>\n\\boxed{7}\n</answer>")
+ANSWER_ONLY = "<answer>\n\\boxed{7}\n</answer>"
+
+
+def _write_records(path: Path, reply: str, n: int = 4) -> Path:
+    with path.open("w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"p{i}", "answer": "7", "messages": [
+                {"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": reply}]}) + "\n")
+    return path
+
+
+def _changed(before: dict, model) -> int:
+    return sum(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# -- SFT data ----------------------------------------------------------------------------------------
+
+
+def test_sft_example_masks_prompt_and_interpreter_exactly():
+    _, tok = tiny_model()
+    traj = render_trajectory("What is 3 plus 4?", CODE_REPLY, tok, RETOOL)
+    example = to_example(traj)
+    # the prompt is exactly what the rollout would feed the model for this problem
+    assert traj.prompt_ids == render_prompt(tok, build_messages("What is 3 plus 4?", RETOOL, few_shot=False))
+    assert example.input_ids == traj.prompt_ids + traj.ids
+    assert example.labels[: len(traj.prompt_ids)] == [IGNORE_INDEX] * len(traj.prompt_ids)
+    trained = tok.decode([t for t in example.labels if t != IGNORE_INDEX])
+    assert "<interpreter>" not in trained and "\n7\n" not in trained  # the interpreter's output is not trained
+    assert trained.startswith("I will compute it.") and trained.endswith("</answer>")
+    assert "</code>" in trained and "So the answer is 7." in trained
+    (start, end), = [(s, e) for s, e in [c for c in _spans(traj.loss_mask)]]
+    assert tok.decode(traj.ids[start:end]) == "\n<interpreter>\n7\n</interpreter>\n"
+
+
+def _spans(mask):
+    spans, start = [], None
+    for i, m in enumerate(mask + [1]):
+        if m == 0 and start is None:
+            start = i
+        if m == 1 and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+def test_sft_data_errors_name_the_line(tmp_path):
+    _, tok = tiny_model()
+    path = _write_records(tmp_path / "d.jsonl", CODE_REPLY, 2)
+    with path.open("a") as fh:
+        fh.write("{not json\n")
+    with pytest.raises(SFTDataError, match=r"d.jsonl:3"):
+        list(iter_examples([path], tok, RETOOL))
+    with pytest.raises(SFTDataError, match="no training data"):
+        list(iter_examples([tmp_path / "missing.jsonl"], tok, RETOOL))
+    unrun = CODE_REPLY.replace("<interpreter>\n7\n</interpreter>\n", "")
+    with pytest.raises(SFTDataError, match="never executed"):
+        list(iter_examples([_write_records(tmp_path / "u.jsonl", unrun, 1)], tok, RETOOL))
+
+
+def test_interpreter_positions_get_exactly_zero_gradient_in_sft():
+    model, tok = tiny_model()
+    model.train()
+    example = to_example(render_trajectory("What is 3 plus 4?", CODE_REPLY, tok, RETOOL))
+    ids, labels = torch.tensor([example.input_ids]), torch.tensor([example.labels])
+    out = model(input_ids=ids, labels=labels)
+    out.logits.retain_grad()
+    out.loss.backward()
+    grad = out.logits.grad[0]  # logits[t-1] predict token t
+    ignored = (labels[0, 1:] == IGNORE_INDEX)
+    assert torch.count_nonzero(grad[:-1][ignored]) == 0
+    assert torch.count_nonzero(grad[:-1][~ignored]) > 0
+
+
+# -- recipes -------------------------------------------------------------------------------------------
+
+
+def test_recipe_errors_are_clear(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("data: [x.jsonl]\noutput_dir: o\nlearing_rate: 1e-5\n")
+    with pytest.raises(RecipeError, match="learing_rate"):
+        load_recipe(bad, RLRecipe)
+    bad.write_text("data: [x.jsonl]\noutput_dir: o\nepsilon: 0.3\nepsilon_high: 0.2\n")
+    with pytest.raises(RecipeError, match="epsilon_high"):
+        load_recipe(bad, RLRecipe)
+    with pytest.raises(RecipeError, match="no recipe"):
+        load_recipe(tmp_path / "none.yaml", SFTRecipe)
+
+
+def test_every_shipped_recipe_validates():
+    recipes = Path(__file__).resolve().parent.parent / "training" / "recipes"
+    for path in sorted(recipes.glob("*.yaml")):
+        kind = SFTRecipe if "sft" in path.name else RLRecipe
+        load_recipe(path, kind)
+
+
+# -- one real step of each trainer -------------------------------------------------------------------
+
+
+def test_one_sft_step_changes_the_parameters(tmp_path):
+    from retool.training.sft import run_sft
+
+    model, tok = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recipe = SFTRecipe(data=[str(_write_records(tmp_path / "d.jsonl", CODE_REPLY))], output_dir=str(tmp_path / "run"),
+                       max_steps=1, batch_size=2, learning_rate=1e-3, report_to=[], max_length=4096, logging_steps=1)
+    result = run_sft(recipe, model=model, tokenizer=tok)
+    assert result.steps == 1 and result.final_dir is not None and (result.final_dir / "config.json").exists()
+    assert _changed(before, model) > 0
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["sft/loss"] > 0
+
+
+VARIED = dict(group_size=8, prompts_per_step=1, micro_batch_size=8, temperature=0.8, max_total_tokens=24,
+              ppo={"minibatch_size": 4})
+
+
+def _rl_recipe(tmp_path: Path, algorithm: str, **changes) -> RLRecipe:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = _write_records(tmp_path / "problems.jsonl", CODE_REPLY, 6)
+    settings = dict(algorithm=algorithm, data=[str(data)], output_dir=str(tmp_path / algorithm), steps=1,
+                    prompts_per_step=2, group_size=2, max_total_tokens=16, micro_batch_size=2, learning_rate=1e-3,
+                    sandbox="subprocess", report_to=[], mask_truncated=False, save_steps=1,
+                    ppo={"minibatch_size": 2})
+    settings.update(changes)
+    return RLRecipe(**settings)
+
+
+def test_one_ppo_step_changes_actor_and_critic(tmp_path, sharpened):
+    from retool.training.rl import run_rl
+
+    model, tok = _model_from(sharpened)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run_rl(_rl_recipe(tmp_path, "ppo", **VARIED), model=model, tokenizer=tok)
+    assert result.steps == 1 and not result.interrupted
+    assert _changed(before, model) > 0
+    line = json.loads((tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()[0])
+    for key in ("reward/mean", "accuracy", "loss/policy", "loss/value", "entropy", "clip_frac", "kl",
+                "tools/calls_per_answer", "tokens/model_mean", "time/rollout_s", "time/update_s"):
+        assert key in line
+    assert (tmp_path / "ppo" / "samples.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def sharpened(tmp_path_factory):
+    """A tiny model taught (by our SFT) to answer 7, so that sampling it gives both right and
+    wrong answers: GRPO (and whitened PPO advantages) need reward differences to have a gradient."""
+    from retool.training.sft import run_sft
+
+    tmp = tmp_path_factory.mktemp("sharp")
+    model, tok = tiny_model()
+    recipe = SFTRecipe(data=[str(_write_records(tmp / "sharp.jsonl", ANSWER_ONLY, 8))],
+                       output_dir=str(tmp / "run"), max_steps=30, batch_size=8, learning_rate=3e-3,
+                       lr_scheduler="constant", report_to=[], max_length=4096)
+    run_sft(recipe, model=model, tokenizer=tok)
+    return model.state_dict(), tok
+
+
+def _model_from(sharpened):
+    state, tok = sharpened
+    model, _ = tiny_model()
+    model.load_state_dict(state)
+    return model, tok
+
+
+@pytest.mark.parametrize("algorithm", ["dapo", "grpo"])
+def test_one_grpo_step_changes_the_parameters(tmp_path, sharpened, algorithm):
+    from retool.training.rl import run_rl
+
+    model, tok = _model_from(sharpened)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recipe = _rl_recipe(tmp_path, algorithm, loss_type=algorithm, **{k: v for k, v in VARIED.items() if k != "ppo"})
+    result = run_rl(recipe, model=model, tokenizer=tok)
+    lines = [json.loads(x) for x in (tmp_path / algorithm / "metrics.jsonl").read_text().splitlines()]
+    rollout = next(x for x in lines if "accuracy" in x)
+    assert 0 < rollout["accuracy"] < 1, "the group must hold right and wrong answers"
+    assert result.steps == 1 and _changed(before, model) > 0
+    assert any("loss/policy" in x for x in lines)
+
+
+# -- Ctrl-C and exact resume (PPO: our own checkpoints) ----------------------------------------------
+
+
+def _state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, sharpened):
+    from retool.training.rl import run_rl
+
+    straight, tok = _model_from(sharpened)
+    run_rl(_rl_recipe(tmp_path / "a", "ppo", steps=3, save_steps=10, **VARIED), model=straight, tokenizer=tok)
+
+    first, _ = _model_from(sharpened)
+    run_rl(_rl_recipe(tmp_path / "b", "ppo", steps=1, save_steps=1, **VARIED), model=first, tokenizer=tok)
+    resumed, _ = _model_from(sharpened)  # a new process starts from the same weights, then loads the checkpoint
+    result = run_rl(_rl_recipe(tmp_path / "b", "ppo", steps=3, save_steps=10, **VARIED), model=resumed, tokenizer=tok)
+    initial, _ = _model_from(sharpened)
+    assert _changed(initial.state_dict(), resumed) > 0
+    assert result.steps == 3
+    a, b = _state(straight), _state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    steps_a = [json.loads(x)["step"] for x in (tmp_path / "a" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    steps_b = [json.loads(x)["step"] for x in (tmp_path / "b" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert steps_a == steps_b == [1, 2, 3]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
+    from retool.training.rl import run_rl
+
+    model, tok = tiny_model()
+    recipe = _rl_recipe(tmp_path, "ppo", steps=50, save_steps=100)
+    metrics = tmp_path / "ppo" / "metrics.jsonl"
+
+    def interrupt_after_first_step():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_first_step, daemon=True).start()
+    result = run_rl(recipe, model=model, tokenizer=tok)
+    assert result.interrupted and result.final_dir is None and 1 <= result.steps < 50
+    saved = tmp_path / "ppo" / "checkpoints" / f"step-{result.steps}"
+    assert (saved / "trainer.json").exists()
+    again, _ = tiny_model()
+    done = run_rl(recipe.model_copy(update={"steps": result.steps + 1}), model=again, tokenizer=tok)
+    assert done.steps == result.steps + 1 and not done.interrupted
