@@ -95,17 +95,21 @@ def grpo_config(recipe: RLRecipe):
     import torch
     from trl import GRPOConfig
 
+    from accelerate import PartialState
+
     out = Path(recipe.output_dir)
-    per_step = recipe.prompts_per_step * recipe.group_size
+    processes = PartialState().num_processes
+    per_step = recipe.prompts_per_step * recipe.group_size  # samples per optimizer step, all processes together
     micro = min(recipe.micro_batch_size, per_step)
-    if per_step % micro:
-        raise ValueError(f"prompts_per_step × group_size ({per_step}) must be a multiple of micro_batch_size ({micro})")
+    if per_step % (micro * processes):
+        raise ValueError(f"prompts_per_step × group_size ({per_step}) must be a multiple of micro_batch_size × "
+                         f"processes ({micro} × {processes})")
     vllm = recipe.vllm
     return GRPOConfig(
         output_dir=str(out / "checkpoints"), report_to=list(recipe.report_to),
         max_steps=recipe.steps, learning_rate=recipe.learning_rate, lr_scheduler_type="constant",
         weight_decay=recipe.weight_decay, max_grad_norm=recipe.max_grad_norm,
-        per_device_train_batch_size=micro, gradient_accumulation_steps=per_step // micro,
+        per_device_train_batch_size=micro, gradient_accumulation_steps=per_step // (micro * processes),
         num_generations=recipe.group_size, max_completion_length=recipe.max_total_tokens + 1,
         temperature=recipe.temperature, top_p=recipe.top_p,
         loss_type=recipe.loss_type, epsilon=recipe.epsilon, epsilon_high=recipe.epsilon_high, beta=recipe.beta,
@@ -126,6 +130,7 @@ def build_trainer(recipe: RLRecipe, model, tokenizer, problems: list[Problem], p
     from trl import GRPOTrainer
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we know; the contract test watches it
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(recipe.output_dir) / "tb")  # the Trainer's TB callback
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     callbacks = []

@@ -120,6 +120,13 @@ class PolicyLoss:
     ratio_mean: float
 
 
+def _same_shape(**tensors: Tensor) -> None:
+    shapes = {tuple(t.shape) for t in tensors.values()}
+    if len(shapes) != 1:
+        got = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
+        raise ValueError(f"{', '.join(tensors)} must share one [B, T] shape; got {got}")
+
+
 def policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -143,12 +150,7 @@ def policy_loss(
     """
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1).expand_as(logprobs)
-    if not (logprobs.shape == old_logprobs.shape == advantages.shape == mask.shape):
-        raise ValueError(
-            "logprobs, old_logprobs, advantages and mask must share one [B, T] shape; got "
-            f"{tuple(logprobs.shape)}, {tuple(old_logprobs.shape)}, "
-            f"{tuple(advantages.shape)}, {tuple(mask.shape)}"
-        )
+    _same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     valid = mask.bool()
     log_ratio = torch.where(valid, logprobs - old_logprobs.detach(), 0.0)
     adv = torch.where(valid, advantages.detach().to(log_ratio.dtype), 0.0)
@@ -182,12 +184,7 @@ def value_loss(
     0.5 * (v - R)^2. The second item is the share of masked tokens where the clipped branch was
     strictly larger (0.0 without clipping).
     """
-    if not (values.shape == old_values.shape == returns.shape == mask.shape):
-        raise ValueError(
-            "values, old_values, returns and mask must share one [B, T] shape; got "
-            f"{tuple(values.shape)}, {tuple(old_values.shape)}, "
-            f"{tuple(returns.shape)}, {tuple(mask.shape)}"
-        )
+    _same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
     valid = mask.bool()
     returns = returns.detach()
     unclipped = (values - returns).pow(2)

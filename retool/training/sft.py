@@ -95,6 +95,7 @@ def run_sft(recipe: SFTRecipe, model=None, tokenizer=None) -> SFTResult:
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tb")  # where the Trainer's TensorBoard callback writes
     run_log = RunLog(out, report_to=(), config=recipe.model_dump())
     stop = StopRequest()
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
