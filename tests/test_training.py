@@ -250,3 +250,26 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
     again, _ = tiny_model()
     done = run_rl(recipe.model_copy(update={"steps": result.steps + 1}), model=again, tokenizer=tok)
     assert done.steps == result.steps + 1 and not done.interrupted
+
+
+# -- the commands ------------------------------------------------------------------------------------
+
+
+def test_cli_plot_and_clear_recipe_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from retool.cli import app
+    from retool.training.run_log import RunLog
+
+    with RunLog(tmp_path / "run", report_to=()) as log:
+        log.scalars(1, {"reward/mean": -1.0, "accuracy": 0.0})
+        log.scalars(2, {"reward/mean": 0.5, "accuracy": 0.75})
+    result = CliRunner().invoke(app, ["plot", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "plots" / "reward.png").read_bytes()[:4] == b"\x89PNG"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algorithm: sac\ndata: [x.jsonl]\noutput_dir: o\n")
+    result = CliRunner().invoke(app, ["rl", "--recipe", str(bad)])
+    assert result.exit_code == 2 and "algorithm" in result.output
+    result = CliRunner().invoke(app, ["plot", str(tmp_path / "empty")])
+    assert result.exit_code == 1

@@ -77,13 +77,6 @@ def evaluate(root: Path, limit: int, max_tokens: int, max_tool_calls: int) -> tu
 def write_report(root: Path, report_dir: Path, accuracy: dict[str, float], minutes: dict[str, float],
                  limit: int) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
-    figures = report_dir / "miniature_retool"
-    rl_runs = {"tool DAPO (c)": root / "rl_tool", "text DAPO (d)": root / "rl_text"}
-    sft_runs = {"code SFT (b)": root / "sft_code", "text SFT": root / "sft_text"}
-    plots = [compare_runs(rl_runs, "accuracy", figures / "rl_train_accuracy.png"),
-             compare_runs(rl_runs, "reward/mean", figures / "rl_reward.png"),
-             compare_runs(rl_runs, "tools/calls_per_answer", figures / "rl_tool_calls.png"),
-             compare_runs(sft_runs, "sft/loss", figures / "sft_loss.png")]
     commands = ["bash scripts/setup.sh", "python -m retool.training.miniature"] + [
         f"retool {'sft' if kind is SFTRecipe else 'rl'} --recipe {RECIPES / f}" for _, f, kind in STAGES]
     payload = {**{k: round(v, 4) for k, v in accuracy.items()},
@@ -92,6 +85,13 @@ def write_report(root: Path, report_dir: Path, accuracy: dict[str, float], minut
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                "commands": commands}
     (report_dir / "miniature_retool.json").write_text(json.dumps(payload, indent=2) + "\n")
+    figures = report_dir / "miniature_retool"
+    rl_runs = {"tool DAPO (c)": root / "rl_tool", "text DAPO (d)": root / "rl_text"}
+    sft_runs = {"code SFT (b)": root / "sft_code", "text SFT": root / "sft_text"}
+    plots = [compare_runs(rl_runs, "accuracy", figures / "rl_train_accuracy.png"),
+             compare_runs(rl_runs, "reward/mean", figures / "rl_reward.png"),
+             compare_runs(rl_runs, "tools/calls_per_answer", figures / "rl_tool_calls.png"),
+             compare_runs(sft_runs, "sft/loss", figures / "sft_loss.png")]
     rows = "\n".join(f"| {name} | {accuracy[name]:.3f} |" for name in EVALS)
     lines = [
         "# Miniature ReTool (CPU, SmolLM2-135M, synthetic tool-necessary problems)", "",
