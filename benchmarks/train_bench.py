@@ -18,7 +18,7 @@ import torch
 
 from retool.models import load_model, training_device
 from retool.protocol import RETOOL
-from retool.trajectory import Trajectory, collate
+from retool.trajectory import collate
 from retool.training.losses import policy_loss, token_logprobs
 from retool.training.sft_data import iter_examples, render_trajectory
 
@@ -55,11 +55,10 @@ def sft_throughput(model, tokenizer, batch: int, steps: int) -> dict:
 def ppo_throughput(model, tokenizer, batch: int, steps: int) -> dict:
     """The actor half of a PPO/DAPO update on the same traces (a critic roughly doubles it)."""
     optim = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    records = [json.loads(line) for line, _ in zip(open(DATA), range(batch))]
-    trajs = []
-    for rec in records:
-        t = render_trajectory(rec["messages"][0]["content"], rec["messages"][1]["content"], tokenizer, RETOOL)
-        trajs.append(Trajectory(t.prompt_ids, t.ids, t.loss_mask, t.logprobs))
+    with open(DATA) as fh:
+        records = [json.loads(line) for line, _ in zip(fh, range(batch))]
+    trajs = [render_trajectory(r["messages"][0]["content"], r["messages"][1]["content"], tokenizer, RETOOL)
+             for r in records]
     packed = collate(trajs, tokenizer.pad_token_id or 0)
     ids, attn, mask = (x.to(model.device) for x in (packed.input_ids, packed.attention_mask, packed.loss_mask))
     with torch.no_grad():

@@ -235,6 +235,11 @@ def reward(trajectory_or_text: Trajectory | str, gold: str, correct: float = 1.0
         answer = extract_answer(trajectory_or_text, dialect or RETOOL)
     else:
         raise TypeError(f"reward() takes a Trajectory or the model's text, not {type(trajectory_or_text).__name__}")
+    return reward_for_answer(answer, gold, config)
+
+
+def reward_for_answer(answer: str | None, gold: str, config: RewardConfig = RewardConfig()) -> float:
+    """The reward rule alone, for callers that already extracted the answer."""
     if answer is None and config.no_answer is not None:
         return config.no_answer
     return config.correct if is_equivalent(answer, gold) else config.incorrect

@@ -102,7 +102,7 @@ def aggregate(
     return kept.sum() / denominator
 
 
-def _masked_mean(x: Tensor, valid: Tensor) -> float:
+def masked_mean(x: Tensor, valid: Tensor) -> float:
     """Detached mean of ``x`` over ``valid`` as a python float; 0.0 when nothing is valid."""
     count = int(valid.sum().item())
     if count == 0:
@@ -164,9 +164,9 @@ def policy_loss(
         k3 = ratio - 1.0 - log_ratio
         return PolicyLoss(
             loss=loss,
-            clip_frac=_masked_mean(clipped.float(), valid),
-            approx_kl=_masked_mean(k3, valid),
-            ratio_mean=_masked_mean(ratio, valid),
+            clip_frac=masked_mean(clipped.float(), valid),
+            approx_kl=masked_mean(k3, valid),
+            ratio_mean=masked_mean(ratio, valid),
         )
 
 
@@ -194,7 +194,7 @@ def value_loss(
     clipped_values = old + (values - old).clamp(-clip, clip)
     clipped = (clipped_values - returns).pow(2)
     per_token = 0.5 * torch.maximum(unclipped, clipped)
-    clip_frac = _masked_mean((clipped > unclipped).float(), valid)
+    clip_frac = masked_mean((clipped > unclipped).float(), valid)
     return aggregate(per_token, mask, mode), clip_frac
 
 

@@ -33,7 +33,8 @@ from retool.datasets import Problem
 from retool.training.advantages import gae, length_adaptive_lambda, masked_whiten
 from retool.training.checkpoint import DataCursor, latest_checkpoint, load_checkpoint, save_checkpoint
 from retool.training.interrupt import StopRequest
-from retool.training.losses import aggregate, entropy_from_logits, kl_k3, policy_loss, token_logprobs, value_loss
+from retool.training.losses import (aggregate, entropy_from_logits, kl_k3, masked_mean, policy_loss, token_logprobs,
+                                    value_loss)
 from retool.training.recipe import RLRecipe
 from retool.training.rl_rollout import RolloutBatch, sample
 from retool.training.run_log import RunLog
@@ -173,7 +174,7 @@ class PPOTrainer:
                     _add(sums, "loss/policy", pl.loss.item())
                     _add(sums, "clip_frac", pl.clip_frac)
                     _add(sums, "grad_norm", float(norm))
-                    _add(sums, "entropy", _masked_mean(entropy.detach(), mask))
+                    _add(sums, "entropy", masked_mean(entropy, mask.bool()))
                 values = self._values(ids, attn)
                 vl, vclip = value_loss(values, r.old_values[rows], r.returns[rows], mask, settings.value_clip,
                                        recipe.loss_type)
@@ -208,11 +209,6 @@ class PPOTrainer:
 def _last_index(mask_row: torch.Tensor) -> int | None:
     nonzero = torch.nonzero(mask_row).flatten()
     return int(nonzero[-1]) if len(nonzero) else None
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    total = mask.sum()
-    return float((x * mask).sum() / total) if total > 0 else 0.0
 
 
 def _add(sums: dict[str, list[float]], key: str, value: float) -> None:

@@ -9,7 +9,6 @@ Not here: the algorithms (``grpo``, ``ppo``), the rollout (``rl_rollout``).
 
 from __future__ import annotations
 
-import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,7 @@ from retool.sandbox.pool import SandboxPool
 from retool.training.interrupt import StopRequest
 from retool.training.recipe import RecipeError, RLRecipe
 from retool.training.run_log import RunLog
-from retool.training.sft import last_checkpoint, save_plain
-
-log = logging.getLogger(__name__)
-
+from retool.training.sft import resume_point, save_plain
 
 @dataclass(frozen=True)
 class RLResult:
@@ -77,10 +73,7 @@ def run_rl(recipe: RLRecipe, model=None, tokenizer=None, pool: SandboxPool | Non
             from retool.training.grpo import build_trainer
 
             trainer = build_trainer(recipe, model, tokenizer, problems, pool, run_log, stop)
-            resume = last_checkpoint(out / "checkpoints")
-            if resume:
-                log.info("resuming from %s", resume)
-                run_log.truncate_after(int(Path(resume).name.split("-")[-1]))
+            resume = resume_point(out, run_log)
             with stop:
                 trainer.train(resume_from_checkpoint=resume)
             steps, policy = trainer.state.global_step, trainer.model

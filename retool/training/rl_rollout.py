@@ -24,7 +24,7 @@ import torch
 from retool.datasets import Problem
 from retool.engines.base import SamplingParams
 from retool.engines.hf import HFEngine
-from retool.grading import RewardConfig, extract_answer_from_trajectory, is_equivalent
+from retool.grading import RewardConfig, extract_answer_from_trajectory, is_equivalent, reward_for_answer
 from retool.protocol import get_dialect
 from retool.rollout import Rollout, RolloutConfig
 from retool.training.advantages import zero_advantage_group_share
@@ -99,11 +99,7 @@ def reward_config(recipe: RLRecipe) -> RewardConfig:
 def score(traj: Trajectory, gold: str, tokenizer: Any, recipe: RLRecipe) -> tuple[float, bool, str | None]:
     """The outcome reward from the model's own tokens (``retool.grading``): (reward, correct, answer)."""
     answer = extract_answer_from_trajectory(traj, tokenizer, get_dialect(recipe.dialect))
-    correct = is_equivalent(answer, gold)
-    cfg = reward_config(recipe)
-    if answer is None and cfg.no_answer is not None:
-        return cfg.no_answer, False, None
-    return (cfg.correct if correct else cfg.incorrect), correct, answer
+    return reward_for_answer(answer, gold, reward_config(recipe)), is_equivalent(answer, gold), answer
 
 
 def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe, step: int) -> RolloutBatch:

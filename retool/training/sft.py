@@ -42,10 +42,17 @@ class SFTResult:
     interrupted: bool
 
 
-def last_checkpoint(checkpoints: Path) -> str | None:
+def resume_point(out: Path, run_log: RunLog) -> str | None:
+    """The newest HF Trainer checkpoint under ``out/checkpoints`` (None: start afresh); the run log is
+    cut back to its step so resumed curves do not double up."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    checkpoints = out / "checkpoints"
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume:
+        log.info("resuming from %s", resume)
+        run_log.truncate_after(int(Path(resume).name.split("-")[-1]))
+    return resume
 
 
 def run_sft(recipe: SFTRecipe, model=None, tokenizer=None) -> SFTResult:
@@ -100,10 +107,7 @@ def run_sft(recipe: SFTRecipe, model=None, tokenizer=None) -> SFTResult:
     stop = StopRequest()
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[StopOnRequestCallback(stop), RunLogCallback(run_log, SFT_METRIC_NAMES)])
-    resume = last_checkpoint(out / "checkpoints")
-    if resume:
-        log.info("resuming from %s", resume)
-        run_log.truncate_after(int(Path(resume).name.split("-")[-1]))
+    resume = resume_point(out, run_log)
     try:
         with stop:
             trainer.train(resume_from_checkpoint=resume)
