@@ -67,3 +67,37 @@ def test_env_mask_becomes_tool_mask_and_masked_tokens_get_no_gradient(tmp_path):
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+# -- TRL's vLLM integration (retool.training.vllm_rollouts) -------------------------------------------
+
+
+def test_trl_vllm_names_we_use_still_exist():
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    from retool.training.recipe import VLLMSettings
+    from retool.training.vllm_rollouts import grpo_vllm_args, vllm_generation_kwargs
+
+    for settings in (VLLMSettings(), VLLMSettings(mode="server", server_base_url="http://gpu-node:8000")):
+        assert set(grpo_vllm_args(settings)) <= set(GRPOConfig.__dataclass_fields__)
+        inspect.signature(VLLMGeneration.__init__).bind(None, model=None, accelerator=None, processing_class=None,
+                                                        **vllm_generation_kwargs(settings, 512))
+    assert callable(VLLMGeneration.sync_weights)
+    # colocate: the LLM we drive is `VLLMGeneration.llm`, with the logprobs TRL's IS correction expects
+    init = inspect.getsource(VLLMGeneration._init_vllm)
+    assert "self.llm = LLM(" in init and 'logprobs_mode="processed_logprobs"' in init
+    # GRPO: TRL pushes the weights into its vLLM before it calls our rollout_func
+    generate = inspect.getsource(GRPOTrainer._generate)
+    assert generate.index("self.vllm_generation.sync_weights()") < generate.index("self.rollout_func(prompts, self)")
+
+
+def test_a_vllm_recipe_gives_trl_its_vllm_settings(tmp_path):
+    from retool.training.grpo import grpo_config
+
+    recipe = RLRecipe(data=["x.jsonl"], output_dir=str(tmp_path), prompts_per_step=2, group_size=4, micro_batch_size=4,
+                      vllm={"mode": "server", "server_host": "10.0.0.7", "server_port": 8123})
+    config = grpo_config(recipe)
+    assert (config.use_vllm, config.vllm_mode, config.vllm_server_host, config.vllm_server_port) == (
+        True, "server", "10.0.0.7", 8123)
+    assert grpo_config(recipe.model_copy(update={"vllm": None})).use_vllm is False

@@ -4,11 +4,16 @@ The server (FastAPI + uvicorn in a background thread) serves ``GET /v1/models`` 
 ``POST /v1/completions`` from a tiny random ``LlamaForCausalLM`` and a byte-level BPE tokenizer
 trained here; it stops on ``stop`` strings and strips them, like vLLM, and returns vLLM's
 ``stop_reason`` (switchable off, to exercise the engine's fallback), ``usage`` and logprobs.
+Like vLLM it also takes a token-id prompt (no BOS added) and, asked for ``return_token_ids``,
+returns the sampled ``token_ids`` (EOS and stop tokens included) and ``prompt_token_ids``; that is
+switchable off too (an older vLLM), as is one logprob (a misaligned server).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import socket
 import threading
 import time
@@ -27,7 +32,13 @@ from pydantic import BaseModel  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from retool.engines.base import SamplingParams  # noqa: E402
-from retool.engines.openai import EngineError, OpenAIEngine, align_logprobs, parse_choice  # noqa: E402
+from retool.engines.openai import (  # noqa: E402
+    EngineError,
+    OpenAIEngine,
+    align_logprobs,
+    parse_choice,
+    parse_token_choice,
+)
 
 MODEL_NAME = "tiny-llama"
 EOS = "<|endoftext|>"
@@ -86,7 +97,7 @@ class LogitBias(transformers.LogitsProcessor):
 
 class CompletionRequest(BaseModel):
     model: str
-    prompt: str
+    prompt: str | list[int]
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
@@ -95,11 +106,17 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     logprobs: int | None = None
     logit_bias: dict[str, float] | None = None
+    return_token_ids: bool | None = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
 
 
 def make_app(tok, model) -> fastapi.FastAPI:
     app = fastapi.FastAPI()
     app.state.vllm_fields = True  # report stop_reason like vLLM
+    app.state.token_ids = True  # honour return_token_ids like vLLM >= 0.10.2
+    app.state.drop_logprob = False  # send one logprob fewer than tokens
+    app.state.last_request = None
     app.state.inflight = app.state.max_inflight = 0
     lock, count_lock = threading.Lock(), threading.Lock()
 
@@ -112,6 +129,7 @@ def make_app(tok, model) -> fastapi.FastAPI:
         if req.model != MODEL_NAME:
             return JSONResponse({"error": {"message": f"The model `{req.model}` does not exist.",
                                            "type": "NotFoundError", "code": 404}}, status_code=404)
+        app.state.last_request = req
         with count_lock:
             app.state.inflight += 1
             app.state.max_inflight = max(app.state.max_inflight, app.state.inflight)
@@ -124,7 +142,10 @@ def make_app(tok, model) -> fastapi.FastAPI:
 
     def generate(req: CompletionRequest) -> dict:
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        ids = tok(req.prompt, return_tensors="pt").input_ids
+        if isinstance(req.prompt, list):  # a token prompt goes in as it is, no BOS added
+            ids = torch.tensor([req.prompt])
+        else:
+            ids = tok(req.prompt, return_tensors="pt").input_ids
         n = ids.shape[1]
         kwargs: dict = dict(max_new_tokens=req.max_tokens, return_dict_in_generate=True, output_logits=True,
                             eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
@@ -142,22 +163,28 @@ def make_app(tok, model) -> fastapi.FastAPI:
             out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
         gen = out.sequences[0, n:].tolist()
         lps = torch.log_softmax(torch.stack(out.logits)[:, 0].float(), -1)[torch.arange(len(gen)), gen].tolist()
+        keep = req.include_stop_str_in_output
         stop_reason: str | None = None
         if gen and gen[-1] == tok.eos_token_id:
-            finish, text = "stop", tok.decode(gen[:-1])
+            finish, text = "stop", tok.decode(gen if keep else gen[:-1])
         else:
             text = tok.decode(gen)
             hits = [(text.find(s), s) for s in stops if s in text]
             if hits:
                 at, stop_reason = min(hits)
-                finish, text = "stop", text[:at]
+                finish, text = "stop", text[: at + len(stop_reason) if keep else at]
             else:
                 finish = "length"
+        if app.state.drop_logprob:
+            lps = lps[:-1]
         choice = {"index": 0, "text": text, "finish_reason": finish,
                   "logprobs": {"tokens": [tok.decode([t]) for t in gen], "token_logprobs": lps,
                                "top_logprobs": None, "text_offset": []} if req.logprobs else None}
         if app.state.vllm_fields:
             choice["stop_reason"] = stop_reason
+        if app.state.token_ids:  # vLLM sends both fields, null unless asked for
+            choice["token_ids"] = gen if req.return_token_ids else None
+            choice["prompt_token_ids"] = ids[0].tolist() if req.return_token_ids else None
         return {"id": "cmpl-test", "object": "text_completion", "created": int(time.time()), "model": MODEL_NAME,
                 "choices": [choice], "usage": {"prompt_tokens": n, "completion_tokens": len(gen),
                                                "total_tokens": n + len(gen)}}
@@ -390,3 +417,159 @@ def test_closed_engine_refuses(served):
     eng.close()  # idempotent
     with pytest.raises(EngineError, match="closed"):
         asyncio.run(eng.agenerate([1], GREEDY))
+
+
+# --- token mode: exact sampled ids and logprobs, for RL against vLLM ---------------------------------
+
+
+@contextlib.contextmanager
+def server_state(served, **state):
+    """Switch the test server's behaviour for one block, restoring it after."""
+    old = {k: getattr(served.app.state, k) for k in state}
+    for k, v in state.items():
+        setattr(served.app.state, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(served.app.state, k, v)
+
+
+@pytest.fixture
+def token_engine(served):
+    eng = OpenAIEngine(served.url, served.tok, model=MODEL_NAME, max_retries=0, timeout=30, token_ids=True)
+    yield eng
+    eng.close()
+
+
+def greedy_ids(served, prompt_ids: list[int], max_tokens: int) -> list[int]:
+    ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        out = served.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                    do_sample=False, eos_token_id=served.tok.eos_token_id,
+                                    pad_token_id=served.tok.eos_token_id)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def teacher_forced_logprobs(served, prompt_ids: list[int], ids: list[int]) -> list[float]:
+    """The model's log-softmax of ``ids`` after ``prompt_ids``, in one forward pass (as a trainer does)."""
+    with torch.no_grad():
+        logits = served.model(torch.tensor([prompt_ids + ids])).logits[0, len(prompt_ids) - 1: -1]
+    return torch.log_softmax(logits.float(), -1)[torch.arange(len(ids)), ids].tolist()
+
+
+def split_prompt(served) -> list[int]:
+    """A prompt whose ids are not the canonical tokenization of their text (one id per character at
+    the end), so only a server that takes the ids themselves continues exactly these."""
+    head, tail = "Let me compute 7 * 11 ", "with code.\n"
+    ids = encode(served, head) + [t for c in tail for t in encode(served, c)]
+    assert ids != encode(served, served.tok.decode(ids))
+    return ids
+
+
+def test_token_mode_returns_the_greedy_ids_and_their_logprobs(served, token_engine):
+    prompt = split_prompt(served)
+    c = asyncio.run(token_engine.agenerate(prompt, GREEDY))
+    sent = served.app.state.last_request
+    assert sent.prompt == prompt  # the ids as they are, no BOS added or stripped
+    assert sent.return_token_ids and sent.include_stop_str_in_output and not sent.skip_special_tokens
+    expected = greedy_ids(served, prompt, GREEDY.max_tokens)
+    assert served.tok.eos_token_id not in expected
+    assert c.ids == expected and c.finish_reason == "length" and c.stop is None
+    assert c.logprobs == pytest.approx(teacher_forced_logprobs(served, prompt, expected), abs=1e-4)
+    assert c.prompt_tokens == len(prompt) and token_engine.logprobs_available
+    s = token_engine.stats
+    assert s.requests == 1 and s.prefill_tokens == len(prompt) and s.decode_tokens == len(expected)
+    assert s.extra["request_s"] > 0
+
+
+def test_token_mode_keeps_ids_that_text_would_retokenize(served, token_engine):
+    one = encode(served, "1")
+    assert len(one) == 1
+    sampled = one * 6
+    assert encode(served, "1" * 6) != sampled  # text mode could not give these ids back
+    params = GREEDY.with_(max_tokens=6)
+    with OpenAIEngine(served.url, served.tok, model=MODEL_NAME, max_retries=0, token_ids=True,
+                      extra_body={"logit_bias": {str(one[0]): 100.0}}) as eng:
+        c = asyncio.run(eng.agenerate(encode(served, "x = "), params))
+    assert c.ids == sampled and len(c.logprobs) == 6 and all(lp <= 0 for lp in c.logprobs)
+
+
+def _stop_on_a_token_boundary(served, prompt_ids: list[int]) -> tuple[list[int], str]:
+    """Greedy ids up to the first token after which the text ends with a 3-character stop string
+    that occurs nowhere earlier and is split across tokens: the server stops exactly there."""
+    gen = greedy_ids(served, prompt_ids, 16)
+    for j in range(2, len(gen) + 1):
+        text = served.tok.decode(gen[:j])
+        stop = text[-3:]
+        if (len(text) >= 4 and "\ufffd" not in text and served.tok.eos_token_id not in gen[:j]
+                and text.find(stop) == len(text) - 3 and len(served.tok.decode(gen[j - 1:j])) < 3):
+            return gen[:j], stop
+    raise AssertionError(f"no usable stop string in {served.tok.decode(gen)!r}")
+
+
+def test_token_mode_stop_string(served, token_engine):
+    prompt = encode(served, "So the answer is ")
+    expected, stop = _stop_on_a_token_boundary(served, prompt)
+    c = asyncio.run(token_engine.agenerate(prompt, GREEDY.with_(max_tokens=16), stop=(stop, "\x00never")))
+    assert c.finish_reason == "stop" and c.stop == stop
+    assert c.ids == expected and served.tok.decode(c.ids).endswith(stop)
+    assert len(c.logprobs) == len(c.ids)
+
+
+def test_token_mode_eos_is_not_doubled(served):
+    eos = served.tok.eos_token_id
+    with OpenAIEngine(served.url, served.tok, model=MODEL_NAME, max_retries=0, token_ids=True,
+                      extra_body={"logit_bias": {str(eos): 100.0}}) as eng:
+        c = asyncio.run(eng.agenerate(encode(served, "x = 7 * 11\n"), GREEDY, stop=("</code>",)))
+    assert c.finish_reason == "eos" and c.stop is None
+    assert c.ids == [eos] and len(c.logprobs) == 1 and c.logprobs[0] <= 0
+
+
+def test_token_mode_length(served, token_engine):
+    prompt = encode(served, "print(x)\n")
+    c = asyncio.run(token_engine.agenerate(prompt, GREEDY.with_(max_tokens=5)))
+    assert c.finish_reason == "length" and c.stop is None
+    assert c.ids == greedy_ids(served, prompt, 5) and len(c.logprobs) == 5
+    assert token_engine.stats.decode_tokens == 5
+
+
+def test_token_mode_needs_a_server_with_token_ids(served, token_engine):
+    with server_state(served, token_ids=False), pytest.raises(EngineError) as info:
+        asyncio.run(token_engine.agenerate(encode(served, "print("), GREEDY))
+    message = str(info.value)
+    assert served.url in message and "return_token_ids" in message and "vLLM >= 0.10.2" in message
+
+
+def test_token_mode_refuses_misaligned_logprobs(served, token_engine):
+    with server_state(served, drop_logprob=True), pytest.raises(EngineError, match="logprobs do not line up"):
+        asyncio.run(token_engine.agenerate(encode(served, "print("), GREEDY.with_(max_tokens=4)))
+
+
+def test_parse_token_choice():
+    def choice(finish, ids=(5, 6), lps=(-0.5, -1.0), **extra):
+        return SimpleNamespace(finish_reason=finish, token_ids=list(ids),
+                               logprobs=SimpleNamespace(token_logprobs=list(lps)), **extra)
+
+    assert parse_token_choice(choice("length", stop_reason=None)) == ([5, 6], [-0.5, -1.0], "length", None)
+    assert parse_token_choice(choice("stop", stop_reason="</code>")) == ([5, 6], [-0.5, -1.0], "stop", "</code>")
+    assert parse_token_choice(choice("stop", stop_reason=None))[2:] == ("eos", None)  # EOS: already in the ids
+    assert parse_token_choice(choice("stop", stop_reason=151645)) == ([5, 6], [-0.5, -1.0], "eos", None)
+    assert parse_token_choice(choice("length", lps=(-0.5, 1e-7)))[1] == [-0.5, 0.0]  # clamped to <= 0
+    # the fields pydantic keeps as extras are read from model_extra too
+    extra = SimpleNamespace(finish_reason="stop", logprobs=SimpleNamespace(token_logprobs=[-0.1]),
+                            model_extra={"token_ids": [9], "stop_reason": "</a>"})
+    assert parse_token_choice(extra) == ([9], [-0.1], "stop", "</a>")
+    for bad, match in [
+        (SimpleNamespace(finish_reason="stop", stop_reason=None, logprobs=None), "vLLM >= 0.10.2"),  # absent
+        (SimpleNamespace(finish_reason="stop", stop_reason=None, token_ids=None, logprobs=None), "return_token_ids"),
+        (choice("length", lps=(-0.5,)), "1 logprobs for 2 ids"),
+        (choice("length", lps=(-0.5, None)), "non-finite"),
+        (choice("length", lps=(-0.5, -math.inf)), "non-finite"),
+        (choice("length", lps=(-0.5, math.nan)), "non-finite"),
+        (SimpleNamespace(finish_reason="length", token_ids=[1], logprobs=None), "none logprobs for 1 ids"),
+        (choice("abort", stop_reason=None), "abort"),
+        (choice("stop"), "stop_reason absent"),  # not vLLM: EOS and a stop string look the same
+    ]:
+        with pytest.raises(EngineError, match=match):
+            parse_token_choice(bad)

@@ -6,6 +6,7 @@ parameters move, interpreter tokens never carry gradient, Ctrl-C saves and resum
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from tiny import tiny_model
 from retool.protocol import RETOOL, build_messages
 from retool.rollout import render_prompt
 from retool.training.recipe import RecipeError, RLRecipe, SFTRecipe, load_recipe
+from retool.training.rl import run_rl
 from retool.training.sft_data import IGNORE_INDEX, SFTDataError, iter_examples, render_trajectory, to_example
 
 CODE_REPLY = ("I will compute it.\n<code>\n```python\nprint(3 + 4)\n```\n</code>\n<interpreter>\n7\n</interpreter>\n"
@@ -110,6 +112,17 @@ def test_recipe_errors_are_clear(tmp_path):
         load_recipe(bad, RLRecipe)
     with pytest.raises(RecipeError, match="no recipe"):
         load_recipe(tmp_path / "none.yaml", SFTRecipe)
+    bad.write_text("data: [x.jsonl]\noutput_dir: o\nvllm: {mode: colocate, tensor_parallel_size: 2}\n")
+    with pytest.raises(RecipeError, match="mode: server"):
+        load_recipe(bad, RLRecipe)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_a_vllm_recipe_without_vllm_stops_before_loading_anything(tmp_path):
+    recipe = RLRecipe(data=[str(tmp_path / "absent.jsonl")], output_dir=str(tmp_path / "run"), vllm={})
+    with pytest.raises(RecipeError, match=r"retool\[gpu\]"):
+        run_rl(recipe)
+    assert not (tmp_path / "run").exists()
 
 
 def test_every_shipped_recipe_validates():
@@ -151,8 +164,6 @@ def _rl_recipe(tmp_path: Path, algorithm: str, **changes) -> RLRecipe:
 
 
 def test_one_ppo_step_changes_actor_and_critic(tmp_path, sharpened):
-    from retool.training.rl import run_rl
-
     model, tok = _model_from(sharpened)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = run_rl(_rl_recipe(tmp_path, "ppo", **VARIED), model=model, tokenizer=tok)
@@ -189,8 +200,6 @@ def _model_from(sharpened):
 
 @pytest.mark.parametrize("algorithm", ["dapo", "grpo"])
 def test_one_grpo_step_changes_the_parameters(tmp_path, sharpened, algorithm):
-    from retool.training.rl import run_rl
-
     model, tok = _model_from(sharpened)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     recipe = _rl_recipe(tmp_path, algorithm, loss_type=algorithm, **{k: v for k, v in VARIED.items() if k != "ppo"})
@@ -210,8 +219,6 @@ def _state(model) -> dict:
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, sharpened):
-    from retool.training.rl import run_rl
-
     straight, tok = _model_from(sharpened)
     run_rl(_rl_recipe(tmp_path / "a", "ppo", steps=3, save_steps=10, **VARIED), model=straight, tokenizer=tok)
 
@@ -230,8 +237,6 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, sharpened):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
-    from retool.training.rl import run_rl
-
     model, tok = tiny_model()
     recipe = _rl_recipe(tmp_path, "ppo", steps=50, save_steps=100)
     metrics = tmp_path / "ppo" / "metrics.jsonl"

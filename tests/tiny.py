@@ -38,14 +38,16 @@ def tiny_tokenizer():
     return wrapped
 
 
-def tiny_model(seed: int = 0, layers: int = 2):
+def tiny_model(seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 4):
+    """``hidden // heads`` is the head size: vLLM's attention kernels want 64 or more (``hidden=128,
+    heads=2``); the CPU tests keep 16."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=4096,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False)
     model = LlamaForCausalLM(config).eval()

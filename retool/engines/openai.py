@@ -1,26 +1,37 @@
 """Generation through any OpenAI-compatible *completions* server (vLLM, SGLang, retool's own).
 
 Why: evals and data generation against a model already served elsewhere (a bigger GPU, a shared
-cluster) without loading it in this process. The rollout still works on token ids, so this engine
-is a text-level adapter: the prompt ids are decoded to text and sent as ``prompt`` to
-``POST /v1/completions``; the returned text is re-encoded with ``add_special_tokens=False``.
+cluster) without loading it in this process, and RL rollouts against a vLLM server that the trainer
+pushes weights to (TRL's ``trl vllm-serve``). Two modes, chosen by ``token_ids``:
 
-What that costs, and what this engine deliberately does not do:
+**Text mode** (default, any server). The prompt ids are decoded to text and sent as ``prompt`` to
+``POST /v1/completions``; the returned text is re-encoded with ``add_special_tokens=False``.
+What that costs, and what it deliberately does not do:
 
 * The ids are the canonical tokenization of the returned text, not necessarily the tokens the
   server sampled. The server's per-token logprobs (``logprobs=1``) are used only when its token
   strings re-join to the text and their count equals the re-encoded id count; otherwise the
   logprobs are zeros and ``logprobs_available`` turns False (and ``stats.extra
-  ["logprobs_missing"]`` counts it). A text-level engine cannot guarantee token alignment: use the
-  ``hf`` or ``vllm`` engines for RL, whose importance ratios need the sampled tokens' logprobs.
+  ["logprobs_missing"]`` counts it). A text-level engine cannot guarantee token alignment: fine
+  for evals, wrong for RL, whose importance ratios need the sampled tokens' logprobs.
 * Servers strip the matched stop string; it is appended back, as the contract keeps stops in the
   output. vLLM's ``stop_reason`` (SGLang's ``matched_stop``) names it; without that field a single
   stop string can only be that one; with several, ``stop`` is None but the finish is still "stop".
   "stop" with no stop string (EOS) maps to "eos", and the tokenizer's EOS id is appended to the
   ids, as vLLM's ``token_ids`` have it.
-* No streaming, chat completions, ``n > 1``, token-id prompts, or retry policy beyond the client's
-  own ``max_retries``: connection failures, timeouts and HTTP 4xx/5xx raise ``EngineError`` with
-  the URL and the server's message, and the caller decides.
+
+**Token mode** (``token_ids=True``, vLLM >= 0.10.2 only). Exact tokens for RL: the prompt goes out
+as the list of ids itself (vLLM adds no BOS to a token prompt, so ours is kept), and the request
+asks for ``return_token_ids``, ``include_stop_str_in_output`` and ``skip_special_tokens=False``.
+The completion's ids are vLLM's ``token_ids`` (the sampled tokens, the EOS or stop token included
+when it ended on one; after a stop string, the last token may run a few characters past it), and
+its logprobs are ``token_logprobs``, which must be one finite value per id. Nothing is decoded or
+re-encoded, and nothing falls back: a server without ``token_ids`` or with misaligned logprobs
+raises ``EngineError``. The finish comes from ``finish_reason`` + ``stop_reason`` alone.
+
+Neither mode does streaming, chat completions, ``n > 1``, or retries beyond the client's own
+``max_retries``: connection failures, timeouts and HTTP 4xx/5xx raise ``EngineError`` with the URL
+and the server's message, and the caller decides.
 """
 
 from __future__ import annotations
@@ -46,6 +57,13 @@ class EngineError(RuntimeError):
     """The server could not be reached, refused the request, or answered something unusable."""
 
 
+def _field(choice: Any, name: str) -> Any:
+    """A server-specific field of a choice (pydantic keeps unknown fields in ``model_extra``), or
+    ``_MISSING`` when the server did not send it (which differs from sending null)."""
+    extra = getattr(choice, "model_extra", None) or {}
+    return getattr(choice, name, extra.get(name, _MISSING))
+
+
 def parse_choice(choice: Any, stop: tuple[str, ...]) -> tuple[str, FinishReason, str | None]:
     """``(text with the stop string put back, finish reason, matched stop)`` for one choice."""
     text = choice.text or ""
@@ -56,8 +74,9 @@ def parse_choice(choice: Any, stop: tuple[str, ...]) -> tuple[str, FinishReason,
         return text, "length", None
     if choice.finish_reason != "stop":
         raise EngineError(f"unexpected finish_reason {choice.finish_reason!r}")
-    extra = getattr(choice, "model_extra", None) or {}
-    reason = getattr(choice, "stop_reason", extra.get("stop_reason", extra.get("matched_stop", _MISSING)))
+    reason = _field(choice, "stop_reason")
+    if reason is _MISSING:
+        reason = _field(choice, "matched_stop")  # SGLang's name for it
     if isinstance(reason, str):
         return text + reason, "stop", reason
     if reason is not _MISSING or not stop:  # vLLM: None = EOS, int = a stop token id
@@ -79,23 +98,67 @@ def align_logprobs(tokens: Any, token_logprobs: Any, text: str, n_ids: int, eos:
     return [min(float(lp), 0.0) for lp in token_logprobs]
 
 
+def parse_token_choice(choice: Any) -> tuple[list[int], list[float], FinishReason, str | None]:
+    """``(sampled ids, their logprobs, finish reason, matched stop)`` for one choice of a vLLM server
+    asked for ``return_token_ids``. The ids are kept as sampled: on EOS (or a stop token id) vLLM
+    already includes that token, so nothing is appended."""
+    ids = _field(choice, "token_ids")
+    if ids is None or ids is _MISSING:
+        raise EngineError("the response has no token_ids: token_ids mode needs a vLLM server that supports "
+                          "return_token_ids (vLLM >= 0.10.2)")
+    ids = [int(t) for t in ids]
+    finish, stop = token_finish(choice.finish_reason, _field(choice, "stop_reason"))
+    lp = getattr(choice, "logprobs", None)
+    return ids, exact_logprobs(lp and lp.token_logprobs, len(ids)), finish, stop
+
+
+def token_finish(finish_reason: Any, stop_reason: Any) -> tuple[FinishReason, str | None]:
+    """vLLM's ``finish_reason`` + ``stop_reason`` as ``(finish, stop)``: a string stop_reason is the
+    stop string that matched; None (EOS) or an int (a stop token id) is an "eos" finish."""
+    if finish_reason == "length":
+        return "length", None
+    if finish_reason != "stop":
+        raise EngineError(f"unexpected finish_reason {finish_reason!r}")
+    if isinstance(stop_reason, str):
+        return "stop", stop_reason
+    if stop_reason is None or (isinstance(stop_reason, int) and not isinstance(stop_reason, bool)):
+        return "eos", None
+    # absent (not vLLM) or of an unknown type: EOS and a stop string cannot be told apart
+    shown = "absent" if stop_reason is _MISSING else repr(stop_reason)
+    raise EngineError(f"finish_reason 'stop' with stop_reason {shown}: cannot tell EOS from a stop string")
+
+
+def exact_logprobs(token_logprobs: Any, n_ids: int) -> list[float]:
+    """One finite logprob per sampled id (clamped to <= 0), or ``EngineError``: RL's importance
+    ratios cannot use logprobs that are missing or shifted against the ids."""
+    if token_logprobs is None or len(token_logprobs) != n_ids:
+        got = "none" if token_logprobs is None else len(token_logprobs)
+        raise EngineError(f"logprobs do not line up with token_ids: {got} logprobs for {n_ids} ids")
+    if any(lp is None or not math.isfinite(lp) for lp in token_logprobs):
+        raise EngineError(f"non-finite or missing logprob in {list(token_logprobs)}")
+    return [min(float(lp), 0.0) for lp in token_logprobs]
+
+
 class OpenAIEngine(Engine):
     """``OpenAIEngine("http://host:8000/v1", tokenizer)``; ``model=None`` takes the first served id;
-    ``extra_body`` adds server-specific fields to every request. In a long-lived loop, ``await
-    aclose()`` at the end; ``asyncio.run`` and ``generate`` close their loop's client themselves."""
+    ``extra_body`` adds server-specific fields to every request; ``token_ids=True`` is the exact-token
+    mode for RL against vLLM (see the module docstring). In a long-lived loop, ``await aclose()`` at
+    the end; ``asyncio.run`` and ``generate`` close their loop's client themselves."""
 
     name = "openai"
 
     def __init__(self, base_url: str, tokenizer: Any, model: str | None = None, api_key: str | None = None, *,
-                 timeout: float = 600.0, max_retries: int = 2, extra_body: dict[str, Any] | None = None) -> None:
+                 timeout: float = 600.0, max_retries: int = 2, extra_body: dict[str, Any] | None = None,
+                 token_ids: bool = False) -> None:
         if tokenizer is None:
-            raise ValueError("OpenAIEngine needs the served model's tokenizer (it works on text)")
+            raise ValueError("OpenAIEngine needs the served model's tokenizer (to render prompts and outputs)")
         url = base_url.rstrip("/")
         self.base_url = url + "/v1" if urlparse(url).path == "" else url
         self.tokenizer, self.model = tokenizer, model
         self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self.timeout, self.max_retries = timeout, max_retries
         self.extra_body = dict(extra_body or {})  # server-specific request fields, sent every time
+        self.token_ids = token_ids  # exact sampled tokens (vLLM) instead of re-encoded text
         self.logprobs_available = True
         self._stats = EngineStats()
         self._closed = False
@@ -141,29 +204,50 @@ class OpenAIEngine(Engine):
 
     async def agenerate(self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()) -> Completion:
         client = await self._client()
-        model = await self._model_name(client)
-        ids = list(prompt_ids)
-        if self._bos is not None and ids[:1] == [self._bos]:
-            ids = ids[1:]
+        kwargs = self._request(await self._model_name(client), prompt_ids, params, tuple(stop))
+        start = time.perf_counter()
+        response = await self._call("/completions", client.completions.create(**kwargs))
+        elapsed = time.perf_counter() - start
+        if not response.choices:
+            raise EngineError(f"{self.base_url}/completions: the response has no choices")
+        try:
+            if self.token_ids:
+                out, logprobs, finish, matched = parse_token_choice(response.choices[0])
+            else:
+                out, logprobs, finish, matched = self._parse_text(response.choices[0], tuple(stop))
+        except EngineError as e:
+            raise EngineError(f"{self.base_url}/completions: {e}") from None
+        prompt_tokens, cached = self._count(response.usage, len(prompt_ids), len(out), elapsed)
+        return Completion(out, logprobs, finish, matched, prompt_tokens, cached)
+
+    def _request(self, model: str, prompt_ids: list[int], params: SamplingParams,
+                 stop: tuple[str, ...]) -> dict[str, Any]:
+        """The ``completions.create`` keyword arguments for one prompt."""
         body = dict(self.extra_body)
         if params.top_k > 0:
             body["top_k"] = params.top_k
-        kwargs: dict[str, Any] = dict(model=model, prompt=self.tokenizer.decode(ids, skip_special_tokens=False),
-                                      max_tokens=params.max_tokens, temperature=params.temperature,
-                                      top_p=params.top_p, logprobs=1, extra_body=body or None)
+        if self.token_ids:
+            prompt: str | list[int] = list(prompt_ids)
+            body.update(return_token_ids=True, include_stop_str_in_output=True, skip_special_tokens=False)
+        else:
+            ids = list(prompt_ids)
+            if self._bos is not None and ids[:1] == [self._bos]:
+                ids = ids[1:]
+            prompt = self.tokenizer.decode(ids, skip_special_tokens=False)
+        kwargs: dict[str, Any] = dict(model=model, prompt=prompt, max_tokens=params.max_tokens,
+                                      temperature=params.temperature, top_p=params.top_p, logprobs=1,
+                                      extra_body=body or None)
         if params.seed is not None:
             kwargs["seed"] = params.seed
         if stop:
             kwargs["stop"] = list(stop)
-        start = time.perf_counter()
-        response = await self._call("/completions", client.completions.create(**kwargs))
-        if not response.choices:
-            raise EngineError(f"{self.base_url}/completions: the response has no choices")
-        choice = response.choices[0]
-        try:
-            text, finish, matched = parse_choice(choice, tuple(stop))
-        except EngineError as e:
-            raise EngineError(f"{self.base_url}/completions: {e}") from None
+        return kwargs
+
+    def _parse_text(self, choice: Any, stop: tuple[str, ...]
+                    ) -> tuple[list[int], list[float], FinishReason, str | None]:
+        """Text mode: re-encode the text (stop put back), append EOS, and take the server's
+        logprobs only where they line up; zeros (and ``logprobs_available = False``) otherwise."""
+        text, finish, matched = parse_choice(choice, stop)
         out = list(self.tokenizer.encode(text, add_special_tokens=False))
         eos_id = getattr(self.tokenizer, "eos_token_id", None)
         eos = finish == "eos" and eos_id is not None
@@ -175,17 +259,20 @@ class OpenAIEngine(Engine):
             self.logprobs_available = False
             self._stats.extra["logprobs_missing"] = self._stats.extra.get("logprobs_missing", 0) + 1
             logprobs = [0.0] * len(out)
-        usage = response.usage
-        prompt_tokens = usage.prompt_tokens if usage else len(prompt_ids)
+        return out, logprobs, finish, matched
+
+    def _count(self, usage: Any, n_prompt: int, n_out: int, elapsed: float) -> tuple[int, int]:
+        """Add one request to the stats; ``(prompt tokens, cached prompt tokens)`` as the server saw them."""
+        prompt_tokens = usage.prompt_tokens if usage else n_prompt
         details = usage and usage.prompt_tokens_details
         cached = (details.cached_tokens or 0) if details else 0
         s = self._stats
         s.requests += 1
         s.prefill_tokens += prompt_tokens - cached
         s.cached_tokens += cached
-        s.decode_tokens += usage.completion_tokens if usage else len(out)
-        s.extra["request_s"] = s.extra.get("request_s", 0.0) + time.perf_counter() - start
-        return Completion(out, logprobs, finish, matched, prompt_tokens, cached)
+        s.decode_tokens += usage.completion_tokens if usage else n_out
+        s.extra["request_s"] = s.extra.get("request_s", 0.0) + elapsed
+        return prompt_tokens, cached
 
     @property
     def stats(self) -> EngineStats:

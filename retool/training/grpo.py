@@ -9,7 +9,10 @@ there; ``tests/test_grpo_contract.py`` pins what we rely on). What we hand TRL:
   ``env_mask`` (1 = model token, 0 = interpreter output: no gradient) and the reward as an extra
   field. An answer that ended normally (``</answer>``, a refused block) gets an EOS appended with
   mask 0, so TRL does not mistake it for a truncated one; a ``length`` finish stays truncated and
-  is masked when ``mask_truncated``. We pass no sampling logprobs: TRL recomputes old log-probs.
+  is masked when ``mask_truncated``. Sampling logprobs are passed only with vLLM (TRL corrects for the
+  vLLM/trainer mismatch with them); otherwise TRL recomputes the old log-probs itself.
+* with ``vllm:``, TRL builds the vLLM and syncs the weights before each call; we sample from it
+  through ``vllm_rollouts.rollout_engine`` (our loop, its generation).
 * a reward function that returns that reward (so TRL's advantage code sees ``retool.grading``'s).
 * the loss settings: ``loss_type`` (dapo: token-level), ``epsilon``/``epsilon_high`` (clip-higher),
   ``beta`` (KL; 0 loads no reference model), ``scale_rewards`` (group std, or none for Dr. GRPO).
@@ -33,6 +36,7 @@ from retool.training.recipe import RLRecipe
 from retool.training.rl_rollout import sample
 from retool.training.run_log import RunLog
 from retool.training.trainer_callbacks import RunLogCallback
+from retool.training.vllm_rollouts import grpo_vllm_args, rollout_engine
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ def make_rollout_func(recipe: RLRecipe, tokenizer, pool, problems: list[Problem]
         if by_text.setdefault(p.problem, p).answer != p.answer:
             raise ValueError(f"problem {p.id} appears twice with different answers")
     eos = tokenizer.eos_token_id
+    engines: list = []  # the engine over TRL's vLLM, made on first use (the trainer builds the vLLM)
 
     def rollout_func(prompts: list[Any], trainer) -> dict[str, list]:
         group = trainer.num_generations
@@ -67,21 +72,27 @@ def make_rollout_func(recipe: RLRecipe, tokenizer, pool, problems: list[Problem]
         unique = [by_text[prompts[i]] for i in range(0, len(prompts), group)]
         step = trainer.state.global_step
         model = trainer.accelerator.unwrap_model(trainer.model)
-        batch = sample(model, tokenizer, pool, unique, recipe.model_copy(update={"group_size": group}), step)
-        completion_ids, env_mask = [], []
+        if recipe.vllm is not None and not engines:
+            engines.append(rollout_engine(recipe.vllm, trainer.vllm_generation, tokenizer))
+        batch = sample(model, tokenizer, pool, unique, recipe.model_copy(update={"group_size": group}), step,
+                       engine=engines[0] if engines else None)
+        completion_ids, env_mask, logprobs = [], [], []
         for traj in batch.trajectories:
-            ids, mask = list(traj.ids), list(traj.loss_mask)
+            ids, mask, lps = list(traj.ids), list(traj.loss_mask), list(traj.logprobs)
             if traj.finish_reason != "length" and (not ids or ids[-1] != eos):
                 ids.append(eos)
                 mask.append(0)
+                lps.append(0.0)
             completion_ids.append(ids)
             env_mask.append(mask)
+            logprobs.append(lps)
         if run_log is not None and trainer.accelerator.is_main_process:
             run_log.scalars(step + 1, batch.metrics.as_scalars())
             if (step + 1) % recipe.sample_every == 0 or step == 0:
                 run_log.samples(step + 1, batch.samples(tokenizer, recipe.samples_per_log))
         return {"prompt_ids": [t.prompt_ids for t in batch.trajectories], "completion_ids": completion_ids,
-                "logprobs": None, "env_mask": env_mask, "retool_reward": batch.rewards}
+                "logprobs": logprobs if recipe.vllm is not None else None,  # for TRL's vLLM importance sampling
+                "env_mask": env_mask, "retool_reward": batch.rewards}
 
     return rollout_func
 
@@ -104,7 +115,6 @@ def grpo_config(recipe: RLRecipe):
     if per_step % (micro * processes):
         raise ValueError(f"prompts_per_step × group_size ({per_step}) must be a multiple of micro_batch_size × "
                          f"processes ({micro} × {processes})")
-    vllm = recipe.vllm
     return GRPOConfig(
         output_dir=str(out / "checkpoints"), report_to=list(recipe.report_to),
         max_steps=recipe.steps, learning_rate=recipe.learning_rate, lr_scheduler_type="constant",
@@ -118,10 +128,7 @@ def grpo_config(recipe: RLRecipe):
         save_total_limit=2, logging_steps=recipe.logging_steps, use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), disable_dropout=True,
         remove_unused_columns=False, dataloader_num_workers=0,
-        use_vllm=vllm is not None, **({} if vllm is None else {
-            "vllm_mode": vllm.mode, "vllm_server_host": vllm.server_host, "vllm_server_port": vllm.server_port,
-            "vllm_gpu_memory_utilization": vllm.gpu_memory_utilization,
-            "vllm_tensor_parallel_size": vllm.tensor_parallel_size}),
+        **({"use_vllm": False} if recipe.vllm is None else grpo_vllm_args(recipe.vllm)),
     )
 
 

@@ -15,6 +15,9 @@ The critic is the actor's backbone with a scalar head (``AutoModelForTokenClassi
 ``num_labels=1``, head zero-initialised so it starts at V = 0), or a separate checkpoint.
 ``values[:, t]`` is read from the hidden state before token t, like ``token_logprobs``.
 
+With a ``vllm:`` section the rollouts run on TRL's vLLM (``vllm_rollouts.open_vllm``): the policy's
+weights are pushed into it before every rollout; old log-probs are still recomputed here.
+
 Checkpoints (``checkpoint.py``) hold both models, both optimizers, the RNG states and the data
 position; sampling seeds derive from the step, so a resumed run repeats the uninterrupted one.
 
@@ -89,6 +92,13 @@ class PPOTrainer:
             model, critic, actor_opt, critic_opt)
         self.cursor = DataCursor(len(problems), recipe.seed)
         self.step = 0
+        self.vllm, self.engine = None, None
+        if recipe.vllm is not None:
+            from retool.training.vllm_rollouts import open_vllm, rollout_engine
+
+            self.vllm = open_vllm(recipe.vllm, self.accelerator.unwrap_model(self.policy), self.accelerator,
+                                  tokenizer, recipe.max_total_tokens)
+            self.engine = rollout_engine(recipe.vllm, self.vllm, tokenizer)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -101,7 +111,9 @@ class PPOTrainer:
         while self.step < recipe.steps and not (stop and stop.requested):
             problems = [self.problems[i] for i in self.cursor.take(recipe.prompts_per_step)]
             policy = self.accelerator.unwrap_model(self.policy)
-            batch = sample(policy, self.tokenizer, self.pool, problems, recipe, self.step)
+            if self.vllm is not None:
+                self.vllm.sync_weights()  # every step: after an update, and after a resume
+            batch = sample(policy, self.tokenizer, self.pool, problems, recipe, self.step, engine=self.engine)
             started = time.monotonic()
             numbers = self.update(batch)
             self.step += 1

@@ -82,14 +82,24 @@ class PPOSettings(_Strict):
 
 
 class VLLMSettings(_Strict):
-    """Rollouts on vLLM (GPU): ``colocate`` shares the training GPUs, ``server`` talks to
-    ``trl vllm-serve`` on other GPUs. Only the GRPO family uses TRL's vLLM integration."""
+    """Rollouts on vLLM (GPU), through TRL's vLLM integration (both algorithms): ``colocate`` builds a
+    vLLM on each training GPU, ``server`` talks to ``trl vllm-serve`` running on other GPUs."""
 
     mode: Literal["colocate", "server"] = "colocate"
     server_host: str = "127.0.0.1"
     server_port: int = 8000
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    server_base_url: str | None = None  # overrides host and port
+    server_timeout: float = Field(240.0, gt=0)  # how long to wait for the server to come up
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # colocate: vLLM's share of each training GPU
     tensor_parallel_size: int = Field(1, gt=0)
+    max_model_length: int | None = Field(None, gt=0)  # colocate: vLLM's context (default: the model's)
+
+    @model_validator(mode="after")
+    def _one_rank_per_vllm(self) -> "VLLMSettings":
+        if self.mode == "colocate" and self.tensor_parallel_size > 1:
+            raise ValueError("colocate with tensor_parallel_size > 1 would need every rank of a group to generate in "
+                             "lock-step, which the multi-turn loop does not do; use mode: server for a sharded vLLM")
+        return self
 
 
 class RLRecipe(_Strict):

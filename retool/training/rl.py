@@ -18,9 +18,10 @@ from retool.models import load_model, load_tokenizer, training_device
 from retool.sandbox.base import SandboxLimits
 from retool.sandbox.pool import SandboxPool
 from retool.training.interrupt import StopRequest
-from retool.training.recipe import RecipeError, RLRecipe
+from retool.training.recipe import RLRecipe
 from retool.training.run_log import RunLog
 from retool.training.sft import resume_point, save_plain
+from retool.training.vllm_rollouts import check_vllm_usable
 
 @dataclass(frozen=True)
 class RLResult:
@@ -48,8 +49,7 @@ def open_pool(recipe: RLRecipe) -> SandboxPool:
 def run_rl(recipe: RLRecipe, model=None, tokenizer=None, pool: SandboxPool | None = None) -> RLResult:
     """Train as the recipe says (``model``/``tokenizer``/``pool`` objects override the recipe: tests)."""
     if recipe.vllm is not None:
-        raise RecipeError("rollouts on vLLM are not wired into retool's RL loop yet (our rollout_func samples with "
-                          "the HF engine on the training weights); remove the recipe's vllm: section")
+        check_vllm_usable(recipe.vllm)
     out = Path(recipe.output_dir)
     problems = load_problems(recipe)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(recipe.model)

@@ -3,7 +3,8 @@
 Both RL trainers (``grpo`` through TRL's ``rollout_func``, ``ppo`` directly) sample through here,
 so the tool loop, the loss mask and the reward are the same whichever algorithm updates the model.
 Each call builds a fresh ``HFEngine`` over the *current* weights (its KV cache would be stale after
-an update) and hands the model back in training mode. Sampling is seeded from (recipe seed, step),
+an update) and hands the model back in training mode, unless the trainer passes a vLLM engine whose
+weights it has just synced (``vllm_rollouts``). Sampling is seeded from (recipe seed, step),
 so a resumed run draws the same samples as an uninterrupted one.
 
 Text-only RL is the same loop with ``max_tool_calls: 0`` and the text-only prompt: a code block the
@@ -22,7 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from retool.datasets import Problem
-from retool.engines.base import SamplingParams
+from retool.engines.base import Engine, SamplingParams
 from retool.engines.hf import HFEngine
 from retool.grading import RewardConfig, extract_answer_from_trajectory, is_equivalent, reward_for_answer
 from retool.protocol import get_dialect
@@ -102,12 +103,16 @@ def score(traj: Trajectory, gold: str, tokenizer: Any, recipe: RLRecipe) -> tupl
     return reward_for_answer(answer, gold, reward_config(recipe)), is_equivalent(answer, gold), answer
 
 
-def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe, step: int) -> RolloutBatch:
-    """``recipe.group_size`` trajectories per problem from the current weights, scored."""
+def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe, step: int,
+           engine: Engine | None = None) -> RolloutBatch:
+    """``recipe.group_size`` trajectories per problem from the current weights, scored. ``engine``:
+    one that already holds those weights (vLLM, synced by the trainer); default a fresh ``HFEngine``."""
     config = rollout_config(recipe, step)
     group = recipe.group_size
-    engine = HFEngine(model, tokenizer, max_batch=max(1, len(problems) * group),
-                      capacity=min(1024, recipe.max_total_tokens + 512))
+    own_engine = engine is None
+    if own_engine:
+        engine = HFEngine(model, tokenizer, max_batch=max(1, len(problems) * group),
+                          capacity=min(1024, recipe.max_total_tokens + 512))
     started = time.monotonic()
     try:
         rollout = Rollout(engine, pool, config)
@@ -119,7 +124,8 @@ def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe
                 metas.append({"problem_id": problem.id, "gold": problem.answer, "sample": k})
         trajectories = rollout.run(prompts, metas)
     finally:
-        engine.close()
+        if own_engine:
+            engine.close()
         model.train()
         if next(model.parameters()).device.type == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)  # the engine leaves a core to the sandboxes
