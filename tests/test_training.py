@@ -211,29 +211,56 @@ def test_one_grpo_step_changes_the_parameters(tmp_path, sharpened, algorithm):
     assert any("loss/policy" in x for x in lines)
 
 
-# -- Ctrl-C and exact resume (PPO: our own checkpoints) ----------------------------------------------
+# -- Ctrl-C and exact resume ---------------------------------------------------------------------------
 
 
 def _state(model) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, sharpened):
+@pytest.mark.parametrize("algorithm", ["ppo", "dapo"])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, sharpened, algorithm):
+    """PPO resumes from our checkpoints, DAPO from the HF Trainer's (through TRL); both must land on
+    the very weights of the uninterrupted run: optimizer, RNG, data position and rollout seeds."""
+    changes = VARIED if algorithm == "ppo" else {k: v for k, v in VARIED.items() if k != "ppo"}
     straight, tok = _model_from(sharpened)
-    run_rl(_rl_recipe(tmp_path / "a", "ppo", steps=3, save_steps=10, **VARIED), model=straight, tokenizer=tok)
+    run_rl(_rl_recipe(tmp_path / "a", algorithm, steps=3, save_steps=10, **changes), model=straight, tokenizer=tok)
 
     first, _ = _model_from(sharpened)
-    run_rl(_rl_recipe(tmp_path / "b", "ppo", steps=1, save_steps=1, **VARIED), model=first, tokenizer=tok)
-    resumed, _ = _model_from(sharpened)  # a new process starts from the same weights, then loads the checkpoint
-    result = run_rl(_rl_recipe(tmp_path / "b", "ppo", steps=3, save_steps=10, **VARIED), model=resumed, tokenizer=tok)
+    run_rl(_rl_recipe(tmp_path / "b", algorithm, steps=1, save_steps=1, **changes), model=first, tokenizer=tok)
+    resumed, _ = tiny_model(seed=1)  # other weights: only loading the checkpoint can make it match
+    result = run_rl(_rl_recipe(tmp_path / "b", algorithm, steps=3, save_steps=10, **changes), model=resumed,
+                    tokenizer=tok)
     initial, _ = _model_from(sharpened)
     assert _changed(initial.state_dict(), resumed) > 0
     assert result.steps == 3
     a, b = _state(straight), _state(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    steps_a = [json.loads(x)["step"] for x in (tmp_path / "a" / "ppo" / "metrics.jsonl").read_text().splitlines()]
-    steps_b = [json.loads(x)["step"] for x in (tmp_path / "b" / "ppo" / "metrics.jsonl").read_text().splitlines()]
-    assert steps_a == steps_b == [1, 2, 3]
+
+    def logged(run: Path) -> list[tuple[int, float]]:
+        lines = [json.loads(x) for x in (run / algorithm / "metrics.jsonl").read_text().splitlines()]
+        return [(x["step"], x["reward/mean"]) for x in lines if "reward/mean" in x]
+
+    assert logged(tmp_path / "a") == logged(tmp_path / "b")
+    assert [step for step, _ in logged(tmp_path / "a")] == [1, 2, 3]
+
+
+def test_sft_resume_reproduces_an_uninterrupted_run(tmp_path):
+    from retool.training.sft import run_sft
+
+    data = str(_write_records(tmp_path / "d.jsonl", CODE_REPLY, 8))
+
+    def recipe(out: str, steps: int) -> SFTRecipe:
+        return SFTRecipe(data=[data], output_dir=str(tmp_path / out), max_steps=steps, batch_size=2,
+                         learning_rate=1e-3, lr_scheduler="constant", report_to=[], max_length=4096, save_steps=1)
+
+    straight, tok = tiny_model()
+    run_sft(recipe("a", 3), model=straight, tokenizer=tok)
+    run_sft(recipe("b", 1), model=tiny_model()[0], tokenizer=tok)
+    resumed, _ = tiny_model(seed=1)  # other weights: only loading the checkpoint can make it match
+    assert run_sft(recipe("b", 3), model=resumed, tokenizer=tok).steps == 3
+    a, b = _state(straight), _state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed SFT weights differ from the uninterrupted run"
 
 
 def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
