@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from retool.cli_training import register as register_training_commands
@@ -72,7 +73,7 @@ def sandbox_run(
         with create_session(_check_backend(backend), limits) as session:
             result = session.run(source)
     except SandboxUnavailable as exc:
-        err_console.print(f"[red]sandbox unavailable:[/red] {exc}")
+        err_console.print(f"[red]sandbox unavailable:[/red] {escape(str(exc))}")
         raise typer.Exit(3)
     if json_output:
         console.print_json(json.dumps(result.to_dict()))
@@ -105,7 +106,7 @@ def sandbox_check(
                     again = "[green]recovered[/green]" if outcome.recovered else "[red]NOT RECOVERED[/red]"
                     console.print(f"{outcome.name:<24} {mark}  {again}  {outcome.detail}", highlight=False, soft_wrap=True)
     except SandboxUnavailable as exc:
-        err_console.print(f"[red]sandbox unavailable:[/red] {exc}")
+        err_console.print(f"[red]sandbox unavailable:[/red] {escape(str(exc))}")
         raise typer.Exit(3)
     failed = [o for o in outcomes if not (o.contained and o.recovered)]
     if json_output:
@@ -130,7 +131,7 @@ def sandbox_bench(
         with console.status("benchmarking…") if not json_output else _nothing():
             report = run_sandbox_bench(_check_backend(backend), samples, seconds)
     except SandboxUnavailable as exc:
-        err_console.print(f"[red]sandbox unavailable:[/red] {exc}")
+        err_console.print(f"[red]sandbox unavailable:[/red] {escape(str(exc))}")
         raise typer.Exit(3)
     if json_output:
         console.print_json(json.dumps(report))
@@ -188,7 +189,7 @@ def solve(
     try:
         report = run_solve(text, config, console=None if json_output else console)
     except (SandboxUnavailable, ValueError, RuntimeError, ImportError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(3)
     if json_output:
         console.print_json(json.dumps(report))
@@ -219,7 +220,7 @@ def chat(
     try:
         run_chat(config, console)
     except (SandboxUnavailable, ValueError, RuntimeError, ImportError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(3)
 
 
@@ -254,7 +255,7 @@ def serve(
     try:
         run_server(config)
     except (SandboxUnavailable, ValueError, RuntimeError, ImportError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(3)
 
 
@@ -292,7 +293,7 @@ def evaluate(
         err_console.print(f"[yellow]interrupted[/yellow]{where}")
         raise typer.Exit(130)
     except (SandboxUnavailable, ValueError, RuntimeError, ImportError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(3)
     table = Table(title=f"{benchmark}: {len(result.per_problem)} problems × {k} samples")
     table.add_column("metric")
@@ -364,7 +365,7 @@ def coldstart_rewrite(
                 RewriteConfig(input, out, concurrency, limit, _check_backend(sandbox)), model_call,
                 progress=lambda done, total: bar.update(task, completed=done, total=total)))
     except (SandboxUnavailable, ValueError, RuntimeError, ImportError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(3)
     finally:
         if local is not None:

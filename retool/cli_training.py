@@ -16,14 +16,19 @@ OutputOption = typer.Option(None, "--output-dir", "-o", help="Override the recip
 ModelOverride = typer.Option(None, "--model", "-m", help="Override the recipe's model.")
 
 
+def _fail(exc: Exception, code: int) -> typer.Exit:
+    """Print the error (as text: messages hold brackets such as ``retool[gpu]``) and exit ``code``."""
+    err_console.print(str(exc), style="red", markup=False)
+    return typer.Exit(code)
+
+
 def _load(path: Path, kind, **overrides):
     from retool.training.recipe import RecipeError, load_recipe
 
     try:
         return load_recipe(path, kind, **overrides)
     except RecipeError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        raise _fail(exc, 2) from None
 
 
 def sft(recipe: Path = RecipeOption, output_dir: Optional[str] = OutputOption,
@@ -38,8 +43,7 @@ def sft(recipe: Path = RecipeOption, output_dir: Optional[str] = OutputOption,
     try:
         result = run_sft(config)
     except (SFTDataError, ModelNotFound) as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise _fail(exc, 1) from None
     if result.interrupted:
         console.print(f"stopped at step {result.steps}; checkpoint saved — run the same command to resume")
         raise typer.Exit(130)
@@ -53,15 +57,16 @@ def rl(recipe: Path = RecipeOption, output_dir: Optional[str] = OutputOption,
     from retool.datasets import DatasetError
     from retool.models import ModelNotFound
     from retool.sandbox import SandboxUnavailable
-    from retool.training.recipe import RLRecipe
+    from retool.training.recipe import RecipeError, RLRecipe
     from retool.training.rl import run_rl
 
     config = _load(recipe, RLRecipe, output_dir=output_dir, model=model)
     try:
         result = run_rl(config)
+    except RecipeError as exc:  # asks for what this machine lacks (vLLM, a GPU)
+        raise _fail(exc, 2) from None
     except (DatasetError, ModelNotFound, SandboxUnavailable) as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise _fail(exc, 1) from None
     if result.interrupted:
         console.print(f"stopped at step {result.steps}; checkpoint saved — run the same command to resume")
         raise typer.Exit(130)
@@ -76,8 +81,7 @@ def plot(run_dir: Path = typer.Argument(..., help="A training run's output_dir (
     try:
         paths = plot_run(run_dir, out)
     except NoMetricsError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise _fail(exc, 1) from None
     for path in paths:
         console.print(str(path))
 

@@ -305,3 +305,7 @@ def test_cli_plot_and_clear_recipe_errors(tmp_path):
     assert result.exit_code == 2 and "algorithm" in result.output
     result = CliRunner().invoke(app, ["plot", str(tmp_path / "empty")])
     assert result.exit_code == 1
+    if importlib.util.find_spec("vllm") is None:
+        bad.write_text("data: [x.jsonl]\noutput_dir: o\nvllm: {mode: server}\n")
+        result = CliRunner().invoke(app, ["rl", "--recipe", str(bad)])
+        assert result.exit_code == 2 and "retool[gpu]" in result.output
