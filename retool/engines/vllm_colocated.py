@@ -67,9 +67,11 @@ class ColocatedVLLMEngine(Engine):
             return Completion([], [], "length", prompt_tokens=n)
         loop = asyncio.get_running_loop()
         request = _Request(list(prompt_ids), sampling_kwargs(params, stop, max_tokens), loop.create_future())
-        self._pending.append(request)
         if self._runner is None or self._runner.done() or self._runner.get_loop() is not loop:
+            # one event loop at a time: requests left by an ended loop have no one to answer
+            self._pending = [r for r in self._pending if r.future.get_loop() is loop]
             self._runner = loop.create_task(self._drain())
+        self._pending.append(request)
         return await request.future
 
     async def _drain(self) -> None:
