@@ -132,6 +132,16 @@ def test_every_shipped_recipe_validates():
         load_recipe(path, kind)
 
 
+def test_the_miniature_trains_rl_on_families_solved_sometimes_but_not_always():
+    from retool.training.miniature import mixed_families
+
+    records = [{"id": f"{f}{i}", "family": f} for f in ("modpow", "linear", "combinatorics") for i in range(4)]
+    solved = {r["id"]: r["family"] == "modpow" or r["id"] in ("combinatorics0",) for r in records}
+    rates, keep = mixed_families(records, solved)
+    assert rates == {"combinatorics": 0.25, "linear": 0.0, "modpow": 1.0}
+    assert keep == ["combinatorics"]
+
+
 # -- one real step of each trainer -------------------------------------------------------------------
 
 

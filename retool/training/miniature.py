@@ -9,6 +9,11 @@ SmolLM2-135M, four models are compared on the held-out split (greedy, one sample
 * ``text_sft_rl``: SFT on text-only traces + text-only DAPO with the same budget
   (``mini_sft_text.yaml``, ``mini_rl_text.yaml``).
 
+Between SFT and RL, a probe (``select_rl_problems``) picks the RL problems: the code SFT model
+answers 64 training problems it was not trained on, and RL draws only from the problem families
+it solves sometimes but not always (both RL arms, the same problems). Without it, most groups are
+all-right or all-wrong, and the few informative ones move phrasing that other families share.
+
 Each stage is skipped when its ``final/`` model exists and resumes from its checkpoint otherwise,
 so an interrupted experiment is continued by running the command again. Writes
 ``evals/reports/miniature_retool.json`` (held-out accuracies as fractions, wall times, commands)
@@ -35,11 +40,47 @@ from retool.training.sft import run_sft
 
 RECIPES = Path("training/recipes")
 HELDOUT = "coldstart_data/synth/heldout.jsonl"
-STAGES = (("sft_code", "mini_sft_code.yaml", SFTRecipe), ("sft_text", "mini_sft_text.yaml", SFTRecipe),
-          ("rl_tool", "mini_rl_tool.yaml", RLRecipe), ("rl_text", "mini_rl_text.yaml", RLRecipe))
+TRAIN = Path("coldstart_data/synth/code.jsonl")  # text.jsonl holds the same problems with text traces
+PROBE_SIZE = 64  # the last problems of TRAIN: SFT reads the first 128, so the probe is unseen by it
+SFT_STAGES = (("sft_code", "mini_sft_code.yaml", SFTRecipe), ("sft_text", "mini_sft_text.yaml", SFTRecipe))
+RL_STAGES = (("rl_tool", "mini_rl_tool.yaml", RLRecipe), ("rl_text", "mini_rl_text.yaml", RLRecipe))
+STAGES = SFT_STAGES + RL_STAGES
 # name in the report -> (model dir or None for the embedded base, tools, few-shot)
 EVALS = {"base": (None, True, True), "sft": ("sft_code", True, False), "sft_rl": ("rl_tool", True, False),
          "text_sft_rl": ("rl_text", False, False)}
+
+
+def mixed_families(records: list[dict], solved: dict[str, bool]) -> tuple[dict[str, float], list[str]]:
+    """(pass rate per family, the families with a pass rate strictly between 0 and 1)."""
+    outcomes: dict[str, list[bool]] = {}
+    for r in records:
+        outcomes.setdefault(r["family"], []).append(solved[r["id"]])
+    pass_rate = {family: sum(v) / len(v) for family, v in sorted(outcomes.items())}
+    return pass_rate, sorted(f for f, rate in pass_rate.items() if 0 < rate < 1)
+
+
+def select_rl_problems(root: Path) -> tuple[Path, float]:
+    """DAPO's point that only groups with mixed rewards teach anything, applied before RL: the code
+    SFT model answers the probe (greedy); problem families it solves always or never are dropped, and
+    RL draws from the training problems of the others. Both RL arms get this same problem set."""
+    out, summary = root / "rl_problems.jsonl", root / "rl_problems.json"
+    if out.exists() and summary.exists():
+        return out, 0.0
+    started = time.monotonic()
+    records = [json.loads(line) for line in TRAIN.read_text().splitlines() if line.strip()]
+    train, probe = records[:-PROBE_SIZE], records[-PROBE_SIZE:]
+    probe_file = root / "probe.jsonl"
+    probe_file.write_text("".join(json.dumps(r) + "\n" for r in probe))
+    config = EvalConfig(benchmark=str(probe_file), model=str(root / "sft_code" / "final"), k=1, temperature=0.0,
+                        top_p=1.0, max_tokens=192, max_tool_calls=2, few_shot=False, out=str(root / "eval" / "probe"),
+                        concurrency=16, seed=0)
+    solved = {row["id"]: row["correct"] > 0 for row in run_eval(config, show_progress=True).per_problem}
+    pass_rate, keep = mixed_families(probe, solved)
+    chosen = [r for r in train if r["family"] in keep]
+    out.write_text("".join(json.dumps(r) + "\n" for r in chosen))
+    summary.write_text(json.dumps({"probe_pass_rate": pass_rate, "kept_families": keep,
+                                   "rl_problems": len(chosen)}, indent=2) + "\n")
+    return out, (time.monotonic() - started) / 60
 
 
 def train_stages(root: Path) -> dict[str, float]:
@@ -50,7 +91,11 @@ def train_stages(root: Path) -> dict[str, float]:
             continue
         overrides = {"output_dir": str(out)}
         if kind is RLRecipe:
+            problems, probe_minutes = select_rl_problems(root)
+            if probe_minutes:
+                minutes["probe"] = probe_minutes
             overrides["model"] = str(root / ("sft_code" if name == "rl_tool" else "sft_text") / "final")
+            overrides["data"] = [str(problems)]
         recipe = load_recipe(RECIPES / recipe_file, kind, **overrides)
         started = time.monotonic()
         result = run_sft(recipe) if kind is SFTRecipe else run_rl(recipe)
@@ -79,8 +124,11 @@ def write_report(root: Path, report_dir: Path, accuracy: dict[str, float], minut
     report_dir.mkdir(parents=True, exist_ok=True)
     commands = ["bash scripts/setup.sh", "python -m retool.training.miniature"] + [
         f"retool {'sft' if kind is SFTRecipe else 'rl'} --recipe {RECIPES / f}" for _, f, kind in STAGES]
+    selection_file = root / "rl_problems.json"
+    selection = json.loads(selection_file.read_text()) if selection_file.exists() else None
     payload = {**{k: round(v, 4) for k, v in accuracy.items()},
                "heldout": {"file": HELDOUT, "problems": limit, "sampling": "greedy, 1 sample"},
+               "rl_problem_selection": selection,
                "wall_minutes": {k: round(v, 2) for k, v in minutes.items()},
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                "commands": commands}
@@ -99,7 +147,13 @@ def write_report(root: Path, report_dir: Path, accuracy: dict[str, float], minut
         "| model | accuracy |", "|---|---|", rows, "",
         "(a) base = the embedded model with the one-shot demonstration; (b) sft = code-integrated SFT; "
         "(c) sft_rl = (b) + tool-integrated DAPO; (d) text_sft_rl = text SFT + text DAPO, same budget.", "",
-        "Wall time (minutes, this machine): " + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items()), "",
+        *([f"RL problems (probe of {PROBE_SIZE} unseen training problems, code SFT model, greedy): pass rate per "
+           "family " + ", ".join(f"{f} {r:.2f}" for f, r in selection["probe_pass_rate"].items())
+           + f"; RL draws from {selection['rl_problems']} training problems of "
+           + ", ".join(selection["kept_families"]) + ".", ""] if selection else []),
+        "Wall time (minutes, this machine): " + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items())
+        + " (total_all_stages sums the stages; a stage skipped by this invocation keeps the time of the one "
+          "that ran it)", "",
         "Reproduce:", "", "```", *commands[1:], "```", "",
         *[f"![{p.stem}](miniature_retool/{p.name})" for p in plots], "",
     ]
@@ -125,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     accuracy, eval_minutes = evaluate(root, args.heldout_limit, args.max_tokens, args.max_tool_calls)
     minutes.update(eval_minutes)
     minutes["total_this_invocation"] = (time.monotonic() - started) / 60
+    minutes["total_all_stages"] = sum(v for k, v in minutes.items() if not k.startswith("total"))
     timings_file.write_text(json.dumps(minutes))
     path = write_report(root, Path(args.report_dir), accuracy, minutes, args.heldout_limit)
     print(json.dumps({k: accuracy[k] for k in EVALS}), "→", path)
