@@ -187,3 +187,18 @@ def test_leaving_a_stream_early_stops_its_generation(model_and_tokenizer):
         assert len(asyncio.run(first_three())) == 3
         assert engine.stats.decode_tokens < 200  # stopped long before 3000
         assert not any(s.state in ("decoding", "pending") for s in engine.slots)
+
+
+def test_closing_gives_back_the_thread_count_it_lowered(model_and_tokenizer):
+    """The engine leaves a core to the sandboxes (a process-wide setting); training after a rollout
+    must get every core back."""
+    model, tok = model_and_tokenizer
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine = HFEngine(model, tok, cpu_threads=1)
+        assert torch.get_num_threads() == 1
+        engine.close()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -79,9 +79,12 @@ class HFEngine(Engine):
         cpu_threads: int | None = None,
     ) -> None:
         device = next(model.parameters()).device
+        self._threads_before: int | None = None
         if device.type == "cpu":
             # Leave a core to the sandboxes and the event loop: with every core taken, OpenMP's
             # spin-waiting made a decode step 4x slower on 2 cores (measured: 661 vs 152 ms).
+            # The setting is process-wide, so close() gives the previous one back (to training).
+            self._threads_before = torch.get_num_threads()
             torch.set_num_threads(cpu_threads or max(1, (os.cpu_count() or 2) - 1))
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -146,6 +149,8 @@ class HFEngine(Engine):
             self._closed = True
             self._inbox.put(None)
             self._thread.join(timeout=30)
+            if self._threads_before is not None:
+                torch.set_num_threads(self._threads_before)
 
     # -- the scheduler thread ----------------------------------------------------------------------
 

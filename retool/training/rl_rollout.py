@@ -15,7 +15,6 @@ Not here: advantages, losses, optimizers.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -127,8 +126,6 @@ def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe
         if own_engine:
             engine.close()
         model.train()
-        if next(model.parameters()).device.type == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)  # the engine leaves a core to the sandboxes
     rollout_s = time.monotonic() - started
     scored = [score(t, t.meta["gold"], tokenizer, recipe) for t in trajectories]
     rewards = [s[0] for s in scored]
