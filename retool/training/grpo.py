@@ -35,7 +35,7 @@ from retool.training.interrupt import StopOnRequestCallback, StopRequest
 from retool.training.recipe import RLRecipe
 from retool.training.rl_rollout import sample
 from retool.training.run_log import RunLog
-from retool.training.trainer_callbacks import RunLogCallback
+from retool.training.trainer_callbacks import RunLogCallback, prepare_trainer, trainer_device_args
 from retool.training.vllm_rollouts import grpo_vllm_args, rollout_engine
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,6 @@ def outcome_reward(prompts, completions, retool_reward, **kwargs) -> list[float]
 
 
 def grpo_config(recipe: RLRecipe):
-    import torch
     from trl import GRPOConfig
 
     from accelerate import PartialState
@@ -125,9 +124,8 @@ def grpo_config(recipe: RLRecipe):
         loss_type=recipe.loss_type, epsilon=recipe.epsilon, epsilon_high=recipe.epsilon_high, beta=recipe.beta,
         scale_rewards="group" if recipe.scale_rewards else "none", mask_truncated_completions=recipe.mask_truncated,
         num_iterations=1, seed=recipe.seed, data_seed=recipe.seed, save_steps=recipe.save_steps,
-        save_total_limit=2, logging_steps=recipe.logging_steps, use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), disable_dropout=True,
-        remove_unused_columns=False, dataloader_num_workers=0,
+        save_total_limit=2, logging_steps=recipe.logging_steps, disable_dropout=True,
+        remove_unused_columns=False, dataloader_num_workers=0, **trainer_device_args(),
         **({"use_vllm": False} if recipe.vllm is None else grpo_vllm_args(recipe.vllm)),
     )
 
@@ -137,9 +135,7 @@ def build_trainer(recipe: RLRecipe, model, tokenizer, problems: list[Problem], p
     from trl import GRPOTrainer
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we know; the contract test watches it
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(recipe.output_dir) / "tb")  # the Trainer's TB callback
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    prepare_trainer(Path(recipe.output_dir), tokenizer)
     callbacks = []
     if stop is not None:
         callbacks.append(StopOnRequestCallback(stop))

@@ -15,7 +15,6 @@ Not here: data rendering (``sft_data``), RL (``grpo``, ``ppo``).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from retool.training.interrupt import StopOnRequestCallback, StopRequest
 from retool.training.recipe import SFTRecipe
 from retool.training.run_log import RunLog
 from retool.training.sft_data import build_dataset, iter_examples
-from retool.training.trainer_callbacks import RunLogCallback
+from retool.training.trainer_callbacks import RunLogCallback, prepare_trainer, trainer_device_args
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,6 @@ def resume_point(out: Path, run_log: RunLog) -> str | None:
 
 def run_sft(recipe: SFTRecipe, model=None, tokenizer=None) -> SFTResult:
     """Train as the recipe says (``model``/``tokenizer`` objects override ``recipe.model``: tests)."""
-    import torch
     from trl import SFTConfig, SFTTrainer
 
     out = Path(recipe.output_dir)
@@ -75,10 +73,7 @@ def run_sft(recipe: SFTRecipe, model=None, tokenizer=None) -> SFTResult:
         lora = recipe.lora
         model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                  target_modules=lora.target_modules, task_type="CAUSAL_LM"))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not torch.cuda.is_available():
-        torch.set_num_threads(os.cpu_count() or 1)  # an engine may have lowered it for rollouts
+    prepare_trainer(out, tokenizer)
     args = SFTConfig(
         output_dir=str(out / "checkpoints"),
         max_length=recipe.max_length,
@@ -96,13 +91,11 @@ def run_sft(recipe: SFTRecipe, model=None, tokenizer=None) -> SFTResult:
         save_total_limit=2,
         logging_steps=recipe.logging_steps,
         report_to=list(recipe.report_to),
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         packing=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        **trainer_device_args(),
     )
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tb")  # where the Trainer's TensorBoard callback writes
     run_log = RunLog(out, report_to=(), config=recipe.model_dump())
     stop = StopRequest()
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
