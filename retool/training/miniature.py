@@ -42,12 +42,19 @@ RECIPES = Path("training/recipes")
 HELDOUT = "coldstart_data/synth/heldout.jsonl"
 TRAIN = Path("coldstart_data/synth/code.jsonl")  # text.jsonl holds the same problems with text traces
 PROBE_SIZE = 64  # the last problems of TRAIN: SFT reads the first 128, so the probe is unseen by it
-SFT_STAGES = (("sft_code", "mini_sft_code.yaml", SFTRecipe), ("sft_text", "mini_sft_text.yaml", SFTRecipe))
-RL_STAGES = (("rl_tool", "mini_rl_tool.yaml", RLRecipe), ("rl_text", "mini_rl_text.yaml", RLRecipe))
-STAGES = SFT_STAGES + RL_STAGES
+STAGES = (("sft_code", "mini_sft_code.yaml", SFTRecipe), ("sft_text", "mini_sft_text.yaml", SFTRecipe),
+          ("rl_tool", "mini_rl_tool.yaml", RLRecipe), ("rl_text", "mini_rl_text.yaml", RLRecipe))
 # name in the report -> (model dir or None for the embedded base, tools, few-shot)
 EVALS = {"base": (None, True, True), "sft": ("sft_code", True, False), "sft_rl": ("rl_tool", True, False),
          "text_sft_rl": ("rl_text", False, False)}
+
+
+def greedy_eval(benchmark: str, model: str, out: Path, max_tokens: int, max_tool_calls: int, few_shot: bool = False,
+                limit: int | None = None) -> EvalConfig:
+    """The one evaluation setting of the experiment (probe and held-out alike): greedy, one sample."""
+    return EvalConfig(benchmark=benchmark, model=model, k=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens,
+                      max_tool_calls=max_tool_calls, few_shot=few_shot, limit=limit, out=str(out), concurrency=16,
+                      seed=0)
 
 
 def mixed_families(records: list[dict], solved: dict[str, bool]) -> tuple[dict[str, float], list[str]]:
@@ -59,7 +66,7 @@ def mixed_families(records: list[dict], solved: dict[str, bool]) -> tuple[dict[s
     return pass_rate, sorted(f for f, rate in pass_rate.items() if 0 < rate < 1)
 
 
-def select_rl_problems(root: Path) -> tuple[Path, float]:
+def select_rl_problems(root: Path, max_tokens: int, max_tool_calls: int) -> tuple[Path, float]:
     """DAPO's point that only groups with mixed rewards teach anything, applied before RL: the code
     SFT model answers the probe (greedy); problem families it solves always or never are dropped, and
     RL draws from the training problems of the others. Both RL arms get this same problem set."""
@@ -71,9 +78,8 @@ def select_rl_problems(root: Path) -> tuple[Path, float]:
     train, probe = records[:-PROBE_SIZE], records[-PROBE_SIZE:]
     probe_file = root / "probe.jsonl"
     probe_file.write_text("".join(json.dumps(r) + "\n" for r in probe))
-    config = EvalConfig(benchmark=str(probe_file), model=str(root / "sft_code" / "final"), k=1, temperature=0.0,
-                        top_p=1.0, max_tokens=192, max_tool_calls=2, few_shot=False, out=str(root / "eval" / "probe"),
-                        concurrency=16, seed=0)
+    config = greedy_eval(str(probe_file), str(root / "sft_code" / "final"), root / "eval" / "probe", max_tokens,
+                         max_tool_calls)
     solved = {row["id"]: row["correct"] > 0 for row in run_eval(config, show_progress=True).per_problem}
     pass_rate, keep = mixed_families(probe, solved)
     chosen = [r for r in train if r["family"] in keep]
@@ -83,7 +89,7 @@ def select_rl_problems(root: Path) -> tuple[Path, float]:
     return out, (time.monotonic() - started) / 60
 
 
-def train_stages(root: Path) -> dict[str, float]:
+def train_stages(root: Path, max_tokens: int, max_tool_calls: int) -> dict[str, float]:
     minutes = {}
     for name, recipe_file, kind in STAGES:
         out = root / name
@@ -91,7 +97,7 @@ def train_stages(root: Path) -> dict[str, float]:
             continue
         overrides = {"output_dir": str(out)}
         if kind is RLRecipe:
-            problems, probe_minutes = select_rl_problems(root)
+            problems, probe_minutes = select_rl_problems(root, max_tokens, max_tool_calls)
             if probe_minutes:
                 minutes["probe"] = probe_minutes
             overrides["model"] = str(root / ("sft_code" if name == "rl_tool" else "sft_text") / "final")
@@ -109,9 +115,8 @@ def evaluate(root: Path, limit: int, max_tokens: int, max_tool_calls: int) -> tu
     accuracy, minutes = {}, {}
     for name, (stage, tools, few_shot) in EVALS.items():
         model = "embedded" if stage is None else str(root / stage / "final")
-        config = EvalConfig(benchmark=HELDOUT, model=model, k=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens,
-                            max_tool_calls=max_tool_calls if tools else 0, few_shot=few_shot, limit=limit,
-                            out=str(root / "eval" / name), concurrency=16, seed=0)
+        config = greedy_eval(HELDOUT, model, root / "eval" / name, max_tokens, max_tool_calls if tools else 0,
+                             few_shot=few_shot, limit=limit)
         started = time.monotonic()
         result = run_eval(config, show_progress=True)
         minutes[f"eval_{name}"] = (time.monotonic() - started) / 60
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     minutes = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     started = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
-    minutes.update(train_stages(root))
+    minutes.update(train_stages(root, args.max_tokens, args.max_tool_calls))
     timings_file.write_text(json.dumps(minutes))
     accuracy, eval_minutes = evaluate(root, args.heldout_limit, args.max_tokens, args.max_tool_calls)
     minutes.update(eval_minutes)
