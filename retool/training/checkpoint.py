@@ -56,9 +56,14 @@ class DataCursor:
         self._order = self._permutation()
 
 
+def _step_dirs(root: Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every complete checkpoint under ``root``, oldest first."""
+    return sorted((int(m.group(1)), p) for p in root.glob("step-*") if (m := _STEP_DIR.match(p.name)) and p.is_dir())
+
+
 def latest_checkpoint(root: Path) -> Path | None:
-    steps = [(int(m.group(1)), p) for p in root.glob("step-*") if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
-    return max(steps)[1] if steps else None
+    steps = _step_dirs(root)
+    return steps[-1][1] if steps else None
 
 
 def save_checkpoint(root: Path, step: int, trainer: Any, keep: int = 2) -> Path:
@@ -69,8 +74,7 @@ def save_checkpoint(root: Path, step: int, trainer: Any, keep: int = 2) -> Path:
     (tmp / "trainer.json").write_text(json.dumps({"step": step, "data": trainer.cursor.state_dict()}))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    older = sorted((int(m.group(1)), p) for p in root.glob("step-*") if (m := _STEP_DIR.match(p.name)))
-    for _, path in older[:-keep]:
+    for _, path in _step_dirs(root)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
     return final
 
