@@ -37,6 +37,10 @@ def _write_records(path: Path, reply: str, n: int = 4) -> Path:
     return path
 
 
+def _state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def _changed(before: dict, model) -> int:
     return sum(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -149,7 +153,7 @@ def test_one_sft_step_changes_the_parameters(tmp_path):
     from retool.training.sft import run_sft
 
     model, tok = tiny_model()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = _state(model)
     recipe = SFTRecipe(data=[str(_write_records(tmp_path / "d.jsonl", CODE_REPLY))], output_dir=str(tmp_path / "run"),
                        max_steps=1, batch_size=2, learning_rate=1e-3, report_to=[], max_length=4096, logging_steps=1)
     result = run_sft(recipe, model=model, tokenizer=tok)
@@ -175,7 +179,7 @@ def _rl_recipe(tmp_path: Path, algorithm: str, **changes) -> RLRecipe:
 
 def test_one_ppo_step_changes_actor_and_critic(tmp_path, sharpened):
     model, tok = _model_from(sharpened)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = _state(model)
     result = run_rl(_rl_recipe(tmp_path, "ppo", **VARIED), model=model, tokenizer=tok)
     assert result.steps == 1 and not result.interrupted
     assert _changed(before, model) > 0
@@ -211,7 +215,7 @@ def _model_from(sharpened):
 @pytest.mark.parametrize("algorithm", ["dapo", "grpo"])
 def test_one_grpo_step_changes_the_parameters(tmp_path, sharpened, algorithm):
     model, tok = _model_from(sharpened)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = _state(model)
     recipe = _rl_recipe(tmp_path, algorithm, loss_type=algorithm, **{k: v for k, v in VARIED.items() if k != "ppo"})
     result = run_rl(recipe, model=model, tokenizer=tok)
     lines = [json.loads(x) for x in (tmp_path / algorithm / "metrics.jsonl").read_text().splitlines()]
@@ -222,10 +226,6 @@ def test_one_grpo_step_changes_the_parameters(tmp_path, sharpened, algorithm):
 
 
 # -- Ctrl-C and exact resume ---------------------------------------------------------------------------
-
-
-def _state(model) -> dict:
-    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "dapo"])

@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 
-from test_training import ANSWER_ONLY, VARIED, _changed, _rl_recipe, _write_records
+from test_training import ANSWER_ONLY, VARIED, _changed, _rl_recipe, _state, _write_records
 from tiny import tiny_model
 from retool.training.recipe import SFTRecipe
 from retool.training.rl import run_rl
@@ -46,7 +46,7 @@ def test_one_step_with_rollouts_on_colocated_vllm(tmp_path, sharpened_dir, algor
 
     model = AutoModelForCausalLM.from_pretrained(sharpened_dir, torch_dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(sharpened_dir)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = _state(model)
     changes = {k: v for k, v in VARIED.items() if algorithm == "ppo" or k != "ppo"}
     result = run_rl(_rl_recipe(tmp_path, algorithm, vllm=VLLM, **changes), model=model, tokenizer=tok)
     assert result.steps == 1 and not result.interrupted
