@@ -8,9 +8,17 @@ Protocol, one JSON object per line in each direction:
 
     host -> runner   {"code": "x = 1\\nx + 1", "max_output": 131072}      run a cell
                      {"ping": true}                                        liveness check
+                     {"status": true}                                      output dropped since the last cell
     runner -> host   {"stdout": "2\\n", "stderr": "", "error": null,
-                      "ename": null, "truncated": false}                   cell done
+                      "ename": null, "truncated": false,
+                      "notes": [], "unstoppable": false}                   cell done
                      {"pong": true}
+                     {"stale": 0}
+
+What a cell leaves behind: threads it started that still run when it ends are stopped
+(``SystemExit`` raised in them); one that will not stop is reported (``unstoppable``), and from
+then on the host asks, before each cell, how much output was written between cells (``stale``) and
+replaces the container if any was. Output written while no cell runs is dropped and counted.
 
 How the protocol is kept safe from the code it runs: at startup the real stdin/stdout are
 duplicated to private descriptors for the protocol; fd 0 then points at /dev/null and fds 1/2 at
@@ -28,12 +36,15 @@ container's job; this process only keeps the stream and the state tidy.
 from __future__ import annotations
 
 import ast
+import codecs
+import ctypes
 import json
 import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, Dict, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 TRUNCATION_MARK = "\n…[{n} bytes of output truncated]…\n"
 SYNC_TIMEOUT_S = 5.0  # how long to wait for the pipes to drain after a cell
@@ -86,11 +97,13 @@ class PipeStream:
         self.write_fd = write_fd  # a private writer: survives the cell closing or re-pointing fd 1/2
         self._lock = threading.Lock()
         self._capture: Optional[Capture] = None
+        self.stale = 0  # bytes written while no cell was running (dropped)
         self._marker = b""
         self._synced = threading.Event()
         threading.Thread(target=self._drain, name=f"drain-fd{target}", daemon=True).start()
 
-    def start(self, capture: Capture) -> None:
+    def start(self, capture: Optional[Capture]) -> None:
+        """Capture into ``capture`` from now on; ``None``: drop (and count) what comes."""
         with self._lock:
             self._capture = capture
 
@@ -103,8 +116,12 @@ class PipeStream:
         return self._synced.wait(SYNC_TIMEOUT_S)
 
     def _emit(self, data: bytes) -> None:
-        if data and self._capture is not None:
+        if not data:
+            return
+        if self._capture is not None:
             self._capture.write(data)
+        else:
+            self.stale += len(data)
 
     def _drain(self) -> None:
         pending = b""
@@ -146,6 +163,7 @@ class Runner:
         self.main_thread = threading.get_ident()
         self.cell_running = threading.Event()
         self.output_stopped = False
+        self.own_threads = {t.ident for t in threading.enumerate()}
         sys.argv = [""]
         self.pid = os.getpid()
         os.register_at_fork(after_in_child=self._in_forked_child)
@@ -175,6 +193,8 @@ class Runner:
                 continue
             if request.get("ping"):
                 self.reply({"pong": True, "id": request.get("id")})
+            elif request.get("status"):
+                self.reply({"stale": self.out.stale + self.err.stale, "id": request.get("id")})
             else:
                 answer = self.run_cell(str(request.get("code", "")), int(request.get("max_output", 1 << 17)))
                 self.reply({**answer, "id": request.get("id")})
@@ -186,6 +206,11 @@ class Runner:
     def run_cell(self, code: str, max_output: int) -> Dict[str, Any]:
         stdout = Capture(max_output, self._stop_for_output)
         stderr = Capture(max_output, self._stop_for_output)
+        notes: List[str] = []
+        stale = self.out.stale + self.err.stale
+        if stale:
+            notes.append(f"{stale:,} bytes of output written while no cell was running were dropped")
+            self.out.stale = self.err.stale = 0
         self.output_stopped = False
         self.out.start(stdout)
         self.err.start(stderr)
@@ -206,14 +231,34 @@ class Runner:
         if os.getpid() != self.pid:  # an os.fork() child ran off the end of the cell: nothing to answer
             os._exit(1 if ename else 0)
         kill_strays(keep={1, self.pid})
+        stopped, running = self.stop_threads()
+        if stopped:
+            notes.append(f"{stopped} background thread(s) the cell left running were stopped")
+        if running:
+            notes.append(f"{running} background thread(s) the cell left running could not be stopped")
         if self.output_stopped:
             ename = "OutputLimitExceeded"
             error = f"OutputLimitExceeded: the cell printed more than {max_output:,} bytes and was stopped"
         self.out.sync()
         self.err.sync()
+        self.out.start(None)  # until the next cell, output is dropped and counted
+        self.err.start(None)
         self._reset_streams()
         return {"stdout": stdout.text(), "stderr": stderr.text(), "error": error, "ename": ename,
-                "truncated": stdout.dropped > 0 or stderr.dropped > 0}
+                "truncated": stdout.dropped > 0 or stderr.dropped > 0, "notes": notes, "unstoppable": running > 0}
+
+    def stop_threads(self, wait_s: float = 0.2) -> Tuple[int, int]:
+        """Raise SystemExit in the threads the cell started that still run; (stopped, still running).
+        One that will not stop (blocked in C, or catching everything) is reported once."""
+        strays = [t for t in threading.enumerate() if t.ident not in self.own_threads and t.is_alive()]
+        for t in strays:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(SystemExit))
+        deadline = time.monotonic() + wait_s
+        for t in strays:
+            t.join(max(deadline - time.monotonic(), 0))
+        running = [t for t in strays if t.is_alive()]
+        self.own_threads.update(t.ident for t in running)
+        return len(strays) - len(running), len(running)
 
     def _execute(self, code: str) -> None:
         tree = ast.parse(code, "<cell>", "exec")
@@ -229,7 +274,7 @@ class Runner:
     def _reset_streams(self, replace: bool = False) -> None:
         """Point fds 0/1/2 and sys.std* back at the sandbox's own, whatever the last cell did to them.
 
-        The text streams are UTF-8 with ``backslashreplace`` so that printing any string works.
+        The text streams are UTF-8, writing U+FFFD for a lone surrogate, so that printing any string works.
         """
         os.dup2(self.devnull, 0)
         os.dup2(self.out.write_fd, 1)
@@ -238,7 +283,7 @@ class Runner:
             sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)  # noqa: SIM115 - lives forever
         for name, fd in (("stdout", 1), ("stderr", 2)):
             if replace or getattr(getattr(sys, name), "closed", True):
-                stream = open(fd, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)
+                stream = open(fd, "w", encoding="utf-8", errors="retool-replace", buffering=1, closefd=False)
                 setattr(sys, name, stream)
                 setattr(sys, f"__{name}__", stream)
 
@@ -264,6 +309,14 @@ def kill_strays(keep: set) -> None:
             pass
     except ChildProcessError:
         pass
+
+
+def _replace_surrogates(error: UnicodeError) -> Tuple[bytes, int]:
+    """One U+FFFD per character that cannot be encoded (as bytes: the UTF-8 encoder wants them so)."""
+    return "\ufffd".encode("utf-8") * (error.end - error.start), error.end
+
+
+codecs.register_error("retool-replace", _replace_surrogates)
 
 
 def _between_cells(signum: int, frame: object) -> None:

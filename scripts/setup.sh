@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v prlimit >/dev/null || need_apt+=(util-linux)
+ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || need_apt+=(libseccomp2)
 if [ ${#need_apt[@]} -gt 0 ] && [ -z "${RETOOL_SKIP_APT:-}" ]; then
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
         echo "retool needs: ${need_apt[*]} (apt-get install -y ${need_apt[*]}), and cannot install it without root" >&2

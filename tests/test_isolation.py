@@ -16,9 +16,9 @@ from retool.sandbox.isolation import Jail, owner_alive, python_roots
 def test_a_jail_that_cannot_start_says_why_in_bwraps_words(monkeypatch):
     original = Jail.command
 
-    def broken(self):
-        cmd = original(self)
-        cmd.insert(cmd.index("--unshare-all"), "--no-such-flag")
+    def broken(self, *args):
+        cmd = original(self, *args)
+        cmd.insert(1, "--no-such-flag")
         return cmd
 
     monkeypatch.setattr(Jail, "command", broken)
@@ -53,7 +53,8 @@ def test_cgroup_limits_are_set_and_removed():
                  ("pids.max", "memory.limit_in_bytes", "memory.max")}
         assert files["pids.max"] == "32"
         memory = int(files.get("memory.limit_in_bytes") or files["memory.max"])
-        assert memory == (512 + isolation.HEADROOM_MB + 2 * 64) * 2**20
+        tmpfs = 64 + 2 * isolation.SMALL_TMPFS_MB  # the working directory, /tmp and /dev/shm
+        assert memory == (512 + isolation.HEADROOM_MB + tmpfs) * 2**20
     finally:
         jail.kill()
     assert not any(d.exists() for d in box.dirs)
@@ -67,6 +68,7 @@ def test_a_python_install_under_a_jail_tmpfs_stays_visible_and_read_only(monkeyp
     from retool.sandbox import create_session
 
     install = Path(tempfile.mkdtemp(prefix="retool-fake-prefix-", dir="/tmp"))
+    install.chmod(0o755)  # as a real install is: readable by the sandbox's own uid
     (install / "marker.txt").write_text("visible")
     roots = python_roots()
     monkeypatch.setattr(isolation, "python_roots", lambda: [*roots, str(install)])

@@ -101,10 +101,10 @@ def test_kernel_runs_jailed_without_tcp_or_host_environment(jupyter_session, mon
         "print('HOST_TOKEN' in os.environ, os.path.exists('/etc/shadow'))"
     )
     assert result.stdout == "/sandbox /sandbox [(1, 'lo')]\nFalse False\n"
-    kernel = psutil.Process(jupyter_session._kernel_pid)
+    kernel = psutil.Process(jupyter_session._jail.child_pid)  # the jail's pid 1 is the kernel itself
     assert kernel.net_connections(kind="inet") == []  # IPC transport only
     assert "--no-new-privs" not in kernel.cmdline()  # setpriv exec'd into prlimit, then python
-    assert kernel.cmdline()[1:4] == ["-s", "-m", "ipykernel_launcher"]
+    assert kernel.cmdline()[1:3] == ["-s", "/run/retool/retool_boot.py"] and kernel.cmdline()[4] == "kernel"
 
 
 def test_restart_and_close_end_the_process_tree():

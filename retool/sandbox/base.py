@@ -2,9 +2,14 @@
 
 The contract that the rest of retool leans on is simple and strict:
 
-* ``Session.run(code, timeout)`` **never raises** for anything the code does. Errors, timeouts,
-  memory exhaustion, a dead interpreter and runaway output all come back as an ``ExecResult``
-  whose ``status`` says which, so the rollout can render it to the model and carry on.
+* ``Session.run(code, timeout)`` **never raises**. Errors, timeouts, memory exhaustion, a dead
+  interpreter and runaway output all come back as an ``ExecResult`` whose ``status`` says which, so
+  the rollout can render it to the model and carry on. ``run`` is written once, here: it refuses
+  source that is not valid UTF-8, turns any exception of a backend into a result, and cleans the
+  text it returns; backends implement ``_run``.
+* A failure that is **not the code's doing** (the interpreter cannot be started, the Docker engine
+  or a remote host is gone, the host itself failed) has its own status, ``infra_error``: it is never
+  scored and never trained on. Nothing the code can do may produce it.
 * A session is stateful like notebook cells: names defined in one ``run`` are visible in the next,
   until the session is reset (``ExecResult.session_reset`` tells when a failure cost the state).
 
@@ -16,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import re
 import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class ExecStatus(str, enum.Enum):
@@ -34,6 +42,7 @@ class ExecStatus(str, enum.Enum):
     CRASHED = "crashed"  # the interpreter died (segfault, os._exit, killed); a fresh one serves the next call
     OUTPUT_LIMIT = "output_limit"  # the cell printed more than the output cap and was stopped
     INTERRUPTED = "interrupted"  # stopped on request (``Session.interrupt``: a user's Ctrl-C); state kept
+    INFRA_ERROR = "infra_error"  # not the code's doing: no interpreter could be had, the host or engine failed
 
 
 @dataclass(frozen=True)
@@ -48,19 +57,26 @@ class ExecResult:
     duration_s: float = 0.0
     truncated: bool = False
     session_reset: bool = False  # the interpreter was replaced: earlier names are gone
+    notes: tuple[str, ...] = ()  # what the sandbox did beside the cell (a leftover thread stopped, stale output dropped)
 
     @property
     def ok(self) -> bool:
         return self.status is ExecStatus.OK
 
+    @property
+    def infra_failure(self) -> bool:
+        """The sandbox failed, not the code: this call must not be scored or trained on."""
+        return self.status is ExecStatus.INFRA_ERROR
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["status"] = self.status.value
+        data["notes"] = list(self.notes)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExecResult":
-        return cls(**{**data, "status": ExecStatus(data["status"])})
+        return cls(**{**data, "status": ExecStatus(data["status"]), "notes": tuple(data.get("notes", ()))})
 
 
 @dataclass(frozen=True)
@@ -86,6 +102,13 @@ class SandboxLimits:
 
 
 _TRUNCATION_MARK = "\n…[{n} bytes of output truncated]…\n"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` as valid Unicode: each lone surrogate (which no UTF-8 encoder accepts, and which
+    JSON and terminals choke on) becomes U+FFFD, the replacement character; the rest is kept."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 @dataclass
@@ -105,7 +128,7 @@ class CappedText:
         return self.dropped > 0
 
     def write(self, text: str | bytes) -> None:
-        data = text.encode("utf-8", "replace") if isinstance(text, str) else text
+        data = clean_text(text).encode("utf-8") if isinstance(text, str) else text
         head_room = max(self.limit * 3 // 4 - len(self.head), 0)
         self.head += data[:head_room]
         rest = data[head_room:]
@@ -175,9 +198,40 @@ class Session(ABC):
         """Backends poll this while a cell runs; it is cleared when ``run`` starts a new cell."""
         return self._interrupt_requested.is_set()
 
-    @abstractmethod
     def run(self, code: str, timeout: float | None = None) -> ExecResult:
-        """Execute ``code`` as the next cell. Never raises for anything the code does."""
+        """Execute ``code`` as the next cell. Never raises.
+
+        Source that is not valid UTF-8 (a lone surrogate) is refused the way Python itself refuses
+        it, before anything runs. An exception out of the backend is a host-side failure: the
+        interpreter is replaced and the result says ``infra_error``. All text is returned clean
+        (``clean_text``), so callers can encode, print and serialise it."""
+        watch = Stopwatch()
+        try:
+            code.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return ExecResult(ExecStatus.ERROR, error=f"UnicodeEncodeError: {exc}", duration_s=watch.elapsed)
+        self._interrupt_requested.clear()
+        try:
+            result = self._run(code, self.limits.timeout_s if timeout is None else timeout)
+        except Exception as exc:  # noqa: BLE001 - the contract: a result, whatever went wrong
+            log.exception("%s sandbox failed while running a cell", self.backend)
+            return self._infra_failure(f"{type(exc).__name__}: {exc}", watch)
+        return replace(result, stdout=clean_text(result.stdout), stderr=clean_text(result.stderr),
+                       error=None if result.error is None else clean_text(result.error))
+
+    @abstractmethod
+    def _run(self, code: str, timeout: float) -> ExecResult:
+        """The backend's cell: may raise only for host-side trouble (``run`` reports it)."""
+
+    def _infra_failure(self, why: str, watch: Stopwatch) -> ExecResult:
+        """The host side failed: replace the interpreter (if that works) and say so."""
+        try:
+            self.restart()
+        except Exception as exc:  # noqa: BLE001 - reported in the result; the next call tries again
+            why += f"; restarting the interpreter failed too: {exc}"
+        line = why.strip().splitlines()[0] if why.strip() else "unknown failure"
+        return ExecResult(ExecStatus.INFRA_ERROR, error=f"SandboxFailure: {line}", duration_s=watch.elapsed,
+                          session_reset=True)
 
     @abstractmethod
     def restart(self) -> None:

@@ -31,6 +31,7 @@ import struct
 import threading
 import time
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,8 @@ class DockerSession(Session):
         self._sock = getattr(self._stream, "_sock", self._stream)  # the socket itself (unix, tcp or tls)
         self._raw.clear()
         self._out.clear()
+        self._unstoppable = False  # a thread that would not stop was reported: ask about stale output
+        self._started_at = time.time() - 1
         container.start()
         self._request_id = 0
         self._send({"ping": True})
@@ -210,22 +213,45 @@ class DockerSession(Session):
         except Exception:  # noqa: BLE001 - gone from the engine
             return False
 
-    def run(self, code: str, timeout: float | None = None) -> ExecResult:
+    def _run(self, code: str, timeout: float) -> ExecResult:
         watch = Stopwatch()
-        timeout = self.limits.timeout_s if timeout is None else timeout
         if self._closed:
-            return ExecResult(ExecStatus.CRASHED, error="SandboxClosed: the session was closed", duration_s=watch.elapsed)
+            return ExecResult(ExecStatus.INFRA_ERROR, error="SandboxClosed: the session was closed",
+                              duration_s=watch.elapsed)
+        notes: list[str] = []
         try:
             if self._container is None:  # an earlier replacement failed: try again
                 self._start()
-            return self._run(code, timeout, watch)
+                notes.append("the interpreter was restarted (earlier variables are gone)")
+            elif self._unstoppable and self._stale_output():
+                self._discard()
+                self._start()
+                notes.append("a background thread left by an earlier cell kept writing output; the interpreter "
+                             "was restarted (earlier variables are gone)")
+        except Exception as exc:  # noqa: BLE001 - no container can be had: the engine's trouble, not the code's
+            self._discard()
+            return ExecResult(ExecStatus.INFRA_ERROR, error=f"SandboxUnavailable: {exc}".splitlines()[0],
+                              duration_s=watch.elapsed, session_reset=True)
+        try:
+            result = self._run_cell(code, timeout, watch)
         except Exception as exc:  # noqa: BLE001 - engine trouble must not reach the rollout
             self._discard()
-            return ExecResult(ExecStatus.CRASHED, error=f"SandboxError: {exc}".splitlines()[0],
+            return ExecResult(ExecStatus.INFRA_ERROR, error=f"SandboxError: {exc}".splitlines()[0],
                               duration_s=watch.elapsed, session_reset=True)
+        if notes:
+            result = replace(result, notes=(*notes, *result.notes), session_reset=True)
+        return result
 
-    def _run(self, code: str, timeout: float, watch: Stopwatch) -> ExecResult:
-        self._interrupt_requested.clear()
+    def _stale_output(self) -> bool:
+        """Whether output was written since the last cell (asked only once a thread would not stop)."""
+        self._send({"status": True})
+        line = self._read_line(STARTUP_TIMEOUT_S)
+        try:
+            return line is None or int(json.loads(line).get("stale", 0)) > 0
+        except (ValueError, TypeError, AttributeError):
+            return True
+
+    def _run_cell(self, code: str, timeout: float, watch: Stopwatch) -> ExecResult:
         try:
             self._send({"code": code, "max_output": self.limits.max_output_bytes})
             line = self._wait_reply(timeout)
@@ -263,6 +289,8 @@ class DockerSession(Session):
             reply = json.loads(line)
             stdout, stderr, ename = str(reply["stdout"]), str(reply["stderr"]), reply["ename"]
             error, truncated = (reply["error"] or "").strip().splitlines()[:1] or [ename], bool(reply["truncated"])
+            notes = tuple(str(n) for n in reply.get("notes", ()))[:8]
+            self._unstoppable = self._unstoppable or bool(reply.get("unstoppable"))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise _RunnerGone(f"unreadable reply from the runner: {line[:120]!r}") from None
         if truncated:
@@ -271,10 +299,11 @@ class DockerSession(Session):
             status, error = interrupted[0], [interrupted[1]]
         else:  # ename None: ok, or finished just as the deadline passed
             status = ExecStatus.OK if ename is None else status_for_exception(ename)
-        return ExecResult(status, stdout, stderr, error[0], watch.elapsed, truncated)
+        return ExecResult(status, stdout, stderr, error[0], watch.elapsed, truncated, notes=notes)
 
     def _after_death(self, watch: Stopwatch) -> ExecResult:
-        """The runner is gone: learn why (an OOM kill or not), then start a fresh container."""
+        """The runner is gone: learn why (an OOM kill, a kill from outside, or the code), then
+        start a fresh container (if that fails, ``_run`` reports the engine's trouble)."""
         state: dict[str, Any] = {}
         try:
             self._container.wait(timeout=5)  # exits right after its stream ends; a live one sent garbage
@@ -287,11 +316,24 @@ class DockerSession(Session):
         how = f"killed by {signals[code - 128]}" if code - 128 in signals else f"exit code {code}"
         if state.get("OOMKilled"):
             status, error = ExecStatus.OOM, f"MemoryError: the sandbox ran out of memory ({self.limits.memory_mb} MB)"
+        elif self._killed_from_outside():
+            status, error = ExecStatus.INFRA_ERROR, "SandboxKilled: the container was killed from outside"
         else:
             status, error = ExecStatus.CRASHED, f"InterpreterDied: the interpreter stopped ({how})"
         self._discard()
         self._start()
         return ExecResult(status, error=error + "; it was restarted", duration_s=watch.elapsed, session_reset=True)
+
+    def _killed_from_outside(self) -> bool:
+        """Whether the engine recorded a kill of this container that we did not send (we only ever
+        send SIGINT; ``docker kill``/``stop`` send KILL or TERM). The code cannot make such an event."""
+        try:
+            events = self._client.events(since=self._started_at, until=time.time() + 0.5, decode=True,
+                                         filters={"container": self._container.id, "event": "kill"})
+            return any(str(e.get("Actor", {}).get("Attributes", {}).get("signal")) not in ("2", "SIGINT")
+                       for e in events)
+        except Exception:  # noqa: BLE001 - no events to read: not shown to be from outside
+            return False
 
     def _send(self, message: dict[str, Any]) -> None:
         """Send a request; each carries a fresh id that its reply must echo (see ``_read_line``)."""

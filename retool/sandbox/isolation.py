@@ -1,25 +1,44 @@
-"""Start a process tree in a local jail: bubblewrap namespaces, size-capped tmpfs, prlimit, cgroups.
+"""Start a process tree in a local jail: bubblewrap namespaces, a seccomp filter, size-capped tmpfs,
+prlimit, a cgroup, and (when retool runs as root) a host uid of its own.
 
-The jail, from the outside in:
+The jail, from the outside in::
 
-    sh (writes its pid into the session's cgroup, then execs)
-     └─ bwrap --unshare-all  (new user, pid, net, ipc, uts, cgroup and mount namespaces)
-         │   /            an empty root; /usr, the Python install and a few /etc files bound read-only
-         │   /proc /dev   fresh, of the new pid namespace
-         └─ sh (inside, with CAP_SYS_ADMIN of its own user namespace only)
-              mounts size-capped tmpfs on /sandbox (cwd, HOME), /tmp, /dev/shm and /run/ipc,
-              then execs setpriv (drop every capability, no_new_privs)
-               └─ prlimit --as --cpu --nproc --fsize --nofile --core=0
-                   └─ the program (python -m ipykernel_launcher / python -c)
+    sh                   joins the session's cgroup, then execs bwrap (no shell when cgroups are off)
+     └─ bwrap            new pid, net, ipc, uts, cgroup and mount namespaces (+ user, when not root);
+         │               an empty root: /usr, the Python install, a few /etc files read-only; tmpfs
+         │               of bounded size on /sandbox (cwd, HOME), /tmp, /dev/shm, /run/ipc; the
+         │               config files copied in read-only at /run/retool; the seccomp filter
+         └─ setpriv      pid 1 of the jail (``--as-pid-1``): as root, becomes the jail's own uid;
+             │           drops every capability and sets no_new_privs
+             └─ prlimit  address space, CPU time, processes, file size, open files, no core dumps
+                 └─ the program (python retool_boot.py … → ipykernel, or one cell), still pid 1
 
-* No network: the net namespace has only a downed loopback. No host home, no project checkout,
-  no /etc/shadow: nothing is visible that is not bound on purpose. A clean environment.
-* Nothing of the host is writable: every writable path is a tmpfs of bounded size inside the
-  jail, so filling the disk fills only the jail's tmpfs. Sockets that the host must reach (the
-  Jupyter kernel's IPC files) live in /run/ipc and are reached from the host through
-  ``/proc/<jail pid>/root/run/ipc``.
-* Every jail records its owner in a runtime directory, so that ``reap_orphans`` in a later process
-  can kill what a crashed host process left behind; ``--die-with-parent`` covers the common case.
+Decisions, each against an attack that worked on the earlier jail:
+
+* **The program is the jail's pid 1.** There is no bubblewrap init inside to take over (it ran
+  outside prlimit and the filter), and the program cannot be killed from inside (a pid
+  namespace's init ignores signals it has no handler for), so a SIGKILL death that is not an
+  out-of-memory kill or the CPU limit came from outside the jail: the host's doing.
+* **As root, a uid of its own** (``jail_uid``): files owned by uid 0 — its cgroup's files among
+  them — are not the jail's, root's quotas are not its quotas, and its RLIMIT_NPROC counts only its
+  own processes. bubblewrap then runs privileged without a user namespace (it must reach the
+  Python install wherever it lives, /root included) and ``setpriv`` drops to the uid.
+  Without root, the jail runs as the invoking user in a user namespace with further user
+  namespaces disabled (``--disable-userns``).
+* **The seccomp filter** (``seccomp``) forbids ptrace, new namespaces, mounts, the key ring, BPF,
+  perf, io_uring and the rest of Docker's list, in both modes.
+* **Nothing of the host is in reach.** bubblewrap starts from an emptied environment; the config
+  files are copied into the jail (``--ro-bind-data``), so no host directory (and no host path in
+  ``/proc/self/mountinfo``) is shared; the owner records stay in a runtime directory the jail never
+  sees. Only the Python install keeps its real path: the interpreter needs it.
+* **The host never follows a path the jail can write.** What the host must reach inside (the
+  kernel's sockets) is opened with ``open_inside``: component by component, no symlinks, from a
+  descriptor of the jail's root; the host then talks through the descriptor, not the name.
+* **Nothing outlives its cell, nor its session.** After each cell, processes other than the
+  program are killed (``kill_strays``); at the end, the jail's pid 1, its bubblewrap, its cgroup
+  and every process of its uid. A host that dies takes its jails along (``retool_boot``'s watch
+  pipe, bubblewrap's ``--die-with-parent``); what a crash still leaves is reaped by
+  ``reap_orphans``.
 
 What this module does not do: decide what runs inside, or speak to it. The backends do that.
 """
@@ -27,11 +46,14 @@ What this module does not do: decide what runs inside, or speak to it. The backe
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import signal
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -43,19 +65,27 @@ from pathlib import Path
 
 import psutil
 
+from retool.sandbox import jail_uid
 from retool.sandbox.base import CappedText, SandboxLimits, SandboxUnavailable
 from retool.sandbox.cgroups import CgroupBox, cgroup_version, reap_orphan_groups
+from retool.sandbox.seccomp import filter_program, seccomp_unavailable
 
 log = logging.getLogger(__name__)
 
 WORKDIR = "/sandbox"
 IPC_DIR = "/run/ipc"
-CONFIG_DIR = "/run/retool"  # read-only view of the jail's host runtime dir (kernel connection file)
-STAGE_DIR = "/run/retool-stage"  # where a Python install under a jail tmpfs waits to be bound back
-JAIL_TMPFS = (WORKDIR, "/tmp", "/dev/shm", IPC_DIR)  # mounted by the jail itself, size-capped
+CONFIG_DIR = "/run/retool"  # the config files, copied in read-only (kernel connection file, cell, boot)
+BOOT_FILE = f"{CONFIG_DIR}/retool_boot.py"
 SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime")
 HEADROOM_MB = 512  # cgroup memory above RLIMIT_AS: room for tmpfs pages and child processes
+SMALL_TMPFS_MB = 64  # /tmp and /dev/shm (the working directory gets limits.disk_mb)
+HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}  # all bubblewrap itself sees
+CPU_GRACE_S = 5  # hard CPU limit above the soft one: SIGXCPU first, so the limit is told from a kill
+# pidfd_info (linux/pidfd.h, Linux >= 6.15): how a process that is not our child ended
+PIDFD_GET_INFO = (3 << 30) | (64 << 16) | (0xFF << 8) | 11  # _IOWR(0xFF, 11, struct pidfd_info), 64 bytes
+PIDFD_INFO_EXIT = 1 << 3
+PIDFD_EXIT_CODE_OFFSET = 8 + 8 + 11 * 4  # after mask, cgroupid and eleven u32 ids
 
 
 def _owner_token(pid: int | None = None) -> str:
@@ -91,6 +121,11 @@ def find_bwrap() -> str:
     return path
 
 
+def as_root() -> bool:
+    """Whether jails are started by root (and so get a uid of their own)."""
+    return os.geteuid() == 0
+
+
 def python_roots() -> list[str]:
     """Directories the jailed interpreter needs, read-only: this Python's install and its venv."""
     roots = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable)))}
@@ -98,7 +133,17 @@ def python_roots() -> list[str]:
     return sorted(r for r in roots if not any(r != o and r.startswith(o + os.sep) for o in roots))
 
 
-def jail_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def unreadable_python() -> str | None:
+    """Why the jail's own uid could not run this Python (an install only its owner may read)."""
+    for path in (*python_roots(), os.path.realpath(sys.executable)):
+        if os.stat(path).st_mode & 0o005 != 0o005:
+            return (f"{path} is not readable by other users, so the sandbox (which runs as a uid of its own "
+                    f"when retool runs as root) cannot use it: `chmod o+rx {path}` (and o+r on its files), or "
+                    "run retool as a normal user")
+    return None
+
+
+def jail_env(limits: SandboxLimits, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The whole environment inside: nothing from the host leaks in (no tokens, no HOME)."""
     env = {
         "PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
@@ -114,21 +159,10 @@ def jail_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "MKL_NUM_THREADS": "1",
         "IPYTHONDIR": "/tmp/.ipython",
         "JUPYTER_RUNTIME_DIR": "/tmp/.jupyter",
+        "RETOOL_MAX_OUTPUT": str(limits.max_output_bytes),
     }
     env.update(extra or {})
     return env
-
-
-_INNER = (
-    "set -e; "
-    "mount -t tmpfs -o size={disk}m,mode=1777,nosuid,nodev tmpfs {work}; "
-    "mount -t tmpfs -o size={small}m,mode=1777,nosuid,nodev tmpfs /tmp; "
-    "mount -t tmpfs -o size={small}m,mode=1777,nosuid,nodev tmpfs /dev/shm; "
-    "mount -t tmpfs -o size=1m,mode=700,nosuid,nodev tmpfs {ipc}; "
-    "{rebind}"
-    "cd {work}; "
-    'exec setpriv --bounding-set=-all --inh-caps=-all --no-new-privs "$@"'
-)
 
 
 def prlimit_args(limits: SandboxLimits) -> list[str]:
@@ -136,7 +170,7 @@ def prlimit_args(limits: SandboxLimits) -> list[str]:
     return [
         "prlimit",
         f"--as={limits.memory_mb * mib}",
-        f"--cpu={limits.cpu_seconds}",
+        f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + CPU_GRACE_S}",
         f"--nproc={limits.max_processes}",
         f"--fsize={limits.max_file_mb * mib}",
         "--nofile=1024",
@@ -145,109 +179,166 @@ def prlimit_args(limits: SandboxLimits) -> list[str]:
     ]
 
 
+def _memfd(name: str, data: bytes) -> int:
+    """A sealed-off in-memory file holding ``data``, for bubblewrap to copy into the jail."""
+    fd = os.memfd_create(f"retool-{name}", os.MFD_CLOEXEC)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def boot_argv(mode: str, *args: str) -> list[str]:
+    """The jail program for a backend: ``retool_boot.py`` in ``mode`` (see ``jail_boot``)."""
+    return [sys.executable, "-s", BOOT_FILE, "{watch_fd}", mode, *args]
+
+
 @dataclass
 class Jail:
-    """One jailed process tree. ``start()`` launches it; ``kill()`` ends everything it started."""
+    """One jailed process tree. ``start()`` launches it; ``kill()`` ends everything it started.
+
+    ``argv`` is the program (it becomes pid 1); ``{watch_fd}`` in it is replaced by the descriptor
+    of the host-watch pipe. ``config_files`` are copied, read-only, to ``CONFIG_DIR/<name>``."""
 
     argv: list[str]
     limits: SandboxLimits
-    config_files: dict[str, str] = field(default_factory=dict)  # name -> text, visible at CONFIG_DIR
+    config_files: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     output_limit: int = 16 * 1024  # bytes kept of the jail's own stdout and stderr (head + tail)
 
     def __post_init__(self) -> None:
         self.name = f"{_owner_token()}-{uuid.uuid4().hex[:8]}"
-        self.runtime_dir = runtime_root() / self.name
+        self.runtime_dir = runtime_root() / self.name  # the host's records of this jail; never inside
         self.process: subprocess.Popen | None = None
-        self.child_pid: int | None = None  # the jail's pid 1, seen from the host
+        self.child_pid: int | None = None  # the jail's pid 1 (the program), seen from the host
         self.cgroup: CgroupBox | None = None
+        self.uid: int = os.getuid()
+        self._uid_claim: jail_uid.JailUid | None = None
+        self._watch_fd: int | None = None  # the host's end of the watch pipe: closing it ends the jail
+        self._pidfd: int | None = None  # of pid 1, to learn how it ended (it is bwrap's child, not ours)
         self.stdout = CappedText(self.output_limit)
         self.stderr = CappedText(self.output_limit)
         self.output_overflow = threading.Event()
         self._drains: list[threading.Thread] = []
 
-    def command(self) -> list[str]:
-        bwrap = [find_bwrap(), "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
-        for key, value in jail_env(self.env).items():
-            bwrap += ["--setenv", key, value]
-        bwrap += ["--ro-bind", "/usr", "/usr"]
+    # -- the command ------------------------------------------------------------------------------
+
+    def _files(self) -> dict[str, bytes]:
+        uid = 0 if not as_root() else self.uid
+        files = {
+            "passwd": f"sandbox:x:{uid}:{uid}:sandbox:{WORKDIR}:/bin/sh\n",
+            "group": f"sandbox:x:{uid}:\n",
+            "hosts": "127.0.0.1 localhost sandbox\n",
+            "hostname": "sandbox\n",
+        }
+        data = {f"etc/{k}": v.encode() for k, v in files.items()}
+        data["boot"] = (Path(__file__).with_name("jail_boot.py")).read_bytes()
+        data.update({f"config/{k}": v.encode("utf-8") for k, v in self.config_files.items()})
+        return data
+
+    def command(self, fds: dict[str, int], seccomp_fd: int, info_fd: int) -> list[str]:
+        """The bwrap command line (``fds``: memfds of ``_files``, by key)."""
+        privileged = as_root()
+        cmd = [find_bwrap(), "--die-with-parent", "--new-session", "--as-pid-1", "--clearenv"]
+        if privileged:  # no user namespace: bubblewrap is root for the set-up, setpriv drops to the uid
+            cmd += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup"]
+            cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+        else:
+            cmd += ["--unshare-all", "--unshare-user", "--disable-userns", "--uid", "0", "--gid", "0"]
+        for key, value in jail_env(self.limits, self.env).items():
+            cmd += ["--setenv", key, value]
+        cmd += ["--ro-bind", "/usr", "/usr"]
         for name in SYSTEM_DIRS:
             host = Path("/") / name
             if host.is_symlink():
-                bwrap += ["--symlink", os.readlink(host), str(host)]
+                cmd += ["--symlink", os.readlink(host), str(host)]
             elif host.is_dir():
-                bwrap += ["--ro-bind", str(host), str(host)]
+                cmd += ["--ro-bind", str(host), str(host)]
         for name in ETC_FILES:
             if (Path("/etc") / name).exists():
-                bwrap += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-        staged = []
-        for i, root in enumerate(python_roots()):
-            if any(root == m or root.startswith(m + "/") for m in JAIL_TMPFS):
-                staged.append((f"{STAGE_DIR}/{i}", root))  # the jail's own tmpfs would hide it
-                bwrap += ["--ro-bind", root, staged[-1][0]]
-            else:
-                bwrap += ["--ro-bind", root, root]
-        bwrap += ["--ro-bind", str(self.runtime_dir), CONFIG_DIR]
-        for name in ("passwd", "group", "hosts", "hostname"):
-            bwrap += ["--ro-bind", str(self.runtime_dir / name), f"/etc/{name}"]
-        bwrap += ["--proc", "/proc", "--dev", "/dev", "--dir", "/dev/shm", "--dir", WORKDIR, "--dir", "/tmp"]
-        bwrap += ["--dir", IPC_DIR, "--remount-ro", "/dev", "--remount-ro", "/"]
-        bwrap += ["--hostname", "sandbox", "--uid", "0", "--gid", "0", "--cap-add", "CAP_SYS_ADMIN"]
-        small = min(self.limits.disk_mb, 64)
-        rebind = "".join(
-            f"mkdir -p {root} && mount --rbind {stage} {root} && mount -o remount,bind,ro {root}; " for stage, root in staged
-        )
-        inner = _INNER.format(disk=self.limits.disk_mb, small=small, work=WORKDIR, ipc=IPC_DIR, rebind=rebind)
-        return bwrap + ["--info-fd", "{info_fd}", "--", "/bin/sh", "-c", inner, "sh", *prlimit_args(self.limits), *self.argv]
+                cmd += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+        cmd += ["--proc", "/proc", "--dev", "/dev"]
+        mib = 1024 * 1024
+        for path, size_mb in ((WORKDIR, self.limits.disk_mb), ("/tmp", min(self.limits.disk_mb, SMALL_TMPFS_MB)),
+                              ("/dev/shm", min(self.limits.disk_mb, SMALL_TMPFS_MB)), (IPC_DIR, 1)):
+            cmd += ["--perms", "1777", "--size", str(size_mb * mib), "--tmpfs", path]
+        made: set[str] = set()
+        for root in python_roots():  # after the tmpfs: a venv under /tmp is bound inside the jail's /tmp
+            for parent in reversed(Path(root).parents[:-1]):  # traversable by the jail's uid (bwrap makes 0700)
+                if str(parent) not in made:
+                    made.add(str(parent))
+                    cmd += ["--perms", "0755", "--dir", str(parent)]
+            cmd += ["--ro-bind", root, root]
+        for key, fd in fds.items():
+            kind, _, name = key.partition("/")
+            target = BOOT_FILE if key == "boot" else f"/etc/{name}" if kind == "etc" else f"{CONFIG_DIR}/{name}"
+            cmd += ["--perms", "0444", "--ro-bind-data", str(fd), target]
+        cmd += ["--hostname", "sandbox", "--chdir", WORKDIR, "--remount-ro", "/dev", "--remount-ro", "/"]
+        cmd += ["--seccomp", str(seccomp_fd), "--info-fd", str(info_fd), "--"]
+        drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+        if privileged:
+            drop[1:1] = [f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"]
+        return cmd + drop + ["--", *prlimit_args(self.limits), *self.argv]
 
-    def _write_runtime_files(self) -> None:
-        self.runtime_dir.mkdir(mode=0o700)
-        files = {
-            "passwd": "root:x:0:0:sandbox:/sandbox:/bin/sh\nsandbox:x:0:0:sandbox:/sandbox:/bin/sh\n",
-            "group": "root:x:0:\n",
-            "hosts": "127.0.0.1 localhost sandbox\n",
-            "hostname": "sandbox\n",
-            **self.config_files,
-        }
-        for name, text in files.items():
-            (self.runtime_dir / name).write_text(text)
+    # -- starting ---------------------------------------------------------------------------------
 
     def start(self) -> "Jail":
-        self._write_runtime_files()
+        why = seccomp_unavailable() or (unreadable_python() if as_root() else None)
+        if why:
+            raise SandboxUnavailable(why)
+        self.runtime_dir.mkdir(mode=0o700)
+        if as_root():
+            self._uid_claim = jail_uid.claim(runtime_root())
+            self.uid = self._uid_claim.uid
         mib = 1024 * 1024
-        self.cgroup = CgroupBox.create(
-            self.name, (self.limits.memory_mb + HEADROOM_MB + 2 * self.limits.disk_mb) * mib, self.limits.max_processes
-        )
-        (self.runtime_dir / "cgroup").write_text(self.cgroup.name if self.cgroup else "")
-        read_fd, write_fd = os.pipe()
-        cmd = [a.replace("{info_fd}", str(write_fd)) for a in self.command()]
+        tmpfs_mb = self.limits.disk_mb + 2 * min(self.limits.disk_mb, SMALL_TMPFS_MB)
+        self.cgroup = CgroupBox.create(self.name, (self.limits.memory_mb + HEADROOM_MB + tmpfs_mb) * mib,
+                                       self.limits.max_processes)
+        self._record(uid=self.uid, cgroup=self.cgroup.name if self.cgroup else "")
+        fds = {key: _memfd(key, data) for key, data in self._files().items()}
+        seccomp_fd = _memfd("seccomp", filter_program(uid_shared=not as_root()))
+        info_read, info_write = os.pipe()
+        watch_read, self._watch_fd = os.pipe()
+        os.set_blocking(self._watch_fd, False)
+        passed = [*fds.values(), seccomp_fd, info_write, watch_read]
+        cmd = [a.replace("{watch_fd}", str(watch_read)) for a in self.command(fds, seccomp_fd, info_write)]
         if self.cgroup is not None:  # enter the group before bwrap runs, so its whole tree is inside
             joins = " && ".join(f'echo $$ > "{f}"' for f in self.cgroup.procs_files)
             cmd = ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *cmd]
         try:
+            for fd in passed:
+                os.set_inheritable(fd, True)
             self.process = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=[write_fd],
+                pass_fds=passed,
                 close_fds=True,
+                env=dict(HOST_ENV),
                 start_new_session=True,  # a terminal's Ctrl-C is for the chat, not for the jail
             )
         finally:
-            os.close(write_fd)
+            for fd in passed:
+                if fd != info_read:
+                    os.close(fd)
         for pipe, buf in ((self.process.stdout, self.stdout), (self.process.stderr, self.stderr)):
             drain = threading.Thread(target=self._drain, args=(pipe, buf), daemon=True, name=f"drain-{self.name}")
             drain.start()
             self._drains.append(drain)
-        with os.fdopen(read_fd, "rb") as info:
+        with os.fdopen(info_read, "rb") as info:
             raw = info.read()
-        (self.runtime_dir / "pid").write_text(str(self.process.pid))
         try:
             self.child_pid = int(json.loads(raw)["child-pid"])
         except (ValueError, KeyError):
             raise SandboxUnavailable(self._why_it_failed()) from None
+        with contextlib.suppress(OSError):
+            self._pidfd = os.pidfd_open(self.child_pid)
+        self._record(pid=self.process.pid, child=self.child_pid, started=time.time())
         return self
+
+    def _record(self, **values: object) -> None:
+        for key, value in values.items():
+            (self.runtime_dir / key).write_text(str(value))
 
     def _why_it_failed(self) -> str:
         """bwrap's own words, plus the usual cause, for a jail that never started."""
@@ -277,29 +368,64 @@ class Jail:
         for drain in self._drains:
             drain.join(timeout)
 
-    def host_path(self, inside: str) -> str:
-        """A path inside the jail as the host reaches it (through the jail's pid 1 root)."""
-        return f"/proc/{self.child_pid}/root{inside}"
+    # -- reaching inside, safely ------------------------------------------------------------------
+
+    def open_inside(self, path: str, want=stat.S_ISSOCK) -> int:
+        """An ``O_PATH`` descriptor of ``path`` inside the jail, opened one component at a time from
+        the jail's root without following any symlink; ``OSError`` unless it is what ``want`` says.
+        Use it as ``/proc/self/fd/N``: the jail cannot swap what the name points to."""
+        fd = os.open(f"/proc/{self.child_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            parts = [p for p in path.split("/") if p]
+            for i, part in enumerate(parts):
+                if part in (".", ".."):
+                    raise OSError(f"refusing {path!r}")
+                flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_DIRECTORY if i < len(parts) - 1 else 0)
+                next_fd = os.open(part, flags, dir_fd=fd)
+                os.close(fd)
+                fd = next_fd
+            if not want(os.fstat(fd).st_mode):
+                raise OSError(f"{path} inside the jail is not what the host expects")
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # -- state ------------------------------------------------------------------------------------
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def main_pid(self) -> int | None:
-        """Host pid of the program the jail runs (the only child of the jail's pid 1)."""
-        children = _children(self.child_pid)
-        return children[0] if len(children) == 1 else None
+    def cpu_seconds(self) -> float | None:
+        """CPU time the program (pid 1) has used, or None once it is gone."""
+        try:
+            times = psutil.Process(self.child_pid).cpu_times()
+            return times.user + times.system
+        except psutil.Error:
+            return None
 
-    def kill_strays(self, keep: int) -> int:
-        """Kill every process in the jail except its pid 1 and ``keep``; returns how many.
+    def thread_count(self) -> int:
+        """Threads of the program (pid 1), from one small /proc read; 0 once it is gone."""
+        try:
+            with open(f"/proc/{self.child_pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Threads:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def kill_strays(self) -> int:
+        """Kill every process in the jail except its program (pid 1); returns how many.
 
         Called after each cell so that nothing a cell started (a forgotten server, a fork bomb's
-        survivors) outlives it. The check costs two small reads when there is nothing to do.
+        survivors) outlives it. The check costs one small read when there is nothing to do.
         """
-        if _children(self.child_pid) == [keep] and not _children(keep):
+        if not _children(self.child_pid):
             return 0
         try:
-            strays = [p for p in psutil.Process(self.child_pid).children(recursive=True) if p.pid != keep]
+            strays = psutil.Process(self.child_pid).children(recursive=True)
         except psutil.Error:
             return 0
         for proc in strays:
@@ -311,16 +437,55 @@ class Jail:
     def oom_killed(self) -> bool:
         return self.cgroup is not None and self.cgroup.oom_kills() > 0
 
+    def _wait_status(self) -> int | None:
+        """pid 1's wait status once it has ended (from its pidfd), or None where the kernel cannot say."""
+        if self._pidfd is None:
+            return None
+        info = bytearray(64)
+        struct.pack_into("Q", info, 0, PIDFD_INFO_EXIT)
+        try:
+            fcntl.ioctl(self._pidfd, PIDFD_GET_INFO, info)
+        except OSError:
+            return None
+        if not struct.unpack_from("Q", info, 0)[0] & PIDFD_INFO_EXIT:
+            return None
+        return struct.unpack_from("i", info, PIDFD_EXIT_CODE_OFFSET)[0]
+
+    def death_signal(self) -> int | None:
+        """The signal that ended pid 1, if a signal did and the kernel can tell (Linux >= 6.15)."""
+        status = self._wait_status()
+        return os.WTERMSIG(status) if status is not None and os.WIFSIGNALED(status) else None
+
+    def exit_code(self) -> int | None:
+        """pid 1's exit code, if it exited by itself; else bubblewrap's (128 + signal)."""
+        status = self._wait_status()
+        if status is not None and os.WIFEXITED(status):
+            return os.WEXITSTATUS(status)
+        return self.process.returncode if self.process is not None else None
+
+    # -- ending -----------------------------------------------------------------------------------
+
     def kill(self) -> None:
-        """End the whole tree (bwrap takes its pid namespace down with it), then clean up."""
+        """End the whole tree (the pid namespace dies with its pid 1), then clean up."""
         if self.process is not None and self.process.poll() is None:
+            if self.child_pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(self.child_pid, signal.SIGKILL)  # bwrap still waits for it: the pid is its
             self.process.send_signal(signal.SIGKILL)
             try:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 log.error("jail %s did not exit after SIGKILL", self.name)
+        for name in ("_watch_fd", "_pidfd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
         if self.cgroup is not None:
             self.cgroup.destroy()
+        if self._uid_claim is not None:
+            self._uid_claim.release()
+            self._uid_claim = None
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
@@ -337,23 +502,32 @@ def _children(pid: int | None) -> list[int]:
 
 
 def _kill_recorded(jail_dir: Path) -> None:
+    """Kill the jail a crashed owner left: its pid 1 (the namespace goes with it) and its bwrap."""
     try:
-        pid = int((jail_dir / "pid").read_text())
-        proc = psutil.Process(pid)
-        if str(jail_dir) in " ".join(proc.cmdline()):  # the pid was not reused by something else
-            proc.kill()
-    except (OSError, ValueError, psutil.Error):
-        pass
+        started = float((jail_dir / "started").read_text())
+    except (OSError, ValueError):
+        return
+    for record in ("child", "pid"):
+        try:
+            proc = psutil.Process(int((jail_dir / record).read_text()))
+            if abs(proc.create_time() - started) < 10:  # the same process, not a pid reused since
+                proc.kill()
+        except (OSError, ValueError, psutil.Error):
+            pass
 
 
 def reap_orphans() -> int:
-    """Kill the jails (and their cgroups) of host processes that are gone. Returns how many."""
+    """Kill the jails (their processes, cgroups and uids) of host processes that are gone.
+    Returns how many jails were removed."""
     removed = 0
-    for jail_dir in runtime_root().iterdir():
-        if jail_dir.is_dir() and not owner_alive(jail_dir.name):
+    root = runtime_root()
+    for jail_dir in root.iterdir():
+        if jail_dir.is_dir() and jail_dir.name != "uids" and not owner_alive(jail_dir.name):
             _kill_recorded(jail_dir)
             shutil.rmtree(jail_dir, ignore_errors=True)
             removed += 1
+    if as_root():
+        jail_uid.reap_free_slots(root)
     if cgroup_version() is not None:
         reap_orphan_groups(owner_alive)
     return removed
@@ -361,10 +535,18 @@ def reap_orphans() -> int:
 
 def isolation_features() -> dict[str, object]:
     """What the local jail enforces on this machine, for ``retool sandbox check`` and logs."""
+    why_not = seccomp_unavailable()
+    root = as_root()
     return {
         "bwrap": shutil.which("bwrap") is not None,
         "cgroup": cgroup_version(),
-        "nproc_enforced": os.getuid() != 0 or cgroup_version() is not None,
+        "seccomp": why_not is None,
+        "seccomp_error": why_not,
+        "userns": "none (privileged bubblewrap; new ones refused by seccomp)" if root
+        else "own, further ones disabled (--disable-userns and seccomp)",
+        "jail_uid": f"own per jail ({jail_uid.UID_BASE}+slot)" if root else f"the invoking user ({os.getuid()})",
+        "pid1": "the sandboxed program",
+        "nproc_enforced": True,
         "uid": os.getuid(),
     }
 

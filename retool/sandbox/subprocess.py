@@ -6,31 +6,18 @@ and the wrong one for multi-turn rollouts (use ``jupyter``). It shares the jail 
 backend (``isolation.Jail``): no network, read-only root, size-capped tmpfs, prlimit, cgroups.
 
 The code travels as a read-only file in the jail's config directory, not on the command line
-(argv is limited to 128 KiB per argument and shows in ``ps``). The last expression of the cell
-is printed like a notebook would, so both local backends answer ``1+1`` with ``2``.
+(argv is limited to 128 KiB per argument and shows in ``ps``); ``retool_boot.py`` runs it like a
+notebook cell, printing the last expression, so both local backends answer ``1+1`` with ``2``.
 """
 
 from __future__ import annotations
 
 import re
-import sys
+import signal
 
 from retool.sandbox.base import INTERRUPTED_ERROR, ExecResult, ExecStatus, SandboxLimits, Session, Stopwatch
-from retool.sandbox.base import status_for_exception
-from retool.sandbox.isolation import CONFIG_DIR, Jail, find_bwrap
-
-BOOTSTRAP = f"""
-import ast, sys
-source = open("{CONFIG_DIR}/cell.py", encoding="utf-8").read()
-tree = ast.parse(source, "<cell>")
-last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-namespace = {{"__name__": "__main__", "__builtins__": __builtins__}}
-exec(compile(tree, "<cell>", "exec"), namespace)
-if last is not None:
-    value = eval(compile(ast.Expression(last.value), "<cell>", "eval"), namespace)
-    if value is not None:
-        print(repr(value))
-"""
+from retool.sandbox.base import SandboxUnavailable, status_for_exception
+from retool.sandbox.isolation import Jail, boot_argv, find_bwrap
 
 # the last line of a Python traceback: "ZeroDivisionError: division by zero" (or a bare name)
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)?)(?::\s?(.*))?$")
@@ -57,21 +44,16 @@ class SubprocessSession(Session):
         find_bwrap()  # fail at construction, with the fix, when the jail cannot work here
         self._closed = False
 
-    def run(self, code: str, timeout: float | None = None) -> ExecResult:
-        timeout = self.limits.timeout_s if timeout is None else timeout
+    def _run(self, code: str, timeout: float) -> ExecResult:
         watch = Stopwatch()
-        self._interrupt_requested.clear()
-        jail = Jail(
-            [sys.executable, "-I", "-c", BOOTSTRAP],
-            self.limits,
-            config_files={"cell.py": code},
-            output_limit=self.limits.max_output_bytes,
-        )
+        jail = Jail(boot_argv("cell"), self.limits, config_files={"cell.py": code},
+                    output_limit=self.limits.max_output_bytes)
         try:
             jail.start()
-        except Exception as exc:  # noqa: BLE001 - run never raises; the failure is the result
+        except (SandboxUnavailable, OSError, RuntimeError) as exc:  # no jail: not the code's doing
             jail.kill()
-            return ExecResult(ExecStatus.CRASHED, error=f"SandboxUnavailable: {exc}", duration_s=watch.elapsed)
+            return ExecResult(ExecStatus.INFRA_ERROR, error=f"SandboxUnavailable: {exc}".splitlines()[0],
+                              duration_s=watch.elapsed)
         stopped_for = None
         try:
             while jail.process.poll() is None:
@@ -86,9 +68,14 @@ class SubprocessSession(Session):
                     break
             returncode = jail.process.returncode
             oom = jail.oom_killed()
+            died_of = jail.death_signal() if returncode and stopped_for is None else None
         finally:
             jail.kill()
             jail.wait_output()
+        if died_of == signal.SIGKILL and not oom and watch.elapsed < self.limits.cpu_seconds:
+            # the jail's pid 1 ignores SIGKILL from inside: this one came from the host
+            return ExecResult(ExecStatus.INFRA_ERROR, jail.stdout.text(), jail.stderr.text(),
+                              "ProcessKilled: the interpreter was killed from outside the sandbox", watch.elapsed)
         return self._result(jail, returncode, oom, stopped_for, watch)
 
     def _result(self, jail: Jail, returncode, oom: bool, stopped_for, watch: Stopwatch) -> ExecResult:

@@ -1,0 +1,32 @@
+"""The attack suite: real hostile cells run against a live backend, each judged from the host.
+
+Used by the tests and by ``retool sandbox check``. ``base`` holds the machinery (the bait the host
+puts in reach, how an attack runs and is judged), ``contain`` the containment attacks (network,
+files, secrets, bombs, limits, crashes, children), ``harden`` those of the outside attack pass
+(pid 1, nested namespaces, quotas, the host following jail paths, hostile kernel messages, output
+floods, leftover threads, lone surrogates).
+"""
+
+from __future__ import annotations
+
+from retool.sandbox.attacks.base import PROBE, Attack, AttackOutcome, Evidence, HostBait, run_attack
+from retool.sandbox.attacks.contain import CONTAINMENT
+from retool.sandbox.attacks.harden import HARDENING
+from retool.sandbox.base import SandboxLimits
+
+ATTACKS: list[Attack] = CONTAINMENT + HARDENING
+ATTACKS_BY_NAME = {attack.name: attack for attack in ATTACKS}
+
+
+def run_attack_suite(backend: str, limits: SandboxLimits | None = None, names: list[str] | None = None, **options):
+    """Run the attacks (all, or ``names``) against ``backend``; yields one outcome per attack."""
+    from retool.sandbox.pool import SandboxPool
+
+    attacks = [ATTACKS_BY_NAME[n] for n in names] if names else ATTACKS
+    with HostBait() as bait, SandboxPool(backend, size=2, limits=limits, **options) as pool:
+        for attack in attacks:
+            yield run_attack(pool, attack, bait)
+
+
+__all__ = ["ATTACKS", "ATTACKS_BY_NAME", "PROBE", "Attack", "AttackOutcome", "Evidence", "HostBait", "run_attack",
+           "run_attack_suite"]
