@@ -20,12 +20,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
+
 from retool.conversation import Chunk, Conversation, Turn
 from retool.engines import create_engine
 from retool.engines.base import SamplingParams
 from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox import SandboxLimits, SandboxPool
 from retool.solve import SolveConfig
+from retool.terminal import for_terminal
 
 STYLES = {"text": "", "code": "bold yellow", "output": "cyan on grey11"}
 HELP = ("commands: /reset (new conversation, fresh interpreter)  /save PATH (jsonl)  "
@@ -54,7 +57,8 @@ class ChatApp:
     def _print_chunk(self, chunk: Chunk) -> None:
         from rich.text import Text
 
-        self.console.print(Text(chunk.text, style=STYLES[chunk.kind]), end="", highlight=False, soft_wrap=True)
+        text = Text(for_terminal(chunk.text), style=STYLES[chunk.kind])  # escape sequences shown, not obeyed
+        self.console.print(text, end="", highlight=False, soft_wrap=True)
 
     def ask(self, text: str) -> Turn | None:
         """Run one turn, streaming it; Ctrl-C cancels it (returns None, the partial turn is kept)."""
@@ -71,8 +75,13 @@ class ChatApp:
         calls = turn.tool_calls
         statuses = ", ".join(c.result.status.value for c in calls) or "-"
         self.console.print()
+        if turn.trajectory.infra_failure:
+            self.console.print(f"[red]the turn was stopped: {escape(turn.trajectory.finish_detail or 'infrastructure failure')}"
+                               "[/red] — not the model's doing; ask again (the interpreter may have been restarted)",
+                               highlight=False)
+        answer = escape(for_terminal(turn.answer)) if turn.answer is not None else "(none)"
         self.console.print(
-            f"[dim]answer: {turn.answer if turn.answer is not None else '(none)'} · finish: {turn.finish_reason} · "
+            f"[dim]answer: {answer} · finish: {turn.finish_reason} · "
             f"tool calls: {len(calls)} ({statuses}) · {turn.trajectory.num_model_tokens} model + "
             f"{turn.trajectory.num_tool_tokens} interpreter tokens · {time.monotonic() - started:.1f} s[/dim]",
             highlight=False,

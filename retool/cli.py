@@ -13,6 +13,7 @@ from rich.table import Table
 
 from retool.cli_training import register as register_training_commands
 from retool.sandbox import BACKENDS, ExecResult, SandboxLimits, SandboxUnavailable
+from retool.terminal import for_terminal
 
 app = typer.Typer(help="Tool-integrated reasoning: models that think in text and run Python in a sandbox.", no_args_is_help=True)
 sandbox_app = typer.Typer(help="Run, attack-test and benchmark the code sandboxes.", no_args_is_help=True)
@@ -43,16 +44,19 @@ def _check_backend(backend: str) -> str:
 
 
 def _print_result(result: ExecResult) -> None:
+    """The cell's output as text, its escape sequences shown rather than obeyed (``for_terminal``)."""
     if result.stdout:
-        console.out(result.stdout, end="" if result.stdout.endswith("\n") else "\n", highlight=False)
+        console.out(for_terminal(result.stdout), end="" if result.stdout.endswith("\n") else "\n", highlight=False)
     if result.stderr:
-        err_console.out(result.stderr, end="" if result.stderr.endswith("\n") else "\n", highlight=False)
+        err_console.out(for_terminal(result.stderr), end="" if result.stderr.endswith("\n") else "\n", highlight=False)
     colour = "green" if result.ok else "red"
     summary = f"[{colour}]{result.status.value}[/{colour}] in {result.duration_s * 1000:.1f} ms"
     if result.error:
-        summary += f" — {result.error}"
+        summary += f" — {escape(for_terminal(result.error))}"
     if result.session_reset:
         summary += " (interpreter restarted)"
+    for note in result.notes:
+        summary += f"\n[dim]sandbox: {escape(for_terminal(note))}[/dim]"
     err_console.print(summary, highlight=False)
 
 
@@ -104,7 +108,8 @@ def sandbox_check(
                 if not json_output:
                     mark = "[green]contained[/green]" if outcome.contained else "[red]NOT CONTAINED[/red]"
                     again = "[green]recovered[/green]" if outcome.recovered else "[red]NOT RECOVERED[/red]"
-                    console.print(f"{outcome.name:<24} {mark}  {again}  {outcome.detail}", highlight=False, soft_wrap=True)
+                    console.print(f"{outcome.name:<24} {mark}  {again}  {escape(for_terminal(outcome.detail))}",
+                                  highlight=False, soft_wrap=True)
     except SandboxUnavailable as exc:
         err_console.print(f"[red]sandbox unavailable:[/red] {escape(str(exc))}")
         raise typer.Exit(3)
@@ -239,9 +244,13 @@ def serve(
     max_tokens: int = typer.Option(2048, help="Most tokens a request may ask for (model and interpreter)."),
     max_tool_calls: int = typer.Option(8, help="Most code executions per request."),
     max_sessions: int = typer.Option(32, help="Most open sandbox sessions (conversations)."),
+    max_sessions_per_client: Optional[int] = typer.Option(None, help="Most sessions of one client (token or address)."),
     session_ttl: float = typer.Option(600.0, help="Seconds of idleness after which a session is closed."),
     timeout: float = typer.Option(30.0, help="Seconds per code execution."),
     temperature: float = typer.Option(0.0, help="Temperature for requests that do not set one."),
+    token: Optional[list[str]] = typer.Option(None, "--token", envvar="RETOOL_SERVE_TOKENS",
+                                              help="Bearer token clients must send (repeatable; env: space-separated)."),
+    max_body_bytes: int = typer.Option(2 << 20, help="Largest request body accepted (413 past it)."),
 ) -> None:
     """Serve the model over an OpenAI-compatible API that runs the tool loop server-side."""
     from retool.serve import ServeConfig, run_server
@@ -251,7 +260,8 @@ def serve(
                          max_concurrency=max_concurrency, max_tokens=max_tokens,
                          default_max_tokens=min(1024, max_tokens), max_tool_calls=max_tool_calls,
                          max_sessions=max_sessions, session_ttl_s=session_ttl, sandbox_timeout=timeout,
-                         temperature=temperature)
+                         temperature=temperature, tokens=tuple(token or ()),
+                         max_sessions_per_client=max_sessions_per_client, max_body_bytes=max_body_bytes)
     try:
         run_server(config)
     except (SandboxUnavailable, ValueError, RuntimeError, ImportError) as exc:
@@ -301,6 +311,10 @@ def evaluate(
     for key, value in {**result.metrics, **{k2: v for k2, v in result.analytics.items() if isinstance(v, float)}}.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+    if result.metrics.get("infra_failures"):
+        again = "run the same command again to retry them" if out else "pass --out to keep the rest and retry them"
+        err_console.print(f"[yellow]{result.metrics['infra_failures']} sample(s) were stopped by infrastructure "
+                          f"failures (sandbox, engine or host) and not scored; {again}[/yellow]")
     if out:
         console.print(f"results: {out}/results.json, report: {out}/report.md")
 

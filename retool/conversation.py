@@ -102,9 +102,15 @@ class CodeTracker:
         self.text = ""
 
 
-def prompt_messages(messages: list[dict[str, str]], dialect: Dialect, few_shot: bool = True) -> list[dict[str, str]]:
+RESET_NOTE = ("Note: the Python interpreter was restarted since the earlier turns of this conversation "
+              "({why}); the variables, functions and imports they defined are gone. Define again what you need.")
+
+
+def prompt_messages(messages: list[dict[str, str]], dialect: Dialect, few_shot: bool = True,
+                    reset: str | None = None) -> list[dict[str, str]]:
     """The dialect's system prompt (a caller's system message is appended to it), the one-shot
-    example, then the conversation."""
+    example, then the conversation. ``reset`` (why the interpreter is fresh although the
+    conversation has earlier turns) adds ``RESET_NOTE`` to the system prompt, so the model knows."""
     system = [m["content"] for m in messages if m["role"] == "system"]
     rest = [m for m in messages if m["role"] != "system"]
     if not rest or rest[-1]["role"] != "user":
@@ -112,6 +118,8 @@ def prompt_messages(messages: list[dict[str, str]], dialect: Dialect, few_shot: 
     if rest[0]["role"] != "user":
         raise ValueError("the conversation must start with a user message (after any system messages)")
     opening = build_messages(rest[0]["content"], dialect, few_shot=few_shot)
+    if reset:
+        system = [*system, RESET_NOTE.format(why=reset)]
     if system:
         opening[0] = {"role": "system", "content": opening[0]["content"] + "\n\n" + "\n\n".join(system)}
     return opening + rest[1:]
@@ -123,10 +131,10 @@ class TurnCollector:
     and the prompt's length are known before any work starts."""
 
     def __init__(self, rollout: Rollout, messages: list[dict[str, str]],
-                 on_chunk: Callable[[Chunk], None] | None = None) -> None:
+                 on_chunk: Callable[[Chunk], None] | None = None, reset: str | None = None) -> None:
         self.rollout = rollout
         self.on_chunk = on_chunk
-        conversation = prompt_messages(messages, rollout.dialect, rollout.config.few_shot)
+        conversation = prompt_messages(messages, rollout.dialect, rollout.config.few_shot, reset)
         self.user = conversation[-1]["content"]
         self.trajectory = Trajectory(render_prompt(rollout.tokenizer, conversation), meta={"user": self.user})
         self.stream = TextStream(rollout.tokenizer)

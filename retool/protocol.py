@@ -71,6 +71,8 @@ def output_text(result: ExecResult, head: int = 1024, tail: int = 1024) -> str:
         if result.session_reset:
             note += " (the interpreter was restarted: earlier variables are gone)"
         body = f"{body}\n{note}" if body else note
+    for note in result.notes:  # what the sandbox did beside the cell (a thread it stopped, say)
+        body = f"{body}\n[sandbox: {note}]" if body else f"[sandbox: {note}]"
     if not body:
         body = "(no output)"
     return truncate_middle(body, head, tail)

@@ -13,6 +13,10 @@ the others keep generating. Token ids are only ever appended; the next turn's in
 Budgets: ``max_tool_calls``, ``max_total_tokens`` (model + interpreter tokens after the prompt)
 and the sandbox's per-call timeout. A code block cut off by the token budget is never executed.
 
+Failures that are not the model's — no sandbox session could be had, the engine raised, the
+sandbox answered ``infra_error`` — end the trajectory with finish reason ``infra_error`` (and
+``finish_detail``) instead of being shown to the model: callers never score or train on it.
+
 A listener (``run_one(..., listener=f)``) sees the trajectory being written: ``TokenDelta``s as the
 engine samples them (the engine streams for it) and a ``ToolCallDone`` after each cell, which is how
 the chat and the server stream a turn. Cancelling ``run_one`` stops generation at the next token
@@ -31,8 +35,11 @@ from typing import Any, Callable
 
 from retool.engines.base import Completion, Engine, SamplingParams, TokenDelta
 from retool.protocol import Dialect, build_messages, get_dialect
-from retool.sandbox.base import ExecResult, Session
-from retool.trajectory import ToolCall, Trajectory
+from retool.sandbox.base import ExecResult, SandboxUnavailable, Session
+from retool.seeds import derive_seed
+from retool.trajectory import ToolCall, Trajectory, TrajectoryError
+
+SESSION_WAIT_S = 300.0  # how long a trajectory waits for a sandbox session before it is an infra failure
 
 
 @dataclass(frozen=True)
@@ -135,8 +142,15 @@ class Rollout:
         if session is not None:
             await self._loop(traj, session, index, listener)
             return traj
-        async with self.pool.asession() as session:
+        try:
+            session = await self.pool.aacquire(timeout=SESSION_WAIT_S)
+        except (TimeoutError, SandboxUnavailable, RuntimeError) as exc:
+            traj.finish("infra_error", f"no sandbox session: {exc}".splitlines()[0])
+            return traj
+        try:
             await self._loop(traj, session, index, listener)
+        finally:
+            self.pool.release(session)
         return traj
 
     async def _loop(self, traj: Trajectory, session: Session, index: int, listener: Listener | None) -> None:
@@ -152,9 +166,15 @@ class Rollout:
         if remaining <= 0:
             traj.finish("length")
             return
-        seed = None if cfg.sampling.seed is None else cfg.sampling.seed * 1_000_003 + index * 1_009 + turn
+        seed = None if cfg.sampling.seed is None else derive_seed(cfg.sampling.seed, index, turn)
         params = cfg.sampling.with_(max_tokens=remaining, seed=seed)
-        completion = await self._generate(traj.input_ids, params, dialect.stop_strings, listener)
+        try:
+            completion = await self._generate(traj.input_ids, params, dialect.stop_strings, listener)
+        except (TrajectoryError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the engine failed, not the model
+            traj.finish("infra_error", f"engine {self.engine.name}: {type(exc).__name__}: {exc}".splitlines()[0])
+            return
         traj.append_model(completion.ids, completion.logprobs)
         if completion.finish_reason == "stop" and completion.stop == dialect.stop:
             code = dialect.extract_code(self.tokenizer.decode(completion.ids, skip_special_tokens=False))
@@ -164,6 +184,10 @@ class Rollout:
                 traj.finish("max_tool_calls")
                 return
             result = await self._execute(session, code)
+            if result.infra_failure:  # shown to the model it would be a fake failure of its code
+                traj.record_tool_call(code, result, len(traj.ids), (len(traj.ids), len(traj.ids)))
+                traj.finish("infra_error", f"sandbox: {result.error}")
+                return
             rendered = dialect.render_output(result, cfg.output_head_chars, cfg.output_tail_chars)
             output_ids = self.tokenizer.encode(rendered, add_special_tokens=False)
             room = cfg.max_total_tokens - len(traj.ids)

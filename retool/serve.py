@@ -6,48 +6,55 @@ interpreter's real output) and the final answer; ``GET /v1/models``; ``GET /heal
 
 Sessions: each conversation has one sandbox session, keyed by a session id sent as the
 ``X-Session-Id`` header or a ``session_id`` body field (the openai client: ``extra_headers`` /
-``extra_body``). A request without one starts a new session; its id comes back in the
-``X-Session-Id`` header and the ``session_id`` field, so the next request can continue it. Sessions
-idle for ``session_ttl_s`` are closed; past ``max_sessions`` the least recently used idle one goes.
-Requests on one session are served one at a time (``retool.session_store``).
+``extra_body``), and by its owner (the bearer token, or the client's address): another client's
+request with the same id gets a session of its own. A request without an id starts a new session;
+its id comes back in the ``X-Session-Id`` header and the ``session_id`` field. Sessions idle for
+``session_ttl_s`` are closed; room is made fairly (``retool.session_store``). A session never
+vanishes silently: when a conversation's interpreter is fresh although the conversation is not
+(the session expired, was evicted, or the id is unknown here), the reply says so
+(``X-Session-Reset`` and ``retool.session_reset``) and the model's prompt tells it.
 
-Limits: ``max_concurrency`` turns run at once (more wait; past ``max_queue`` waiting: 429), a
-per-request cap on tokens and tool calls, a prompt-length cap. Validation errors are 400s in
-OpenAI's error shape. Model-written code only ever runs in the sandbox; nothing in a request names
-a host path, a model to load or a command.
+Limits: ``max_concurrency`` turns run at once; a request first waits for its own session, *then* for
+a slot, so requests queued behind one conversation never hold slots others could use (past
+``max_queue`` waiting: 429); request bodies over ``max_body_bytes`` are refused before they are
+parsed (413); prompts are rendered off the event loop; per-request caps on tokens and tool calls;
+a prompt-length cap. With ``tokens``, every request needs ``Authorization: Bearer <token>``.
+A client that goes away — a dropped stream or a plain request whose connection closes — stops the
+generation and interrupts the running cell. A turn stopped by an infrastructure failure (the
+sandbox or the engine failed, not the model) is a 503. Every error is in OpenAI's shape
+(``retool.serve_schema``). Model-written code only ever runs in the sandbox; nothing in a request
+names a host path, a model to load or a command.
+
+This module holds the settings and the state behind the routes; the routes, the streaming and the
+middleware are in ``retool.serve_app``, the request schema in ``retool.serve_schema``.
 
 Not here: the loop itself (``retool.rollout``), conversation prompts (``retool.conversation``),
-authentication (put it behind a proxy), function calling (the tool is Python, run server-side).
+function calling (the tool is Python, run server-side).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import hashlib
+import hmac
 import logging
-import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import Request
 
-from retool.conversation import Chunk, TurnCollector
+from retool.conversation import Turn, TurnCollector
 from retool.engines.base import Engine, SamplingParams
 from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox import SandboxLimits, SandboxPool
 from retool.sandbox.base import SandboxUnavailable, Session
-from retool.session_store import SessionStore, SessionsFull
+from retool.serve_schema import RESET_HEADER, SESSION_HEADER, SESSION_ID, APIError, ChatRequest
+from retool.session_store import SessionsFull, SessionStore
 
 log = logging.getLogger(__name__)
-
-SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-SESSION_HEADER = "X-Session-Id"
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ class ServeConfig:
     model: str | None = None
     engine: str = "hf"
     base_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = None  # for the engine's --base-url, not for this server's clients (see tokens)
     served_name: str | None = None  # the id in /v1/models (default: the model's name)
     sandbox: str = "jupyter"
     dialect: str = "retool"
@@ -67,101 +74,35 @@ class ServeConfig:
     default_max_tokens: int = 1024
     max_tool_calls: int = 8
     max_prompt_tokens: int = 8192
+    max_body_bytes: int = 2 << 20  # refused before parsing: a prompt of max_prompt_tokens is far smaller
     temperature: float = 0.0  # when a request does not say
     sandbox_timeout: float = 30.0
     session_ttl_s: float = 600.0
     max_sessions: int = 32
+    max_sessions_per_client: int | None = None  # default: max_sessions (fair sharing still applies)
     warm_sessions: int = 2
-
-
-# -- the request --------------------------------------------------------------------------------
-
-
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
-
-
-class ChatRequest(BaseModel):
-    """The fields of OpenAI's chat request that mean something here; others are ignored, and
-    the few that cannot be honoured (``n`` > 1, ``tools``, ``stop``) are rejected, not ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str
-    messages: list[Message] = Field(min_length=1)
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
-    n: int = 1
-    stop: str | list[str] | None = None
-    tools: list[Any] | None = None
-    session_id: str | None = None
-    max_tool_calls: int | None = Field(None, ge=0)
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported: each choice would need its own sandbox session")
-        return n
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, tools: list[Any] | None) -> list[Any] | None:
-        if tools:
-            raise ValueError("function tools are not supported: the model's tool is Python, run by the server")
-        return tools
-
-    @field_validator("stop")
-    @classmethod
-    def _no_stop(cls, stop: str | list[str] | None) -> None:
-        if stop:
-            raise ValueError("custom stop strings are not supported: the server stops at code blocks and answers")
-        return None
-
-    @field_validator("session_id")
-    @classmethod
-    def _session_id(cls, value: str | None) -> str | None:
-        if value is not None and not SESSION_ID.match(value):
-            raise ValueError("a session id is 1-128 characters of letters, digits, '_', '.', ':' or '-'")
-        return value
-
-
-class APIError(Exception):
-    """An error for the client, in OpenAI's shape."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-
-# -- the server ---------------------------------------------------------------------------------
+    tokens: tuple[str, ...] = ()  # bearer tokens clients must send; empty: no authentication
 
 
 FINISH = {"answer": "stop", "eos": "stop", "length": "length", "max_tool_calls": "length", "interrupted": "stop"}
+
+
+@dataclass
+class Prepared:
+    """A request that passed every check and holds its session and a slot (until ``close``)."""
+
+    collector: TurnCollector
+    session: Session
+    session_id: str
+    reset: str | None
+    stack: contextlib.AsyncExitStack
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {SESSION_HEADER: self.session_id, **({RESET_HEADER: self.reset} if self.reset else {})}
+
+    async def close(self) -> None:
+        await self.stack.aclose()
 
 
 class Server:
@@ -171,7 +112,8 @@ class Server:
         self.config, self.engine, self.model_name = config, engine, model_name
         self.pool = SandboxPool(config.sandbox, size=config.max_sessions, warm=config.warm_sessions,
                                 limits=SandboxLimits(timeout_s=config.sandbox_timeout))
-        self.sessions = SessionStore(self.pool, config.session_ttl_s, config.max_sessions)
+        self.sessions = SessionStore(self.pool, config.session_ttl_s, config.max_sessions,
+                                     config.max_sessions_per_client)
         self.slots = asyncio.Semaphore(config.max_concurrency)
         self.waiting = 0
         self.running = 0
@@ -201,6 +143,17 @@ class Server:
                 "waiting": self.waiting, "served": self.served, "uptime_s": round(time.time() - self.started, 1)}
 
     # -- a request ------------------------------------------------------------------------------
+
+    def owner_of(self, http: Request) -> str:
+        """Who is asking: the bearer token (required when the server has tokens), else the address."""
+        if self.config.tokens:
+            scheme, _, token = http.headers.get("authorization", "").partition(" ")
+            given = token.strip().encode()
+            if scheme.lower() != "bearer" or not any(hmac.compare_digest(given, t.encode()) for t in self.config.tokens):
+                raise APIError(401, "this server needs a valid token: send 'Authorization: Bearer <token>'",
+                               "authentication_error", code="invalid_api_key")
+            return "token:" + hashlib.sha256(given).hexdigest()[:16]
+        return "client:" + (http.client.host if http.client else "unknown")
 
     def check(self, request: ChatRequest, header_session: str | None) -> tuple[str, Rollout, list[dict[str, str]]]:
         """Everything that can be refused before any work: returns (session id, rollout, messages)."""
@@ -239,30 +192,44 @@ class Server:
             sandbox_timeout=cfg.sandbox_timeout))
         return session_id, rollout, messages
 
-    @contextlib.asynccontextmanager
-    async def turn_slot(self, session_id: str) -> AsyncIterator[Session]:
-        """Wait for a free concurrency slot, then for the conversation's session."""
+    async def prepare(self, request: ChatRequest, http: Request) -> Prepared:
+        """Check the request, then wait for its conversation's session, then for a slot. Raises an
+        ``APIError`` (nothing held) for anything refused on the way."""
+        owner = self.owner_of(http)
+        session_id, rollout, messages = self.check(request, http.headers.get(SESSION_HEADER))
+        stack = contextlib.AsyncExitStack()
         self.waiting += 1
         try:
+            try:
+                lease = await stack.enter_async_context(self.sessions.use(owner, session_id))
+            except SessionsFull as exc:
+                raise APIError(429, str(exc), "rate_limit_error", code="too_many_sessions") from None
+            except (SandboxUnavailable, TimeoutError) as exc:
+                raise APIError(503, f"no sandbox could be started: {exc}", "server_error",
+                               code="sandbox_unavailable") from None
+            continued = any(m["role"] == "assistant" for m in messages)
+            reset = lease.reset or ("unknown" if lease.fresh and continued else None)
+            collector = await asyncio.to_thread(self.start_turn, rollout, messages, reset if continued else None)
             await self.slots.acquire()
+            stack.callback(self.slots.release)
+        except BaseException:
+            await stack.aclose()
+            raise
         finally:
             self.waiting -= 1
         self.running += 1
-        try:
-            async with self.sessions.use(session_id) as session:  # raises SessionsFull before, never after
-                yield session
-        except SessionsFull as exc:
-            raise APIError(429, str(exc), "rate_limit_error", code="too_many_sessions") from None
-        finally:
-            self.running -= 1
-            self.served += 1
-            self.slots.release()
+        stack.callback(self._turn_done)
+        return Prepared(collector, lease.session, session_id, reset, stack)
 
-    def start_turn(self, rollout: Rollout, messages: list[dict[str, str]]) -> TurnCollector:
+    def _turn_done(self) -> None:
+        self.running -= 1
+        self.served += 1
+
+    def start_turn(self, rollout: Rollout, messages: list[dict[str, str]], reset: str | None) -> TurnCollector:
         """The turn's collector (its prompt rendered once, here), or a 400 for a conversation the
         prompt cannot be built from or that is too long."""
         try:
-            collector = TurnCollector(rollout, messages)
+            collector = TurnCollector(rollout, messages, reset=reset)
         except ValueError as exc:
             raise APIError(400, str(exc), param="messages") from None
         length = len(collector.trajectory.prompt_ids)
@@ -271,153 +238,33 @@ class Server:
                                 f"{self.config.max_prompt_tokens}", param="messages", code="context_length_exceeded")
         return collector
 
+    async def stop(self, task: asyncio.Task, prepared: Prepared) -> None:
+        """Cancel a turn whose client went away. It stops its cell on its own; only then are its
+        session and slot given back (so the next request on the session finds it idle)."""
+        task.cancel()
 
-def _extension(turn, session_id: str) -> dict[str, Any]:
-    traj = turn.trajectory
-    return {
-        "session_id": session_id,
-        "answer": turn.answer,
-        "finish_reason": turn.finish_reason,
-        "model_tokens": traj.num_model_tokens,
-        "interpreter_tokens": traj.num_tool_tokens,
-        "tool_calls": [{"code": c.code, "status": c.result.status.value, "stdout": c.result.stdout,
-                        "error": c.result.error, "duration_s": round(c.result.duration_s, 4)} for c in traj.tool_calls],
-    }
-
-
-def _usage(turn) -> dict[str, int]:
-    traj = turn.trajectory
-    return {"prompt_tokens": len(traj.prompt_ids), "completion_tokens": len(traj.ids),
-            "total_tokens": len(traj.prompt_ids) + len(traj.ids)}
-
-
-def create_app(config: ServeConfig, engine: Engine | None = None, model_name: str | None = None):
-    """The FastAPI app. ``engine`` (tests, embedding) skips building one from ``config``."""
-    holder: dict[str, Server] = {}
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        own_engine = engine is None
-        if own_engine:
-            from retool.engines import create_engine
-
-            served = await asyncio.to_thread(create_engine, config.engine, config.model, base_url=config.base_url,
-                                             api_key=config.api_key, max_batch=config.max_concurrency)
-        else:
-            served = engine
-        name = model_name or config.served_name or _default_name(config)
-        server = Server(config, served, name)
-        await server.start()
-        holder["server"] = server
-        try:
-            yield
-        finally:
-            server.close()
-            if own_engine:
-                served.close()
-
-    app = FastAPI(title="retool", lifespan=lifespan)
-
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
-        if first.get("type") == "json_invalid":
-            message = "the request body is not valid JSON"
-        return JSONResponse(APIError(400, message, param=where or None).body(), status_code=400)
-
-    @app.get("/health")
-    async def health():
-        return holder["server"].health()
-
-    @app.get("/v1/models")
-    async def models():
-        server = holder["server"]
-        return {"object": "list", "data": [{"id": server.model_name, "object": "model", "created": int(server.started),
-                                            "owned_by": "retool"}]}
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest, request: Request):
-        server = holder["server"]
-        session_id, rollout, messages = server.check(body, request.headers.get(SESSION_HEADER))
-        collector = server.start_turn(rollout, messages)
-        completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        headers = {SESSION_HEADER: session_id}
-        if body.stream:
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
-            events = _stream(server, collector, session_id, completion_id, created, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        try:
-            async with server.turn_slot(session_id) as session:
-                turn = await collector.run(session)
-        except SandboxUnavailable as exc:
-            raise APIError(503, f"no sandbox could be started: {exc}", "server_error", code="sandbox_unavailable")
-        payload = {
-            "id": completion_id, "object": "chat.completion", "created": created, "model": server.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": turn.text},
-                         "finish_reason": FINISH.get(turn.finish_reason, "stop"), "logprobs": None}],
-            "usage": _usage(turn), "session_id": session_id, "retool": _extension(turn, session_id),
-        }
-        return JSONResponse(payload, headers=headers)
-
-    return app
-
-
-async def _stream(server: Server, collector: TurnCollector, session_id: str, completion_id: str, created: int,
-                  include_usage: bool) -> AsyncIterator[str]:
-    """SSE: a role chunk, content chunks as the transcript is written, a finish chunk (with the
-    retool extension), a usage chunk when asked for, ``[DONE]``. A dropped client cancels the turn."""
-
-    def sse(choices: list[dict[str, Any]], **extra: Any) -> str:
-        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": server.model_name,
-                "choices": choices, "session_id": session_id, **extra}
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-    def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        return sse([{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra)
-
-    queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
-    collector.on_chunk = queue.put_nowait
-
-    async def run():
-        try:
-            async with server.turn_slot(session_id) as session:
-                return await collector.run(session)
-        finally:
-            queue.put_nowait(None)
-
-    task = asyncio.create_task(run())
-    try:
-        yield event({"role": "assistant", "content": ""})
-        while (chunk := await queue.get()) is not None:
-            yield event({"content": chunk.text})
-        try:
-            turn = await task
-        except (SandboxUnavailable, APIError, RuntimeError, ValueError) as exc:
-            error = exc if isinstance(exc, APIError) else APIError(500, str(exc), "server_error")
-            yield f"data: {json.dumps(error.body())}\n\n"
-            yield "data: [DONE]\n\n"
-            return
-        yield event({}, FINISH.get(turn.finish_reason, "stop"), retool=_extension(turn, session_id))
-        if include_usage:
-            yield sse([], usage=_usage(turn))
-        yield "data: [DONE]\n\n"
-    finally:
-        if not task.done():  # the client went away: stop generating, interrupt the cell, free the session
-            task.cancel()
-            server.background.add(task)  # it finishes on its own (the shield keeps further cancels off it)
-            task.add_done_callback(server.background.discard)
+        async def release_when_stopped() -> None:
             with contextlib.suppress(BaseException):
-                await asyncio.shield(task)
+                await task
+            await prepared.close()
+
+        closer = asyncio.create_task(release_when_stopped())
+        self.background.add(closer)
+        closer.add_done_callback(self.background.discard)
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(closer)
 
 
-def _default_name(config: ServeConfig) -> str:
+def infra_error(turn: Turn) -> APIError | None:
+    """The 503 for a turn an infrastructure failure stopped (the model did nothing wrong)."""
+    if not turn.trajectory.infra_failure:
+        return None
+    return APIError(503, f"the turn was stopped by an infrastructure failure, not by the model "
+                         f"({turn.trajectory.finish_detail}); retry the request", "server_error",
+                    code="infrastructure_failure")
+
+
+def default_name(config: ServeConfig) -> str:
     """The embedded model's name, a local model's folder name, or the hub name as given."""
     from pathlib import Path
 
@@ -432,4 +279,8 @@ def _default_name(config: ServeConfig) -> str:
 def run_server(config: ServeConfig) -> None:
     import uvicorn
 
+    from retool.serve_app import create_app
+
+    if not config.tokens and config.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without --token: anyone who can reach it can run code in its sandboxes", config.host)
     uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info")

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 
 from retool.rollout_bench import PROBLEMS
 from retool.local_server import local_server
-from retool.serve import ServeConfig, create_app
+from retool.serve import ServeConfig
+from retool.serve_app import create_app
 
 
 @dataclass(frozen=True)

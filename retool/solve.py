@@ -11,11 +11,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from rich.markup import escape
+
 from retool.engines import create_engine
 from retool.engines.base import SamplingParams
 from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox import SandboxLimits, SandboxPool
 from retool.grading import extract_answer_from_trajectory
+from retool.terminal import for_terminal
 from retool.transcript import print_transcript
 
 
@@ -54,8 +57,12 @@ def run_solve(problem: str, config: SolveConfig, console=None) -> dict[str, Any]
         if console is not None:
             print_transcript(console, traj, tokenizer, rollout.dialect)
             console.rule()
+            if traj.infra_failure:
+                console.print(f"[red]stopped: {escape(traj.finish_detail or 'infrastructure failure')}[/red] "
+                              "(not the model's doing)", highlight=False)
+            shown = escape(for_terminal(answer)) if answer is not None else "(none)"
             console.print(
-                f"answer: [bold]{answer if answer is not None else '(none)'}[/bold]   finish: {traj.finish_reason}   "
+                f"answer: [bold]{shown}[/bold]   finish: {traj.finish_reason}   "
                 f"tool calls: {len(traj.tool_calls)} "
                 f"({', '.join(c.result.status.value for c in traj.tool_calls) or '-'})   "
                 f"tokens: {traj.num_model_tokens} model + {traj.num_tool_tokens} interpreter   "
@@ -66,6 +73,7 @@ def run_solve(problem: str, config: SolveConfig, console=None) -> dict[str, Any]
             "problem": problem,
             "answer": answer,
             "finish_reason": traj.finish_reason,
+            "finish_detail": traj.finish_detail,
             "text": tokenizer.decode(traj.ids, skip_special_tokens=False),
             "prompt_ids": traj.prompt_ids,
             "ids": traj.ids,

@@ -21,8 +21,9 @@ from typing import Any, Literal
 
 from retool.sandbox.base import ExecResult
 
-FinishReason = Literal["answer", "eos", "length", "max_tool_calls"]
-FINISH_REASONS = ("answer", "eos", "length", "max_tool_calls")
+FinishReason = Literal["answer", "eos", "length", "max_tool_calls", "infra_error"]
+FINISH_REASONS = ("answer", "eos", "length", "max_tool_calls", "infra_error")
+# "infra_error": the sandbox, the engine or the host failed (not the model): never scored, never trained on
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Trajectory:
     logprobs: list[float] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    finish_detail: str | None = None  # for "infra_error": what failed, in one line
     reward: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # problem id, sample index, timings: reporting only
 
@@ -95,12 +97,17 @@ class Trajectory:
         self.tool_calls.append(call)
         return call
 
-    def finish(self, reason: FinishReason) -> None:
+    def finish(self, reason: FinishReason, detail: str | None = None) -> None:
         if reason not in FINISH_REASONS:
             raise TrajectoryError(f"unknown finish reason {reason!r}")
         if self.finish_reason is not None:
             raise TrajectoryError(f"trajectory already finished ({self.finish_reason})")
-        self.finish_reason = reason
+        self.finish_reason, self.finish_detail = reason, detail
+
+    @property
+    def infra_failure(self) -> bool:
+        """The trajectory was stopped by a failure that is not the model's: not to be scored."""
+        return self.finish_reason == "infra_error"
 
     def check(self) -> None:
         """The invariants, checked after every append."""
@@ -147,6 +154,7 @@ class Trajectory:
             "logprobs": self.logprobs,
             "tool_calls": [c.to_dict() for c in self.tool_calls],
             "finish_reason": self.finish_reason,
+            "finish_detail": self.finish_detail,
             "reward": self.reward,
             "meta": self.meta,
         }
@@ -155,7 +163,7 @@ class Trajectory:
     def from_dict(cls, data: dict[str, Any]) -> "Trajectory":
         traj = cls(list(data["prompt_ids"]), list(data["ids"]), list(data["loss_mask"]), list(data["logprobs"]),
                    [ToolCall.from_dict(c) for c in data.get("tool_calls", [])], data.get("finish_reason"),
-                   data.get("reward"), dict(data.get("meta", {})))
+                   data.get("finish_detail"), data.get("reward"), dict(data.get("meta", {})))
         traj.check()
         return traj
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from retool.protocol import Dialect
+from retool.terminal import for_terminal
 from retool.trajectory import Trajectory
 
 Kind = Literal["text", "code", "output"]
@@ -42,11 +43,12 @@ def pieces(traj: Trajectory, tokenizer, dialect: Dialect) -> list[Piece]:
 
 
 def print_transcript(console, traj: Trajectory, tokenizer, dialect: Dialect) -> None:
-    """Reasoning plain, code in yellow, interpreter output in cyan on a dark background."""
+    """Reasoning plain, code in yellow, interpreter output in cyan on a dark background; escape
+    sequences in any of them are shown, not obeyed."""
     from rich.text import Text
 
     styles = {"text": "", "code": "bold yellow", "output": "cyan on grey11"}
     line = Text()
     for piece in pieces(traj, tokenizer, dialect):
-        line.append(piece.text, style=styles[piece.kind])
+        line.append(for_terminal(piece.text), style=styles[piece.kind])
     console.print(line, highlight=False, soft_wrap=True)

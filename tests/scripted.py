@@ -15,8 +15,9 @@ EOS = "<|im_end|>"
 class ScriptedEngine(Engine):
     """Returns the scripted turns in order, honouring stop strings and max_tokens the way a real
     engine would; records every input. ``delay`` > 0 streams one token per ``delay`` seconds (so a
-    test can stop a generation half-way); a turn of ``None`` babbles until ``max_tokens``. With
-    ``respond``, each turn is ``respond(decoded input)`` instead: for concurrent requests."""
+    test can stop a generation half-way); a turn of ``None`` babbles until ``max_tokens``; a turn
+    ``"!raise MESSAGE"`` is the model's server failing (``ConnectionError``). With ``respond``, each
+    turn is ``respond(decoded input)`` instead: for concurrent requests."""
 
     name = "scripted"
 
@@ -36,6 +37,8 @@ class ScriptedEngine(Engine):
             text = self.turns.pop(0) if self.turns else "(script exhausted)" + EOS
         if text is None:
             text = "la " * params.max_tokens
+        if text.startswith("!raise "):
+            raise ConnectionError(text.removeprefix("!raise "))
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) > params.max_tokens:
             ids = ids[: params.max_tokens]

@@ -145,3 +145,33 @@ def test_retool_chat_reports_a_missing_model(tmp_path, missing):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 3 and missing in child.before
+
+
+def test_escape_sequences_from_the_cell_and_the_model_are_shown_not_obeyed():
+    turns = [code("print('\\x1b]52;c;cHduZWQ=\\x07' + '\\x1b[2J')"), "The screen: \x1b[2J\x1b]0;title\x07 ok.\n"
+             "<answer>\n\\boxed{0}\n</answer>"]
+    child = spawn_driver(turns)
+    child.sendline("Print something.")
+    child.expect("finish: answer")
+    shown = child.before
+    child.expect(PROMPT)
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert "\x1b]52" not in shown and "\x1b[2J" not in shown and "\x1b]0;" not in shown
+    assert "\\x1b]52;c;cHduZWQ=\\x07" in shown and "\\x1b[2J" in shown  # the cell's and the model's, visible
+
+
+def test_a_failure_that_is_not_the_models_is_said_so():
+    child = spawn_driver(["!raise the model server went away", answer("7")])
+    child.sendline("Hello?")
+    child.expect("the turn was stopped")
+    child.expect("went away")
+    child.expect("not the model's doing")
+    child.expect(PROMPT)
+    child.sendline("Again?")
+    child.expect(r"answer: 7 · finish: answer")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0

@@ -56,3 +56,32 @@ def test_sandbox_bench_json_has_the_documented_keys():
         assert report[key] > 0, key
     assert report["baseline_released_exec"]["p50_ms"] > 0
     assert report["baseline_persistent_exec"]["throughput_c4"] > 0
+
+
+def test_sandbox_run_shows_terminal_escapes_instead_of_obeying_them():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "print('\\x1b]52;c;cHduZWQ=\\x07\\x1b[2J\\x9b31m\\u202eevil\\rover')"
+    retool = Path(sys.executable).with_name("retool")
+    done = subprocess.run([str(retool), "sandbox", "run", "--backend", "subprocess", code],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not any(c in done.stdout for c in "\x1b\x07\x9b\u202e\r")  # nothing a terminal would act on
+    assert "\\x1b]52;c;cHduZWQ=\\x07\\x1b[2J\\x9b31m\\u202eevil\\x0dover" in done.stdout  # all of it, visible
+
+
+def test_for_terminal_keeps_text_newlines_and_tabs():
+    from retool.terminal import for_terminal
+
+    assert for_terminal("naïve ∑\tdone\r\nnext\n") == "naïve ∑\tdone\nnext\n"
+    assert for_terminal("\x1b[31mred\x08") == "\\x1b[31mred\\x08"
+
+
+def test_sandbox_check_json_reports_the_jail_layers():
+    result = runner.invoke(app, ["sandbox", "check", "-a", "take_over_pid1", "--json"])
+    assert result.exit_code == 0, result.output
+    isolation = json.loads(result.stdout)["isolation"]
+    assert isolation["seccomp"] is True and isolation["seccomp_error"] is None
+    assert isolation["pid1"] == "the sandboxed program" and "userns" in isolation and "jail_uid" in isolation

@@ -13,7 +13,8 @@ import openai
 import pytest
 
 from retool.engines.hf import HFEngine
-from retool.serve import ServeConfig, create_app
+from retool.serve import ServeConfig
+from retool.serve_app import create_app
 from retool.local_server import local_server
 from scripted import EOS, ScriptedEngine
 from tiny import tiny_model
@@ -204,3 +205,150 @@ def test_sse_wire_format(base_url):
         lines = [line for line in response.iter_lines() if line]
     assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
     assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
+
+
+# -- hardening: sessions never vanish silently, fair eviction, limits, hang-ups, error shapes ----------
+
+
+def _post(url: str, body, token: str | None = None, session: str | None = None, timeout: float = 60):
+    headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **({"X-Session-Id": session} if session else {})}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=timeout)
+
+
+def _say(text: str, history: list[dict] | None = None) -> dict:
+    return {"model": MODEL, "messages": [*(history or []), {"role": "user", "content": text}]}
+
+
+def test_an_evicted_session_is_never_a_silent_reset():
+    engine = ScriptedEngine(respond=scripted_reply)
+    config = ServeConfig(max_concurrency=2, max_sessions=2, warm_sessions=1)
+    with live_server(config, engine, MODEL) as url:
+        first = _post(url, _say("store 41"), session="mine").json()
+        for other in ("o1", "o2"):  # two more conversations of the same client: "mine" is its oldest idle one
+            _post(url, _say("square 2"), session=other)
+        history = [{"role": "user", "content": "store 41"}, first["choices"][0]["message"]]
+        again = _post(url, _say("recall", history), session="mine")
+        reply = again.json()
+        assert again.headers["x-session-reset"] == "evicted" and reply["retool"]["session_reset"] == "evicted"
+        prompt = engine.tokenizer.decode(engine.calls[-2], skip_special_tokens=False)
+        assert "interpreter was restarted" in prompt and "evicted" in prompt  # the model is told too
+        fresh = _post(url, _say("square 3"), session="brand-new").json()
+        assert fresh["retool"]["session_reset"] is None  # a new conversation lost nothing
+
+
+def test_a_continued_conversation_on_an_unknown_id_is_told_its_interpreter_is_fresh(client):
+    history = [{"role": "user", "content": "store 1"}, {"role": "assistant", "content": "stored earlier"}]
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[*history, {"role": "user", "content": "recall"}],
+        extra_headers={"X-Session-Id": "never-seen-before"})
+    assert raw.headers["x-session-reset"] == "unknown"
+    assert raw.parse().model_extra["retool"]["session_reset"] == "unknown"
+
+
+def test_with_tokens_one_client_cannot_wipe_anothers_sessions():
+    config = ServeConfig(max_concurrency=2, max_sessions=4, warm_sessions=1, tokens=("alpha", "beta"))
+    with live_server(config, ScriptedEngine(respond=scripted_reply), MODEL) as url:
+        assert _post(url, _say("square 2")).status_code == 401
+        assert _post(url, _say("square 2"), token="gamma").json()["error"]["code"] == "invalid_api_key"
+        for i in range(4):  # alpha fills the server
+            assert _post(url, _say(f"store {i}"), token="alpha", session=f"a{i}").status_code == 200
+        for i in range(3):  # beta may take alpha's surplus, but then only displaces its own sessions
+            assert _post(url, _say("store 7"), token="beta", session=f"b{i}").status_code == 200
+        kept = [_post(url, _say("recall"), token="alpha", session=f"a{i}").json() for i in (2, 3)]
+        assert [r["retool"]["session_reset"] for r in kept] == [None, None]  # alpha kept its fair share...
+        assert [r["retool"]["answer"] for r in kept] == ["2", "3"]  # ...with its variables
+        lost = _post(url, _say("recall"), token="alpha", session="a0").json()
+        assert lost["retool"]["session_reset"] == "evicted"  # ...and is told about the surplus it lost
+        same_id = _post(url, _say("recall"), token="beta", session="a3").json()  # ids are per client
+        assert "NameError" in same_id["choices"][0]["message"]["content"]
+
+
+def test_a_huge_body_is_refused_before_parsing_and_the_loop_stays_responsive():
+    config = ServeConfig(max_concurrency=2, max_sessions=2, warm_sessions=1, max_body_bytes=4 << 20)
+    with live_server(config, ScriptedEngine(respond=scripted_reply), MODEL) as url:
+        started = time.monotonic()
+        refused = _post(url, _say("x" * (6 << 20)))
+        assert refused.status_code == 413 and refused.json()["error"]["code"] == "body_too_large"
+        assert time.monotonic() - started < 5
+        delays = []
+
+        def poll_health():
+            for _ in range(20):
+                t = time.monotonic()
+                httpx.get(f"{url}/health", timeout=30)
+                delays.append(time.monotonic() - t)
+                time.sleep(0.05)
+
+        with ThreadPoolExecutor(2) as pool:
+            big = pool.submit(_post, url, _say("word " * 700_000))  # 3.5 MB: allowed, tokenized off the loop
+            pool.submit(poll_health).result()
+            assert big.result().status_code == 400  # too many tokens, said after tokenizing
+        assert max(delays) < 1.0, delays
+
+
+def test_a_plain_request_whose_client_hangs_up_stops_its_cell(base_url):
+    started = time.monotonic()
+    with pytest.raises(httpx.TimeoutException):
+        _post(base_url, _say("sleep"), session="hangs-up", timeout=2.0)
+    follow = _post(base_url, _say("store 3"), session="hangs-up").json()
+    assert follow["retool"]["tool_calls"][0]["status"] == "ok"
+    assert time.monotonic() - started < 15  # the cell alone would sleep 60 s (timeout 30 s)
+
+
+def test_requests_waiting_for_a_busy_conversation_hold_no_slot():
+    config = ServeConfig(max_concurrency=2, max_sessions=4, warm_sessions=2, sandbox_timeout=30)
+    with live_server(config, ScriptedEngine(respond=scripted_reply), MODEL) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        stream = ask(client, "sleep", session="busy", stream=True)
+        text = ""
+        for chunk in stream:
+            text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+            if "</code>" in text:
+                break
+        with ThreadPoolExecutor(3) as pool:
+            queued = [pool.submit(_post, url, _say("square 2"), None, "busy", 60) for _ in range(2)]
+            time.sleep(0.5)
+            started = time.monotonic()
+            other = _post(url, _say("square 5"), session="other").json()
+            assert other["retool"]["answer"] == "25" and time.monotonic() - started < 10
+            stream.close()  # frees "busy"; the queued ones then run
+            assert all(q.result().status_code == 200 for q in queued)
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    (b'{"model": "scripted-model", "messages": [{"role": "user", "content": "a\\ud800b"}]}', "surrogate"),
+    (b'{"model": "scripted-model", "messages": [{"role": "user", "content": "\xff\xfe"}]}', "JSON"),
+    (b'{"model": "scripted-model", "seed": 1180591620717411303424, "messages": [{"role": "user", "content": "hi"}]}',
+     "seed"),
+])
+def test_bad_input_is_a_400_in_openais_shape(base_url, raw, fragment):
+    response = httpx.post(f"{base_url}/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert fragment in response.json()["error"]["message"] and response.json()["error"]["type"]
+
+
+def test_framework_errors_keep_openais_shape(base_url):
+    for response in (httpx.get(f"{base_url}/v1/nowhere"), httpx.get(f"{base_url}/v1/chat/completions")):
+        assert response.status_code in (404, 405)
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_large_seed_is_fine(base_url):
+    reply = _post(base_url, {**_say("square 4"), "seed": 2**63 + 12345})
+    assert reply.status_code == 200 and reply.json()["retool"]["answer"] == "16"
+
+
+def test_an_engine_failure_is_a_503_not_an_answer():
+    def respond(prompt: str):
+        if "explode" in prompt:
+            raise ConnectionError("the model server went away")
+        return scripted_reply(prompt)
+
+    with live_server(ServeConfig(max_sessions=2, warm_sessions=1), ScriptedEngine(respond=respond), MODEL) as url:
+        failed = _post(url, _say("explode"))
+        assert failed.status_code == 503 and failed.json()["error"]["code"] == "infrastructure_failure"
+        assert "went away" in failed.json()["error"]["message"]
+        body = {**_say("explode"), "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+            events = [line for line in response.iter_lines() if line]
+        assert "infrastructure_failure" in events[-2] and events[-1] == "data: [DONE]"

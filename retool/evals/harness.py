@@ -6,6 +6,10 @@ the same command again skips what is there. A partial last line (the process die
 dropped on resume and that sample is redone. A run directory remembers its settings
 (``config.json``); resuming with different sampling settings is refused rather than mixed.
 
+A sample stopped by an infrastructure failure (the sandbox, the engine or the host failed:
+``infra_error``) is neither scored nor written: the result counts it (``metrics["infra_failures"]``)
+and running the command again retries it.
+
 Not here: the metrics (``metrics.py``), tool analytics (``analytics.py``), the report and plots
 (``report.py``), notebooks (``notebooks.py``), grading (``retool.grading``).
 """
@@ -161,11 +165,12 @@ def _run_locked(config: EvalConfig, engine: Engine | None, problems: list[Proble
     try:
         with SandboxPool(config.sandbox, size=config.concurrency,
                          limits=SandboxLimits(timeout_s=config.sandbox_timeout)) as pool:
-            new = asyncio.run(_sample_all(config, engine, pool, problems, done, out, show_progress))
+            new, infra = asyncio.run(_sample_all(config, engine, pool, problems, done, out, show_progress))
     finally:
         if owns_engine:
             engine.close()
     result = summarize(config, problems, done + new)
+    result.metrics["infra_failures"] = len(infra)
     if out is not None:
         from retool.evals.report import write_report
 
@@ -186,6 +191,7 @@ async def _sample_all(config, engine, pool, problems, done, out, show_progress) 
     todo = [(i, p, s) for i, p in enumerate(problems) for s in range(config.k) if (p.id, s) not in finished]
     prompts = {p.id: rollout.prompt_ids(p.problem) for p in problems}
     sink = (out / "trajectories.jsonl").open("a") if out is not None else None
+    infra: list[str] = []
     gate = asyncio.Semaphore(config.concurrency)
     new: list[Sample] = []
     progress = _Progress(len(todo) + len(done), sum(s.correct for s in done), len(done), show_progress)
@@ -194,6 +200,10 @@ async def _sample_all(config, engine, pool, problems, done, out, show_progress) 
         async with gate:
             traj = await rollout.run_one(prompts[problem.id], {"problem_id": problem.id, "sample": sample},
                                          index=index * 100_003 + sample)
+        if traj.infra_failure:  # not the model's doing: not scored, not kept, retried on resume
+            infra.append(traj.finish_detail or "infra_error")
+            progress.skip()
+            return
         answer = extract_answer_from_trajectory(traj, engine.tokenizer, rollout.dialect)
         graded = Sample(problem.id, sample, answer, problem.answer, is_equivalent(answer, problem.answer), traj)
         new.append(graded)
@@ -208,7 +218,10 @@ async def _sample_all(config, engine, pool, problems, done, out, show_progress) 
     finally:
         if sink is not None:
             sink.close()
-    return new
+    if infra:
+        log.warning("%d sample(s) stopped by infrastructure failures were not scored (first: %s); "
+                    "run the same command again to retry them", len(infra), infra[0])
+    return new, infra
 
 
 class _Progress:
@@ -230,6 +243,11 @@ class _Progress:
         self.completed += 1
         if self.bar is not None:
             self.bar.update(self.task, advance=1, description=self._label())
+
+    def skip(self) -> None:
+        """A sample that will not be scored (an infrastructure failure): it no longer counts."""
+        if self.bar is not None:
+            self.bar.update(self.task, total=self.bar.tasks[0].total - 1, description=self._label())
 
     def __enter__(self):
         if self.bar is not None:

@@ -114,6 +114,15 @@ class CgroupBox:
                 pass
         return sorted(found)
 
+    def task_count(self) -> int | None:
+        """Tasks (threads) in the group now, from one read of ``pids.current``; None if unreadable."""
+        for d in self.dirs:
+            try:
+                return int((d / "pids.current").read_text())
+            except (OSError, ValueError):
+                continue
+        return None
+
     def oom_kills(self) -> int:
         """How many processes the kernel killed in this group for memory."""
         events = self.dirs[0] / ("memory.oom_control" if self.version == 1 else "memory.events")

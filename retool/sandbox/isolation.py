@@ -331,6 +331,7 @@ class Jail:
             self.child_pid = int(json.loads(raw)["child-pid"])
         except (ValueError, KeyError):
             raise SandboxUnavailable(self._why_it_failed()) from None
+        self._started_mono = time.monotonic()
         with contextlib.suppress(OSError):
             self._pidfd = os.pidfd_open(self.child_pid)
         self._record(pid=self.process.pid, child=self.child_pid, started=time.time())
@@ -405,6 +406,12 @@ class Jail:
         except psutil.Error:
             return None
 
+    def could_reach_cpu_limit(self, within_s: float) -> bool:
+        """Whether the program could use up its CPU time within ``within_s`` more seconds (all cores
+        busy since it started): only then is its CPU time worth reading."""
+        age = time.monotonic() - self._started_mono + within_s
+        return age * (os.cpu_count() or 1) >= self.limits.cpu_seconds
+
     def thread_count(self) -> int:
         """Threads of the program (pid 1), from one small /proc read; 0 once it is gone."""
         try:
@@ -416,14 +423,21 @@ class Jail:
             pass
         return 0
 
+    def census(self) -> tuple[int, bool]:
+        """(threads of the program, whether anything else runs in the jail): two small reads with a
+        cgroup (its task count is the program's threads plus bubblewrap's one), else the children."""
+        threads = self.thread_count()
+        tasks = self.cgroup.task_count() if self.cgroup is not None else None
+        if tasks is not None:
+            return threads, tasks > threads + 1
+        return threads, bool(_children(self.child_pid))
+
     def kill_strays(self) -> int:
         """Kill every process in the jail except its program (pid 1); returns how many.
 
-        Called after each cell so that nothing a cell started (a forgotten server, a fork bomb's
-        survivors) outlives it. The check costs one small read when there is nothing to do.
+        Called after each cell (when ``census`` says there are any) so that nothing a cell started
+        (a forgotten server, a fork bomb's survivors) outlives it.
         """
-        if not _children(self.child_pid):
-            return 0
         try:
             strays = psutil.Process(self.child_pid).children(recursive=True)
         except psutil.Error:

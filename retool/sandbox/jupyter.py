@@ -306,7 +306,7 @@ class JupyterSession(Session):
     def _execute_cell(self, code: str, timeout: float, watch: Stopwatch, notes: list[str]) -> ExecResult:
         client, jail = self._client, self._jail
         out, err = CappedText(self.limits.max_output_bytes), CappedText(self.limits.max_output_bytes)
-        self._cpu_before = jail.cpu_seconds()
+        self._cpu_before = jail.cpu_seconds() if jail.could_reach_cpu_limit(timeout) else 0.0
         msg_id = client.execute(code, silent=False, store_history=False, allow_stdin=False, stop_on_error=False)
         ename = evalue = None
         stopped_for: ExecStatus | None = None  # set once we interrupted the cell ourselves
@@ -363,9 +363,11 @@ class JupyterSession(Session):
 
         if replied_at is None:
             self._discard_reply(msg_id)
-        if jail.kill_strays():
+        threads, others = jail.census()
+        if others and jail.kill_strays():
             self._silent(REAP_CHILDREN)
-        notes += self._stop_leftover_threads()
+            threads = jail.thread_count()
+        notes += self._stop_leftover_threads(threads)
         return self._finish(out, err, ename, evalue, stopped_for, watch, tuple(notes))
 
     def _finish(self, out, err, ename, evalue, stopped_for, watch, notes=()) -> ExecResult:
@@ -390,10 +392,10 @@ class JupyterSession(Session):
 
     # -- what a cell leaves behind ----------------------------------------------------------------
 
-    def _stop_leftover_threads(self) -> list[str]:
+    def _stop_leftover_threads(self, threads: int) -> list[str]:
         """Threads the cell started and left running are stopped (``SystemExit`` raised in them);
-        one that will not stop is reported once. Costs one /proc read when there are none."""
-        if self._jail.thread_count() <= self._base_threads:
+        one that will not stop is reported once. ``threads``: the kernel's thread count now."""
+        if threads <= self._base_threads:
             return []
         said = self._silent(STOP_THREADS, "__import__('retool_boot').last_stop")
         try:
@@ -476,7 +478,7 @@ class JupyterSession(Session):
         jail = self._jail
         jail.wait_output(0.5)
         died_of = jail.death_signal()
-        cpu_spent = (self._cpu_before or 0.0) + watch.elapsed >= self.limits.cpu_seconds
+        cpu_spent = (self._cpu_before or 0.0) + watch.elapsed * (os.cpu_count() or 1) >= self.limits.cpu_seconds
         if jail.oom_killed():
             status, error = ExecStatus.OOM, "the interpreter was killed for using too much memory"
         elif died_of == signal.SIGKILL and not cpu_spent:

@@ -15,6 +15,8 @@ normalisation across processes (callers all-gather first if they want global sta
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -59,11 +61,15 @@ def group_advantages(
 
 def zero_advantage_group_share(rewards: Tensor, group_size: int) -> float:
     """Fraction of groups whose rewards are all equal: they give no gradient in GRPO (every
-    advantage is zero). 0.0 when there are no groups."""
-    grouped = _grouped(rewards, group_size)
+    advantage is zero). ``nan`` rewards (unscored samples) are left out; a group with fewer than
+    two scored samples is flat. 0.0 when there are no groups."""
+    grouped = _grouped(rewards, group_size)  # [G, k]
     if grouped.shape[0] == 0:
         return 0.0
-    flat = grouped.max(dim=1).values == grouped.min(dim=1).values
+    scored = ~torch.isnan(grouped)  # [G, k]
+    hi = grouped.nan_to_num(nan=-math.inf).max(dim=1).values  # [G]
+    lo = grouped.nan_to_num(nan=math.inf).min(dim=1).values  # [G]
+    flat = (hi == lo) | (scored.sum(dim=1) < 2)
     return flat.float().mean().item()
 
 

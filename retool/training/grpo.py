@@ -26,6 +26,7 @@ Not here: the rollout loop (``retool.rollout``), scoring (``rl_rollout``), PPO (
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ def make_rollout_func(recipe: RLRecipe, tokenizer, pool, problems: list[Problem]
         completion_ids, env_mask, logprobs = [], [], []
         for traj in batch.trajectories:
             ids, mask, lps = list(traj.ids), list(traj.loss_mask), list(traj.logprobs)
+            if traj.infra_failure:  # no token of it in the loss (its reward is None: no advantage either)
+                mask = [0] * len(mask)
             if traj.finish_reason != "length" and (not ids or ids[-1] != eos):
                 ids.append(eos)
                 mask.append(0)
@@ -97,9 +100,10 @@ def make_rollout_func(recipe: RLRecipe, tokenizer, pool, problems: list[Problem]
     return rollout_func
 
 
-def outcome_reward(prompts, completions, retool_reward, **kwargs) -> list[float]:
-    """The reward ``rl_rollout`` computed with ``retool.grading`` on the model's own tokens."""
-    return list(retool_reward)
+def outcome_reward(prompts, completions, retool_reward, **kwargs) -> list[float | None]:
+    """The reward ``rl_rollout`` computed with ``retool.grading`` on the model's own tokens; None for
+    an infrastructure failure, which TRL then leaves out of the group baseline (advantage 0)."""
+    return [None if math.isnan(r) else r for r in retool_reward]
 
 
 def grpo_config(recipe: RLRecipe):

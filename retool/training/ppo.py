@@ -115,7 +115,8 @@ class PPOTrainer:
                 self.vllm.sync_weights()  # every step: after an update, and after a resume
             batch = sample(policy, self.tokenizer, self.pool, problems, recipe, self.step, engine=self.engine)
             started = time.monotonic()
-            numbers = self.update(batch)
+            scored = batch.scored()  # infrastructure failures are no part of the update
+            numbers = self.update(scored) if scored.trajectories else {}
             self.step += 1
             numbers["time/update_s"] = time.monotonic() - started
             self.run_log.scalars(self.step, {**batch.metrics.as_scalars(), **numbers})

@@ -10,11 +10,16 @@ so a resumed run draws the same samples as an uninterrupted one.
 Text-only RL is the same loop with ``max_tool_calls: 0`` and the text-only prompt: a code block the
 model writes is never run and ends the answer.
 
+A trajectory stopped by an infrastructure failure (``infra_error``: the sandbox, the engine or the
+host failed) gets no reward (``nan``): the trainers leave it out of the group statistics and the
+loss, and ``infra/failure_rate`` logs how often it happened.
+
 Not here: advantages, losses, optimizers.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -36,7 +41,7 @@ from retool.trajectory import Trajectory
 class RolloutMetrics:
     """One step's rollout numbers, under the ``RunLog`` metric names (see ``as_scalars``)."""
 
-    reward_mean: float
+    reward_mean: float  # these means are over scored samples: infrastructure failures are left out
     accuracy: float
     calls_per_answer: float
     failure_rate: float
@@ -46,6 +51,7 @@ class RolloutMetrics:
     zero_adv_group_share: float
     rollout_s: float
     sandbox_s: float
+    infra_failure_rate: float = 0.0
 
     def as_scalars(self) -> dict[str, float]:
         return {
@@ -54,12 +60,14 @@ class RolloutMetrics:
             "tokens/model_mean": self.model_tokens_mean, "tokens/interpreter_mean": self.interpreter_tokens_mean,
             "truncation_rate": self.truncation_rate, "zero_adv_group_share": self.zero_adv_group_share,
             "time/rollout_s": self.rollout_s, "time/sandbox_s": self.sandbox_s,
+            "infra/failure_rate": self.infra_failure_rate,
         }
 
 
 @dataclass(frozen=True)
 class RolloutBatch:
-    """``group_size`` consecutive trajectories per problem, with their rewards."""
+    """``group_size`` consecutive trajectories per problem, with their rewards (``nan``: an
+    infrastructure failure, not scored)."""
 
     problems: list[Problem]
     trajectories: list[Trajectory]
@@ -67,6 +75,12 @@ class RolloutBatch:
     correct: list[bool]
     answers: list[str | None]
     metrics: RolloutMetrics
+
+    def scored(self) -> "RolloutBatch":
+        """Only the trajectories that were scored (what a trainer without group structure updates on)."""
+        keep = [i for i, t in enumerate(self.trajectories) if not t.infra_failure]
+        return RolloutBatch(self.problems, [self.trajectories[i] for i in keep], [self.rewards[i] for i in keep],
+                            [self.correct[i] for i in keep], [self.answers[i] for i in keep], self.metrics)
 
     def samples(self, tokenizer: Any, limit: int) -> list[dict[str, Any]]:
         """A few trajectories as readable records for ``samples.jsonl``."""
@@ -127,7 +141,8 @@ def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe
             engine.close()
         model.train()
     rollout_s = time.monotonic() - started
-    scored = [score(t, t.meta["gold"], tokenizer, recipe) for t in trajectories]
+    scored = [(math.nan, False, None) if t.infra_failure else score(t, t.meta["gold"], tokenizer, recipe)
+              for t in trajectories]
     rewards = [s[0] for s in scored]
     for traj, r in zip(trajectories, rewards):
         traj.reward = r
@@ -137,12 +152,16 @@ def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe
 
 def summarize(trajectories: list[Trajectory], rewards: list[float], correct: list[bool], group: int,
               rollout_s: float = 0.0, sandbox_s: float = 0.0) -> RolloutMetrics:
-    n = len(trajectories)
+    infra = sum(t.infra_failure for t in trajectories)
+    kept = [i for i, t in enumerate(trajectories) if not t.infra_failure]
+    scored = len(kept) or 1
+    trajectories_all, trajectories = trajectories, [trajectories[i] for i in kept]
+    n = len(trajectories) or 1
     calls = [c for t in trajectories for c in t.tool_calls]
     failed = sum(1 for c in calls if not c.result.ok)
     return RolloutMetrics(
-        reward_mean=sum(rewards) / n,
-        accuracy=sum(correct) / n,
+        reward_mean=sum(rewards[i] for i in kept) / scored,
+        accuracy=sum(correct[i] for i in kept) / scored,
         calls_per_answer=len(calls) / n,
         failure_rate=failed / len(calls) if calls else 0.0,
         model_tokens_mean=sum(t.num_model_tokens for t in trajectories) / n,
@@ -150,4 +169,5 @@ def summarize(trajectories: list[Trajectory], rewards: list[float], correct: lis
         truncation_rate=sum(t.finish_reason == "length" for t in trajectories) / n,
         zero_adv_group_share=zero_advantage_group_share(torch.tensor(rewards), group) if group > 1 else 0.0,
         rollout_s=rollout_s, sandbox_s=sandbox_s,
+        infra_failure_rate=infra / max(len(trajectories_all), 1),
     )

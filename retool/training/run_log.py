@@ -31,6 +31,7 @@ that apply to it, and any other name is accepted and plotted under "other"):
 ``time/rollout_s``          wall seconds generating the step's samples
 ``time/sandbox_s``          wall seconds spent in the interpreter during the rollout
 ``time/update_s``           wall seconds in the optimisation step(s)
+``infra/failure_rate``      share of samples stopped by an infrastructure failure (not scored, no loss)
 ``loss/policy``             policy (actor) loss
 ``loss/value``              value (critic) loss — PPO
 ``value/clip_frac``         share of value predictions clipped — PPO
@@ -65,7 +66,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "tools/calls_per_answer", "tools/failure_rate",
     "tokens/model_mean", "tokens/interpreter_mean",
     "truncation_rate", "zero_adv_group_share",
-    "time/rollout_s", "time/sandbox_s", "time/update_s",
+    "time/rollout_s", "time/sandbox_s", "time/update_s", "infra/failure_rate",
     "loss/policy", "loss/value", "value/clip_frac",
     "grad_norm", "lr", "sft/loss", "eval/accuracy",
 )
