@@ -84,3 +84,42 @@ def test_a_python_install_under_a_jail_tmpfs_stays_visible_and_read_only(monkeyp
         import shutil
 
         shutil.rmtree(install)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="jails get a uid of their own only when retool runs as root")
+def test_each_jail_runs_as_a_uid_of_its_own_and_nothing_of_it_survives_release(tmp_path):
+    import subprocess
+
+    from retool.sandbox import jail_uid
+
+    first, second = jail_uid.claim(tmp_path), jail_uid.claim(tmp_path)
+    assert first.uid != second.uid and jail_uid.UID_BASE <= first.uid < jail_uid.UID_BASE + jail_uid.SLOTS
+    # a process that left the jail's cgroup (or escaped it somehow) still runs as the jail's uid
+    runaway = subprocess.Popen(["setpriv", f"--reuid={first.uid}", f"--regid={first.uid}", "--clear-groups",
+                                "sleep", "600"], start_new_session=True)
+    assert isolation.wait_until(lambda: runaway.pid in jail_uid.processes_of(first.uid), 5)
+    first.release()
+    assert runaway.wait(timeout=5) == -9
+    again = jail_uid.claim(tmp_path)  # the freed slot is taken again, without a sweep (it was given back)
+    assert again.uid == first.uid
+    again.release()
+    second.release()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="jails get a uid of their own only when retool runs as root")
+def test_a_slot_its_owner_died_holding_is_swept(tmp_path):
+    import subprocess
+
+    from retool.sandbox import jail_uid
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom pathlib import Path\nfrom retool.sandbox import jail_uid\n"
+        f"c = jail_uid.claim(Path({str(tmp_path)!r}))\nprint(c.uid, flush=True)\ntime.sleep(600)")],
+        stdout=subprocess.PIPE, text=True)
+    uid = int(holder.stdout.readline())
+    orphan = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sleep", "600"],
+                              start_new_session=True)
+    holder.kill()  # crashed while holding the slot: its lock is gone, its process is not
+    holder.wait()
+    assert jail_uid.reap_free_slots(tmp_path) >= 1
+    assert orphan.wait(timeout=5) == -9

@@ -80,6 +80,9 @@ def _max_chars() -> int:
         return 131072
 
 
+MAX_CHARS = _max_chars()
+
+
 def _cut(value, limit: int, dropped: list):
     """``value`` with every string longer than ``limit`` cut to its head and tail."""
     if isinstance(value, str):
@@ -97,20 +100,30 @@ def _cut(value, limit: int, dropped: list):
 
 def pack(obj) -> bytes:
     """jupyter_client's JSON packer, in ASCII and with a size cap (see the module docstring)."""
-    from jupyter_client.jsonutil import json_clean, json_default
-
     try:
-        text = json.dumps(obj, default=json_default, ensure_ascii=True, allow_nan=False)
+        text = _dumps(obj, default=_json_default, ensure_ascii=True, allow_nan=False)
     except (TypeError, ValueError):
-        text = json.dumps(json_clean(obj), default=json_default, ensure_ascii=True, allow_nan=False)
-    limit = _max_chars()
-    if len(text) <= 4 * limit:
+        from jupyter_client.jsonutil import json_clean
+
+        text = _dumps(json_clean(obj), default=_json_default, ensure_ascii=True, allow_nan=False)
+    if len(text) <= 4 * MAX_CHARS:
         return text.encode("ascii")
     dropped = [0]
-    cut = _cut(json.loads(text), limit, dropped)
+    cut = _cut(json.loads(text), MAX_CHARS, dropped)
     if isinstance(cut, dict) and dropped[0]:
         cut["retool_dropped"] = dropped[0]
-    return json.dumps(cut, ensure_ascii=True).encode("ascii")
+    return _dumps(cut, ensure_ascii=True).encode("ascii")
+
+
+def _json_default(obj):
+    from jupyter_client.jsonutil import json_default
+
+    global _json_default
+    _json_default = json_default  # looked up once, on the first object JSON cannot write itself
+    return json_default(obj)
+
+
+_dumps = json.dumps
 
 
 def _replace_surrogates(error: UnicodeError):

@@ -70,10 +70,10 @@ def claim(runtime_root: Path) -> JailUid:
 
 
 def processes_of(uid: int) -> list[int]:
-    """Pids with ``uid`` as real, effective, saved or filesystem uid. Read from each process's
+    """Live pids with ``uid`` as real, effective, saved or filesystem uid. Read from each process's
     ``status``, not from who owns its /proc entry: a process that made itself non-dumpable shows
-    an entry owned by root."""
-    wanted = str(uid)
+    an entry owned by root. Zombies are left out: they run nothing and wait only to be reaped."""
+    wanted = str(uid).encode()
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -83,8 +83,11 @@ def processes_of(uid: int) -> list[int]:
                 status = f.read(2048)
         except OSError:
             continue
+        state = status.find(b"\nState:")
+        if state >= 0 and status[state + 7 : state + 12].strip()[:1] in (b"Z", b"X"):
+            continue
         at = status.find(b"\nUid:")
-        if at >= 0 and wanted.encode() in status[at + 5 : status.find(b"\n", at + 1)].split():
+        if at >= 0 and wanted in status[at + 5 : status.find(b"\n", at + 1)].split():
             found.append(int(entry.name))
     return found
 

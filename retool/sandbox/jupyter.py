@@ -92,7 +92,9 @@ REPLY_GRACE_S = 0.5  # after the execute_reply: how long to wait for the idle st
 
 class _PinnedClient(BlockingKernelClient):
     """A kernel client whose channels connect to descriptors of the kernel's sockets (never to
-    names the jail controls), with bounded receive queues and message sizes."""
+    names the jail controls), with bounded receive queues and message sizes. Messages are read
+    from the channels themselves (``iopub_channel.get_msg``: a plain ZeroMQ poll), not through the
+    client's ``get_*_msg``, which spin up an asyncio loop for every message."""
 
     def setup(self, fds: dict[str, int], max_message_bytes: int) -> None:
         self._fds, self._max_message_bytes = fds, max_message_bytes
@@ -202,7 +204,7 @@ class JupyterSession(Session):
             msg_id = self._client.kernel_info()
             try:
                 while True:
-                    msg = self._client.get_iopub_msg(timeout=0.25)
+                    msg = self._client.iopub_channel.get_msg(timeout=0.25)
                     if _parent_id(msg) == msg_id:
                         break
             except queue.Empty:
@@ -228,7 +230,7 @@ class JupyterSession(Session):
         dropped = 0
         while True:
             try:
-                msg = self._client.get_iopub_msg(timeout=0)
+                msg = self._client.iopub_channel.get_msg(timeout=0)
             except queue.Empty:
                 return dropped
             except Exception:  # noqa: BLE001 - a message the kernel garbled: dropped all the same
@@ -329,7 +331,7 @@ class JupyterSession(Session):
                     return self._broken_wire(out, err, watch)
                 break
             try:
-                msg = client.get_iopub_msg(timeout=min(POLL_S, max(watch.remaining(deadline), 0.001)))
+                msg = client.iopub_channel.get_msg(timeout=min(POLL_S, max(watch.remaining(deadline), 0.001)))
             except queue.Empty:
                 if not jail.alive:
                     return self._after_death(out, err, watch)
@@ -419,7 +421,7 @@ class JupyterSession(Session):
         watch = Stopwatch()
         while watch.elapsed < timeout:
             try:
-                msg = self._client.get_shell_msg(timeout=max(watch.remaining(timeout), 0.001))
+                msg = self._client.shell_channel.get_msg(timeout=max(watch.remaining(timeout), 0.001))
             except queue.Empty:
                 return None
             except Exception:  # noqa: BLE001 - garbled: dropped
@@ -443,7 +445,7 @@ class JupyterSession(Session):
         """Whether the shell channel has the execute_reply to ``msg_id`` (others are discarded)."""
         while True:
             try:
-                msg = self._client.get_shell_msg(timeout=0)
+                msg = self._client.shell_channel.get_msg(timeout=0)
             except queue.Empty:
                 return False
             except Exception:  # noqa: BLE001 - garbled: dropped
@@ -456,7 +458,7 @@ class JupyterSession(Session):
         watch = Stopwatch()
         while watch.elapsed < timeout:
             try:
-                msg = self._client.get_shell_msg(timeout=watch.remaining(timeout))
+                msg = self._client.shell_channel.get_msg(timeout=watch.remaining(timeout))
             except queue.Empty:
                 return
             except Exception:  # noqa: BLE001 - garbled: dropped
