@@ -35,7 +35,7 @@ What it deliberately does not do:
   slowly can still take seconds. Run grading in a process pool if the inputs are adversarial.
 * No multiple-choice letters, units conversion, answer-in-words or ``1e3`` notation (read as
   ``1·e·3``). Known leniency inherited from math-verify: an open interval ``(1,2)`` matches the set
-  ``\\{1,2\\}`` (it reads ``(1,2)`` as a possible pair); see ``retool.grading_bench``.
+  ``\\{1,2\\}`` (it reads ``(1,2)`` as a possible pair); see ``retool.bench.grading``.
 """
 
 from __future__ import annotations

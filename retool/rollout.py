@@ -62,15 +62,42 @@ def render_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    dialect: str = "retool"
-    max_tool_calls: int = 8
-    max_total_tokens: int = 2048
-    sampling: SamplingParams = SamplingParams()
-    sandbox_timeout: float = 10.0
-    output_head_chars: int = 1024
+    """How a trajectory is written — the one place these settings are declared (the CLI's options
+    and the recipes' ``rollout:`` section come from these fields). ``max_total_tokens`` is the
+    whole trajectory's budget (model and interpreter tokens after the prompt); each generate call
+    gets what is left of it as ``SamplingParams.max_new_tokens``. ``max_tool_calls: 0`` is
+    text-only reasoning: the text-only prompt, and a code block ends the answer. The cell timeout
+    is the sandbox's (``SandboxLimits.timeout_s``). Sampling is greedy unless a caller says
+    otherwise (``retool eval`` uses ReTool's temperature 1.0 and top-p 0.7, RL its recipe's)."""
+
+    dialect: str = field(default="retool", metadata={"cli": True, "help": "Protocol dialect: retool "
+                                                                          "(<code>…</code>) or fenced (```python)."})
+    max_tool_calls: int = field(default=8, metadata={"cli": True, "help": "Most code executions per answer."})
+    max_total_tokens: int = field(default=1024, metadata={
+        "cli": True, "help": "Most tokens after the prompt, model and interpreter together."})
+    sampling: SamplingParams = SamplingParams(temperature=0.0)
+    output_head_chars: int = 1024  # the model-facing cut of long interpreter output: head and tail kept
     output_tail_chars: int = 1024
-    few_shot: bool = True  # show the model one worked example of the dialect
-    # max_tool_calls 0 is text-only reasoning: the text-only prompt, and a code block ends the answer
+    few_shot: bool = field(default=True, metadata={
+        "cli": True, "help": "Show the dialect's one worked example (--no-few-shot for models trained without it)."})
+
+    def __post_init__(self) -> None:
+        get_dialect(self.dialect)  # an unknown name fails here, with the known ones
+        if self.max_tool_calls < 0 or self.max_total_tokens <= 0:
+            raise ValueError("max_tool_calls must be >= 0 and max_total_tokens > 0")
+
+    @property
+    def tools(self) -> bool:
+        return self.max_tool_calls > 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one ``Rollout.step`` added to a trajectory: ``ids[start:end]``, and the cell it ran."""
+
+    start: int
+    end: int
+    call: ToolCall | None = None
 
 
 @dataclass
@@ -111,7 +138,7 @@ class Rollout:
     def prompt_ids(self, problem: str) -> list[int]:
         """The chat-templated prompt that opens a trajectory (system prompt, example, problem)."""
         return render_prompt(self.tokenizer, build_messages(problem, self.dialect, few_shot=self.config.few_shot,
-                                                            tools=self.config.max_tool_calls > 0))
+                                                            tools=self.config.tools))
 
     # -- running ------------------------------------------------------------------------------
 
@@ -154,58 +181,67 @@ class Rollout:
         return traj
 
     async def _loop(self, traj: Trajectory, session: Session, index: int, listener: Listener | None) -> None:
-        turn = 0
         while not traj.finished:
-            await self._turn(traj, session, index, turn, listener)
-            turn += 1
+            await self.step(traj, session, index=index, listener=listener)
 
-    async def _turn(self, traj: Trajectory, session: Session, index: int, turn: int,
-                    listener: Listener | None = None) -> None:
+    async def step(self, traj: Trajectory, session: Session, *, index: int = 0,
+                   listener: Listener | None = None) -> Step:
+        """One step of ``traj``: generate to the next stop; if a code block closed, run it in
+        ``session`` and append its output. Finishes the trajectory when an answer, EOS, a budget or
+        a failure that is not the model's ends it. The seed of the step derives from the sampling
+        seed, ``index`` and where the trajectory stands, so a step is reproducible on its own."""
         cfg, dialect = self.config, self.dialect
-        remaining = cfg.max_total_tokens - len(traj.ids)
+        start = len(traj.ids)
+        remaining = cfg.max_total_tokens - start
         if remaining <= 0:
             traj.finish("length")
-            return
-        seed = None if cfg.sampling.seed is None else derive_seed(cfg.sampling.seed, index, turn)
-        params = cfg.sampling.with_(max_tokens=remaining, seed=seed)
+            return Step(start, start)
+        seed = None if cfg.sampling.seed is None else derive_seed(cfg.sampling.seed, index, start)
+        params = cfg.sampling.with_(max_new_tokens=remaining, seed=seed)
         try:
             completion = await self._generate(traj.input_ids, params, dialect.stop_strings, listener)
         except (TrajectoryError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - the engine failed, not the model
             traj.finish("infra_error", f"engine {self.engine.name}: {type(exc).__name__}: {exc}".splitlines()[0])
-            return
+            return Step(start, start)
         traj.append_model(completion.ids, completion.logprobs)
-        if completion.finish_reason == "stop" and completion.stop == dialect.stop:
+        if completion.end == "stop" and completion.stop == dialect.stop:
             code = dialect.extract_code(self.tokenizer.decode(completion.ids, skip_special_tokens=False))
             if code is None:
-                return  # a stray closing tag, not a block: keep generating
+                return Step(start, len(traj.ids))  # a stray closing tag, not a block: keep generating
             if len(traj.tool_calls) >= cfg.max_tool_calls:
                 traj.finish("max_tool_calls")
-                return
-            result = await self._execute(session, code)
-            if result.infra_failure:  # shown to the model it would be a fake failure of its code
-                traj.record_tool_call(code, result, len(traj.ids), (len(traj.ids), len(traj.ids)))
-                traj.finish("infra_error", f"sandbox: {result.error}")
-                return
-            rendered = dialect.render_output(result, cfg.output_head_chars, cfg.output_tail_chars)
-            output_ids = self.tokenizer.encode(rendered, add_special_tokens=False)
-            room = cfg.max_total_tokens - len(traj.ids)
-            code_end = len(traj.ids)
-            span = traj.append_tool(output_ids[:room])
-            call = traj.record_tool_call(code, result, code_end, span)
-            if listener is not None:
-                listener(ToolCallDone(call, rendered, tuple(output_ids[:room])))
-            if len(output_ids) > room:
-                traj.finish("length")
-            return
-        if completion.finish_reason == "stop":  # the answer section was closed
+                return Step(start, len(traj.ids))
+            return await self._run_cell(traj, session, code, start, listener)
+        if completion.end == "stop":  # the answer section was closed
             traj.finish("answer")
-        elif completion.finish_reason == "eos":
+        elif completion.end == "eos":
             model_text = self.tokenizer.decode(traj.model_ids(), skip_special_tokens=True)
             traj.finish("answer" if dialect.find_answer(model_text) is not None else "eos")
         else:  # out of tokens; an unclosed code block is not executed
             traj.finish("length")
+        return Step(start, len(traj.ids))
+
+    async def _run_cell(self, traj: Trajectory, session: Session, code: str, start: int,
+                        listener: Listener | None) -> Step:
+        cfg = self.config
+        code_end = len(traj.ids)
+        result = await self._execute(session, code)
+        if result.infra_failure:  # shown to the model it would be a fake failure of its code
+            call = traj.record_tool_call(code, result, code_end, (code_end, code_end))
+            traj.finish("infra_error", f"sandbox: {result.error}")
+            return Step(start, code_end, call)
+        rendered = self.dialect.render_output(result, cfg.output_head_chars, cfg.output_tail_chars)
+        output_ids = self.tokenizer.encode(rendered, add_special_tokens=False)
+        room = cfg.max_total_tokens - code_end
+        span = traj.append_tool(output_ids[:room])
+        call = traj.record_tool_call(code, result, code_end, span)
+        if listener is not None:
+            listener(ToolCallDone(call, rendered, tuple(output_ids[:room])))
+        if len(output_ids) > room:
+            traj.finish("length")
+        return Step(start, len(traj.ids), call)
 
     async def _generate(self, input_ids: list[int], params: SamplingParams, stop: tuple[str, ...],
                         listener: Listener | None = None) -> Completion:
@@ -229,7 +265,7 @@ class Rollout:
     async def _execute(self, session: Session, code: str) -> ExecResult:
         self._enter("_in_sandbox")
         started = time.monotonic()
-        cell = asyncio.ensure_future(session.arun(code, self.config.sandbox_timeout))
+        cell = asyncio.ensure_future(session.arun(code))  # the session's own cell timeout
         try:
             return await asyncio.shield(cell)
         except asyncio.CancelledError:

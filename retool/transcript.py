@@ -1,8 +1,12 @@
-"""Turn a trajectory into readable pieces: reasoning, code, interpreter output.
+"""A trajectory for people: readable pieces (reasoning, code, interpreter output), printed on a
+terminal or as notebook cells.
 
 The split follows the loss mask (interpreter output is exactly the mask-0 spans) and, inside the
-model's text, the dialect's code blocks. Used by ``retool solve`` and the chat; the evaluation's
-notebooks and reports build on the same pieces. Rendering to a terminal is ``print_transcript``.
+model's text, the dialect's code blocks. ``print_transcript`` colours it for ``retool solve``;
+``trajectory_cells`` makes notebook cells of it — reasoning as markdown, code as code cells
+carrying the outputs the sandbox really produced (the evaluation's notebooks and the chat's
+``/notebook``). Code the model wrote but that never ran (cut by the budget, or past the tool-call
+limit) becomes a code cell without outputs.
 """
 
 from __future__ import annotations
@@ -52,3 +56,39 @@ def print_transcript(console, traj: Trajectory, tokenizer, dialect: Dialect) -> 
     for piece in pieces(traj, tokenizer, dialect):
         line.append(for_terminal(piece.text), style=styles[piece.kind])
     console.print(line, highlight=False, soft_wrap=True)
+
+
+def trajectory_cells(trajectory, tokenizer, dialect: Dialect) -> list:
+    """Markdown cells for the reasoning, code cells (with their real outputs) for the blocks."""
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_output
+
+    cells = []
+    calls = iter(trajectory.tool_calls)
+    for piece in pieces(trajectory, tokenizer, dialect):
+        if piece.kind == "text" and piece.text.strip():
+            cells.append(new_markdown_cell(piece.text.strip()))
+        elif piece.kind == "code":
+            source = dialect.extract_code(piece.text) or piece.text
+            call = next(calls, None)
+            outputs = []
+            if call is not None and call.code == source:
+                if call.result.stdout:
+                    outputs.append(new_output("stream", name="stdout", text=call.result.stdout))
+                if call.result.stderr:
+                    outputs.append(new_output("stream", name="stderr", text=call.result.stderr))
+                if call.result.error:
+                    name, _, value = call.result.error.partition(": ")
+                    outputs.append(new_output("error", ename=name, evalue=value, traceback=[call.result.error]))
+            cells.append(new_code_cell(source, outputs=outputs))
+    return cells
+
+
+def new_notebook_of(cells: list):
+    """A validated Python 3 notebook holding ``cells``."""
+    import nbformat
+    from nbformat.v4 import new_notebook
+
+    notebook = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                  "language": "python"}})
+    nbformat.validate(notebook)
+    return notebook

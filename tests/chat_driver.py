@@ -8,20 +8,19 @@ import sys
 
 from rich.console import Console
 
-from retool.chat import ChatApp
-from retool.conversation import Conversation
+from retool.apps.chat import ChatApp
+from retool.apps.conversation import Conversation
 from retool.engines.base import SamplingParams
 from retool.rollout import Rollout, RolloutConfig
-from retool.sandbox import SandboxPool
+from retool.sandbox import SandboxLimits, SandboxPool
 from scripted import ScriptedEngine
 
 
 def main() -> None:
     delay, turns = float(sys.argv[1]), json.loads(sys.argv[2])
     engine = ScriptedEngine(turns, delay=delay)
-    with SandboxPool("jupyter", size=1) as pool:
-        rollout = Rollout(engine, pool, RolloutConfig(sampling=SamplingParams(temperature=0), max_total_tokens=400,
-                                                      sandbox_timeout=60))
+    with SandboxPool("jupyter", size=1, limits=SandboxLimits(timeout_s=60)) as pool:
+        rollout = Rollout(engine, pool, RolloutConfig(sampling=SamplingParams(temperature=0), max_total_tokens=400))
         session = pool.acquire()
         app = ChatApp(Conversation(rollout, session), Console(force_terminal=True, color_system=None, width=120))
         try:

@@ -13,9 +13,9 @@ EOS = "<|im_end|>"
 
 
 class ScriptedEngine(Engine):
-    """Returns the scripted turns in order, honouring stop strings and max_tokens the way a real
+    """Returns the scripted turns in order, honouring stop strings and max_new_tokens the way a real
     engine would; records every input. ``delay`` > 0 streams one token per ``delay`` seconds (so a
-    test can stop a generation half-way); a turn of ``None`` babbles until ``max_tokens``; a turn
+    test can stop a generation half-way); a turn of ``None`` babbles until ``max_new_tokens``; a turn
     ``"!raise MESSAGE"`` is the model's server failing (``ConnectionError``). With ``respond``, each
     turn is ``respond(decoded input)`` instead: for concurrent requests."""
 
@@ -36,12 +36,12 @@ class ScriptedEngine(Engine):
         else:
             text = self.turns.pop(0) if self.turns else "(script exhausted)" + EOS
         if text is None:
-            text = "la " * params.max_tokens
+            text = "la " * params.max_new_tokens
         if text.startswith("!raise "):
             raise ConnectionError(text.removeprefix("!raise "))
         ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) > params.max_tokens:
-            ids = ids[: params.max_tokens]
+        if len(ids) > params.max_new_tokens:
+            ids = ids[: params.max_new_tokens]
             return Completion(ids, [-0.5] * len(ids), "length")
         hit = next((s for s in stop if text.endswith(s)), None)
         reason = "stop" if hit else ("eos" if text.endswith(EOS) else "length")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from retool.conversation import CodeTracker, TextStream
+from retool.apps.conversation import CodeTracker, TextStream
 from retool.protocol import FENCED, RETOOL
 from tiny import tiny_model, tiny_tokenizer
 
@@ -75,7 +75,7 @@ def test_variables_persist_across_turns_and_save_and_notebook_hold_the_real_outp
 
     lines = [json.loads(line) for line in (tmp_path / "chat.jsonl").read_text().splitlines()]
     assert [m["role"] for m in lines] == ["user", "assistant", "user", "assistant"]
-    assert lines[3]["tool_calls"][0]["stdout"] == "42\n" and lines[3]["answer"] == "42"
+    assert lines[3]["tool_calls"][0]["result"]["stdout"] == "42\n" and lines[3]["answer"] == "42"
     assert "<interpreter>\n42\n</interpreter>" in lines[3]["content"]
     notebook = json.loads((tmp_path / "chat.ipynb").read_text())
     code_cells = [c for c in notebook["cells"] if c["cell_type"] == "code"]
@@ -120,7 +120,7 @@ def test_retool_chat_command_with_a_local_model(tmp_path):
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     child = pexpect.spawn(sys.executable, ["-m", "retool.cli", "chat", "--model", str(tmp_path / "model"),
-                                           "--sandbox", "subprocess", "--max-tokens", "12"],
+                                           "--sandbox", "subprocess", "--max-total-tokens", "12"],
                           encoding="utf-8", timeout=120, dimensions=(40, 160))
     child.expect(PROMPT)
     child.sendline("What is 2+2?")

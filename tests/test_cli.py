@@ -27,7 +27,7 @@ def test_sandbox_run_reads_stdin_and_reports_errors_as_json():
 def test_unknown_backend_is_a_usage_error():
     result = runner.invoke(app, ["sandbox", "run", "--backend", "nope", "1"])
     assert result.exit_code == 2
-    assert "unknown backend" in result.output
+    assert "unknown sandbox backend" in result.output
 
 
 def test_sandbox_check_json_schema():

@@ -16,7 +16,7 @@ from retool.coldstart.synth import FAMILIES, generate
 from retool.coldstart.verify import parse_blocks, verify_trace
 from retool.protocol import RETOOL
 from retool.sandbox import create_session
-from retool.local_server import local_server
+from retool.apps.local_server import local_server
 
 
 def block(code: str, claimed: str | None = None) -> str:
@@ -98,8 +98,8 @@ def test_synth_is_deterministic_for_a_seed_and_covers_every_family():
 
 
 def test_run_synth_writes_verified_disjoint_splits_identically_twice(tmp_path):
-    stats = run_synth(SynthConfig(40, str(tmp_path / "a"), seed=2, heldout=0.25, sandbox="jupyter"))
-    run_synth(SynthConfig(40, str(tmp_path / "b"), seed=2, heldout=0.25, sandbox="jupyter"))
+    stats = run_synth(SynthConfig(40, str(tmp_path / "a"), seed=2, heldout=0.25))
+    run_synth(SynthConfig(40, str(tmp_path / "b"), seed=2, heldout=0.25))
     for name in ("code.jsonl", "text.jsonl", "heldout.jsonl"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
     code = [json.loads(line) for line in (tmp_path / "a" / "code.jsonl").read_text().splitlines()]
@@ -190,5 +190,5 @@ def test_rewrite_with_a_local_engine_as_the_rewriter(tmp_path):
     source.write_text(json.dumps({"id": "q", "problem": "What is 19 times 21?", "solution": "19·21 = 399",
                                   "answer": "399"}) + "\n")
     stats = asyncio.run(run_rewrite(RewriteConfig(str(source), str(tmp_path / "out"), concurrency=1),
-                                    EngineRewriter(ScriptedEngine(respond=reply), max_tokens=200)))
+                                    EngineRewriter(ScriptedEngine(respond=reply), max_new_tokens=200)))
     assert stats["kept"] == 1

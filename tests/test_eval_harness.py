@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import replace
 
 import nbformat
 import pytest
 
 from retool.datasets import Problem
 from retool.engines.base import Completion, Engine
-from retool.evals.harness import EvalConfig, run_eval
+from retool.evals.harness import EVAL_ROLLOUT, EvalConfig, run_eval
 from tiny import tiny_tokenizer
 
 PROBLEMS = [Problem("p1", "What is 5 squared?", "25"), Problem("p2", "What is 3+4?", "7"),
@@ -47,9 +48,10 @@ class ScriptedEngine(Engine):
         return Completion(ids, [-0.1] * len(ids), "stop" if hit else "eos", hit)
 
 
-def config(tmp_path, **changes):
+def config(tmp_path, temperature: float = 1.0, **changes):
+    rollout = replace(EVAL_ROLLOUT, max_total_tokens=256, sampling=EVAL_ROLLOUT.sampling.with_(temperature=temperature))
     return EvalConfig(**{"benchmark": "constructed", "k": 4, "out": str(tmp_path / "run"), "concurrency": 4,
-                         "max_tokens": 256, **changes})
+                         "rollout": rollout, **changes})
 
 
 def test_metrics_on_a_constructed_case(tmp_path):
@@ -103,7 +105,8 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
 
 
 def test_the_embedded_model_on_two_aime_problems(tmp_path):
-    result = run_eval(EvalConfig(benchmark="aime24", limit=2, k=2, max_tokens=96, dialect="fenced", concurrency=4,
+    rollout = replace(EVAL_ROLLOUT, max_total_tokens=96, dialect="fenced")
+    result = run_eval(EvalConfig(benchmark="aime24", limit=2, k=2, rollout=rollout, concurrency=4,
                                  out=str(tmp_path / "aime")), show_progress=False)
     assert result.metrics["problems"] == 2 and result.metrics["samples"] == 4
     assert 0.0 <= result.metrics["avg@2"] <= 1.0

@@ -23,7 +23,8 @@ def _trainer(tmp_path):
     data.write_text("\n".join(json.dumps({"id": f"p{i}", "problem": f"What is {i} plus 1?", "answer": str(i + 1)})
                               for i in range(4)))
     recipe = RLRecipe(algorithm="dapo", data=[str(data)], output_dir=str(tmp_path / "run"), steps=1,
-                      prompts_per_step=1, group_size=4, micro_batch_size=4, max_total_tokens=12, sandbox="subprocess",
+                      prompts_per_step=1, group_size=4, micro_batch_size=4, rollout={"max_total_tokens": 12},
+                      sandbox={"backend": "subprocess"},
                       report_to=[], mask_truncated=False)
     model, tok = tiny_model()
     model.train()

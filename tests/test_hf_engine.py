@@ -38,16 +38,16 @@ def test_batched_kv_path_matches_the_no_cache_reference(model_and_tokenizer):
     model, tok = model_and_tokenizer
     prompts = [tok.encode(t) for t in ("Let me compute", "We reason step by step: first, the sum", "x", "The answer")]
     with HFEngine(model, tok, max_batch=8, capacity=128) as engine:
-        outs = engine.generate(prompts, SamplingParams(max_tokens=24, temperature=0))
+        outs = engine.generate(prompts, SamplingParams(max_new_tokens=24, temperature=0))
         for prompt, out in zip(prompts, outs):
             assert out.ids == greedy_reference(model, prompt, len(out.ids))
             assert out.logprobs == pytest.approx(reference_logprobs(model, prompt, out.ids), abs=1e-4)
-            assert out.finish_reason in ("length", "eos")
+            assert out.end in ("length", "eos")
 
 
 def test_a_continuation_prefills_only_the_appended_tokens(model_and_tokenizer):
     model, tok = model_and_tokenizer
-    params = SamplingParams(max_tokens=16, temperature=0)
+    params = SamplingParams(max_new_tokens=16, temperature=0)
     with HFEngine(model, tok, max_batch=4, capacity=256) as engine:
         prompt = tok.encode("Let me compute this with code.")
         first = engine.generate([prompt], params)[0]
@@ -67,7 +67,7 @@ def test_samples_of_one_prompt_share_its_prefix_and_sampling_is_seeded(model_and
     with HFEngine(model, tok, max_batch=8, capacity=256) as engine:
 
         async def k_samples():
-            params = [SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, seed=s) for s in (1, 2, 3, 1)]
+            params = [SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=s) for s in (1, 2, 3, 1)]
             return await asyncio.gather(*(engine.agenerate(prompt, p) for p in params))
 
         outs = asyncio.run(k_samples())
@@ -82,7 +82,7 @@ def test_more_requests_than_slots_all_complete_correctly(model_and_tokenizer):
     model, tok = model_and_tokenizer
     prompts = [tok.encode(f"number {i} is") for i in range(7)]
     with HFEngine(model, tok, max_batch=2, capacity=64) as engine:
-        outs = engine.generate(prompts, SamplingParams(max_tokens=10, temperature=0))
+        outs = engine.generate(prompts, SamplingParams(max_new_tokens=10, temperature=0))
     for prompt, out in zip(prompts, outs):
         assert out.ids == greedy_reference(model, prompt, len(out.ids))
 
@@ -115,11 +115,11 @@ def test_a_stop_string_split_across_tokens_ends_the_completion_at_its_last_token
     engine = HFEngine(ScriptedLM(sequence, len(tok)), tok, max_batch=2, capacity=128)
     try:
         prompt = sequence[:3]
-        out = engine.generate([prompt], SamplingParams(max_tokens=60, temperature=0), stop=("</code>",))[0]
+        out = engine.generate([prompt], SamplingParams(max_new_tokens=60, temperature=0), stop=("</code>",))[0]
     finally:
         engine.close()
     decoded = tok.decode(prompt + out.ids)
-    assert out.finish_reason == "stop" and out.stop == "</code>"
+    assert out.end == "stop" and out.stop == "</code>"
     assert decoded.rstrip("\n").endswith("</code>") and "and then" not in decoded
     assert tok.decode(out.ids[:-1]).endswith("</code>") is False  # the last token completed it
 
@@ -129,12 +129,12 @@ def test_eos_and_length_finish_reasons(model_and_tokenizer):
     sequence = tok.encode("short") + [tok.eos_token_id] + tok.encode("ignored")
     engine = HFEngine(ScriptedLM(sequence, len(tok)), tok, max_batch=2, capacity=64)
     try:
-        eos = engine.generate([sequence[:1]], SamplingParams(max_tokens=20, temperature=0))[0]
-        length = engine.generate([sequence[:1]], SamplingParams(max_tokens=1, temperature=0))[0]
+        eos = engine.generate([sequence[:1]], SamplingParams(max_new_tokens=20, temperature=0))[0]
+        length = engine.generate([sequence[:1]], SamplingParams(max_new_tokens=1, temperature=0))[0]
     finally:
         engine.close()
-    assert eos.finish_reason == "eos" and eos.ids[-1] == tok.eos_token_id
-    assert length.finish_reason == "length" and len(length.ids) == 1
+    assert eos.end == "eos" and eos.ids[-1] == tok.eos_token_id
+    assert length.end == "length" and len(length.ids) == 1
 
 
 def test_closing_the_engine_fails_requests_in_flight_instead_of_hanging(model_and_tokenizer):
@@ -142,7 +142,7 @@ def test_closing_the_engine_fails_requests_in_flight_instead_of_hanging(model_an
     engine = HFEngine(model, tok, max_batch=2, capacity=4096)
 
     async def run():
-        task = asyncio.ensure_future(engine.agenerate(tok.encode("x"), SamplingParams(max_tokens=3000, temperature=0)))
+        task = asyncio.ensure_future(engine.agenerate(tok.encode("x"), SamplingParams(max_new_tokens=3000, temperature=0)))
         await asyncio.sleep(0.3)
         await asyncio.to_thread(engine.close)
         with pytest.raises(RuntimeError, match="closed"):
@@ -156,7 +156,7 @@ def test_streaming_yields_each_token_then_the_completion(model_and_tokenizer):
 
     model, tok = model_and_tokenizer
     prompt = tok.encode("Let me compute")
-    params = SamplingParams(max_tokens=12, temperature=0)
+    params = SamplingParams(max_new_tokens=12, temperature=0)
     with HFEngine(model, tok, max_batch=2, capacity=128) as engine:
 
         async def collect():
@@ -174,7 +174,7 @@ def test_leaving_a_stream_early_stops_its_generation(model_and_tokenizer):
     with HFEngine(model, tok, max_batch=2, capacity=4096) as engine:
 
         async def first_three():
-            stream = engine.astream(tok.encode("x"), SamplingParams(max_tokens=3000, temperature=0))
+            stream = engine.astream(tok.encode("x"), SamplingParams(max_new_tokens=3000, temperature=0))
             got = []
             async for item in stream:
                 got.append(item)

@@ -21,6 +21,7 @@ from retool.datasets import Problem
 from retool.evals.harness import EvalConfig, run_eval
 from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox import ExecStatus, SandboxLimits, SandboxPool, create_session
+from retool.sandbox.spec import SandboxSpec
 from retool.training.advantages import zero_advantage_group_share
 from retool.training.grpo import outcome_reward
 from retool.training.rl_rollout import RolloutBatch, summarize
@@ -96,7 +97,7 @@ def test_a_rollout_stops_at_an_infra_failure_and_shows_the_model_nothing():
         session = pool.acquire(timeout=60)
         try:
             killer = _kill_jail_soon(session)
-            rollout = Rollout(engine, pool, RolloutConfig(sandbox_timeout=20))
+            rollout = Rollout(engine, pool, RolloutConfig())
             traj = asyncio_run(rollout.run_one(rollout.prompt_ids("wait"), session=session))
             killer.join()
         finally:
@@ -129,8 +130,8 @@ class FlakyEngine(ScriptedEngine):
 
 def test_eval_does_not_score_infra_failures_and_a_resume_retries_them(tmp_path):
     problems = [Problem(f"p{i}", f"What is {i} + {4 - i}?", "4") for i in range(3)]
-    config = EvalConfig(benchmark="inline", k=2, out=str(tmp_path / "run"), sandbox="subprocess", concurrency=2,
-                        max_tokens=64, temperature=0.0)
+    config = EvalConfig(benchmark="inline", k=2, out=str(tmp_path / "run"), sandbox=SandboxSpec("subprocess"),
+                        concurrency=2, rollout=RolloutConfig(max_total_tokens=64))
     first = run_eval(config, engine=FlakyEngine(failures=3), problems=problems, show_progress=False)
     assert first.metrics["infra_failures"] == 3
     assert first.metrics["samples"] == 3 and first.metrics["avg@2"] == 1.0  # only what was scored

@@ -42,7 +42,7 @@ from retool.engines.openai import (  # noqa: E402
 
 MODEL_NAME = "tiny-llama"
 EOS = "<|endoftext|>"
-GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
+GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
 
 
 def corpus() -> str:
@@ -236,18 +236,18 @@ def encode(served, text: str) -> list[int]:
 def test_round_trip_matches_local_greedy(served, engine):
     prompt = "Let me compute 7 * 11 with code.\n"
     c = asyncio.run(engine.agenerate(encode(served, prompt), GREEDY))
-    expected = local_greedy(served, prompt, GREEDY.max_tokens)
+    expected = local_greedy(served, prompt, GREEDY.max_new_tokens)
     assert served.tok.eos_token_id not in expected
     assert served.tok.decode(c.ids) == served.tok.decode(expected)
-    assert c.finish_reason == "length" and c.stop is None
+    assert c.end == "length" and c.stop is None
     assert len(c.logprobs) == len(c.ids) and all(lp <= 0 for lp in c.logprobs)
     assert c.prompt_tokens == len(encode(served, prompt))
-    assert engine.stats.requests == 1 and engine.stats.decode_tokens == GREEDY.max_tokens
+    assert engine.stats.requests == 1 and engine.stats.decode_tokens == GREEDY.max_new_tokens
 
 
 def test_max_tokens_gives_length(served, engine):
-    c = asyncio.run(engine.agenerate(encode(served, "print(x)\n"), GREEDY.with_(max_tokens=5)))
-    assert c.finish_reason == "length" and c.stop is None
+    c = asyncio.run(engine.agenerate(encode(served, "print(x)\n"), GREEDY.with_(max_new_tokens=5)))
+    assert c.end == "length" and c.stop is None
     assert engine.stats.decode_tokens == 5
 
 
@@ -265,10 +265,10 @@ def test_stop_string_is_put_back(served, engine, vllm_fields):
     text, stop = _greedy_text_and_stop(served, prompt)
     served.app.state.vllm_fields = vllm_fields  # False: no stop_reason, the single stop is inferred
     try:
-        c = asyncio.run(engine.agenerate(encode(served, prompt), GREEDY.with_(max_tokens=16), stop=(stop,)))
+        c = asyncio.run(engine.agenerate(encode(served, prompt), GREEDY.with_(max_new_tokens=16), stop=(stop,)))
     finally:
         served.app.state.vllm_fields = True
-    assert c.finish_reason == "stop" and c.stop == stop
+    assert c.end == "stop" and c.stop == stop
     assert served.tok.decode(c.ids) == text[: text.find(stop) + len(stop)]
     assert served.tok.decode(c.ids).endswith(stop)
 
@@ -278,14 +278,14 @@ def test_several_stops_without_stop_reason(served, engine):
     text, stop = _greedy_text_and_stop(served, prompt)
     served.app.state.vllm_fields = False
     try:
-        c = asyncio.run(engine.agenerate(encode(served, prompt), GREEDY.with_(max_tokens=16), stop=(stop, "\x00never")))
+        c = asyncio.run(engine.agenerate(encode(served, prompt), GREEDY.with_(max_new_tokens=16), stop=(stop, "\x00never")))
     finally:
         served.app.state.vllm_fields = True
-    assert c.finish_reason == "stop" and c.stop is None  # which one is unknowable
+    assert c.end == "stop" and c.stop is None  # which one is unknowable
     assert served.tok.decode(c.ids) == text[: text.find(stop)]
     # with stop_reason the server says which one it was
-    c = asyncio.run(engine.agenerate(encode(served, prompt), GREEDY.with_(max_tokens=16), stop=(stop, "\x00never")))
-    assert c.finish_reason == "stop" and c.stop == stop
+    c = asyncio.run(engine.agenerate(encode(served, prompt), GREEDY.with_(max_new_tokens=16), stop=(stop, "\x00never")))
+    assert c.end == "stop" and c.stop == stop
 
 
 def test_eos_forced_by_logit_bias(served):
@@ -293,7 +293,7 @@ def test_eos_forced_by_logit_bias(served):
     with OpenAIEngine(served.url, served.tok, model=MODEL_NAME, max_retries=0,
                       extra_body={"logit_bias": {str(eos): 100.0}}) as eng:
         c = asyncio.run(eng.agenerate(encode(served, "x = 7 * 11\n"), GREEDY, stop=("</code>",)))
-        assert c.finish_reason == "eos" and c.stop is None
+        assert c.end == "eos" and c.stop is None
         assert c.ids == [eos] and len(c.logprobs) == 1 and c.logprobs[0] <= 0
         assert eng.logprobs_available  # the server's EOS logprob lined up
 
@@ -326,7 +326,7 @@ def test_logprob_alignment():
 
 def test_single_token_logprob_matches_model(served, engine):
     prompt = "<code>\n```python\n"
-    c = asyncio.run(engine.agenerate(encode(served, prompt), GREEDY.with_(max_tokens=1)))
+    c = asyncio.run(engine.agenerate(encode(served, prompt), GREEDY.with_(max_new_tokens=1)))
     assert len(c.ids) == 1 and engine.logprobs_available
     with torch.no_grad():
         logits = served.model(served.tok(prompt, return_tensors="pt").input_ids).logits[0, -1]
@@ -335,7 +335,7 @@ def test_single_token_logprob_matches_model(served, engine):
 
 def test_concurrent_agenerate(served, engine):
     prompt = encode(served, "Let me compute 10 * 12 with code.\n")
-    params = SamplingParams(max_tokens=8, temperature=1.0, top_k=20)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, top_k=20)
     served.app.state.max_inflight = 0
 
     async def run():
@@ -343,7 +343,7 @@ def test_concurrent_agenerate(served, engine):
                                       for i in range(8)))
 
     out = asyncio.run(run())
-    assert len(out) == 8 and all(c.finish_reason in ("stop", "eos", "length") and c.ids for c in out)
+    assert len(out) == 8 and all(c.end in ("stop", "eos", "length") and c.ids for c in out)
     assert all(len(c.ids) == len(c.logprobs) for c in out)
     assert [c.ids for c in out[:4]] == [c.ids for c in out[4:]]  # same seed, same sample
     assert served.app.state.max_inflight > 1  # the requests were in flight together
@@ -353,7 +353,7 @@ def test_concurrent_agenerate(served, engine):
 def test_generate_sync_wrapper(served, engine):
     prompts = ["print(", "x = 3 * 4\n", "<answer>"]
     for _ in range(2):  # a fresh event loop each call
-        out = engine.generate([encode(served, p) for p in prompts], GREEDY.with_(max_tokens=6))
+        out = engine.generate([encode(served, p) for p in prompts], GREEDY.with_(max_new_tokens=6))
         for p, c in zip(prompts, out):
             assert served.tok.decode(c.ids) == served.tok.decode(local_greedy(served, p, 6))
 
@@ -361,8 +361,8 @@ def test_generate_sync_wrapper(served, engine):
 def test_model_discovery(served):
     with OpenAIEngine(served.url.removesuffix("/v1"), served.tok, max_retries=0) as eng:  # /v1 is added
         assert eng.model is None and eng.base_url == served.url
-        c = asyncio.run(eng.agenerate(encode(served, "print("), GREEDY.with_(max_tokens=3)))
-        assert eng.model == MODEL_NAME and c.finish_reason == "length"
+        c = asyncio.run(eng.agenerate(encode(served, "print("), GREEDY.with_(max_new_tokens=3)))
+        assert eng.model == MODEL_NAME and c.end == "length"
 
 
 def _dead_url() -> str:
@@ -394,8 +394,8 @@ def test_clients_close_with_their_loop(served):
     eng = OpenAIEngine(served.url, served.tok, model=MODEL_NAME, max_retries=0)
 
     async def long_lived():
-        first = await eng.agenerate(prompt, GREEDY.with_(max_tokens=3))
-        again = await eng.agenerate(prompt, GREEDY.with_(max_tokens=3))  # the same client, reused
+        first = await eng.agenerate(prompt, GREEDY.with_(max_new_tokens=3))
+        again = await eng.agenerate(prompt, GREEDY.with_(max_new_tokens=3))  # the same client, reused
         await eng.aclose()
         return first, again
 
@@ -404,7 +404,7 @@ def test_clients_close_with_their_loop(served):
     eng = OpenAIEngine(served.url, served.tok, model=MODEL_NAME, max_retries=0)
     loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(eng.agenerate(prompt, GREEDY.with_(max_tokens=3)))
+        loop.run_until_complete(eng.agenerate(prompt, GREEDY.with_(max_new_tokens=3)))
         eng.close()  # the loop is idle but open: close() runs the client's close on it
         assert not eng._clients
     finally:
@@ -473,9 +473,9 @@ def test_token_mode_returns_the_greedy_ids_and_their_logprobs(served, token_engi
     sent = served.app.state.last_request
     assert sent.prompt == prompt  # the ids as they are, no BOS added or stripped
     assert sent.return_token_ids and sent.include_stop_str_in_output and not sent.skip_special_tokens
-    expected = greedy_ids(served, prompt, GREEDY.max_tokens)
+    expected = greedy_ids(served, prompt, GREEDY.max_new_tokens)
     assert served.tok.eos_token_id not in expected
-    assert c.ids == expected and c.finish_reason == "length" and c.stop is None
+    assert c.ids == expected and c.end == "length" and c.stop is None
     assert c.logprobs == pytest.approx(teacher_forced_logprobs(served, prompt, expected), abs=1e-4)
     assert c.prompt_tokens == len(prompt) and token_engine.logprobs_available
     s = token_engine.stats
@@ -488,7 +488,7 @@ def test_token_mode_keeps_ids_that_text_would_retokenize(served, token_engine):
     assert len(one) == 1
     sampled = one * 6
     assert encode(served, "1" * 6) != sampled  # text mode could not give these ids back
-    params = GREEDY.with_(max_tokens=6)
+    params = GREEDY.with_(max_new_tokens=6)
     with OpenAIEngine(served.url, served.tok, model=MODEL_NAME, max_retries=0, token_ids=True,
                       extra_body={"logit_bias": {str(one[0]): 100.0}}) as eng:
         c = asyncio.run(eng.agenerate(encode(served, "x = "), params))
@@ -511,8 +511,8 @@ def _stop_on_a_token_boundary(served, prompt_ids: list[int]) -> tuple[list[int],
 def test_token_mode_stop_string(served, token_engine):
     prompt = encode(served, "So the answer is ")
     expected, stop = _stop_on_a_token_boundary(served, prompt)
-    c = asyncio.run(token_engine.agenerate(prompt, GREEDY.with_(max_tokens=16), stop=(stop, "\x00never")))
-    assert c.finish_reason == "stop" and c.stop == stop
+    c = asyncio.run(token_engine.agenerate(prompt, GREEDY.with_(max_new_tokens=16), stop=(stop, "\x00never")))
+    assert c.end == "stop" and c.stop == stop
     assert c.ids == expected and served.tok.decode(c.ids).endswith(stop)
     assert len(c.logprobs) == len(c.ids)
 
@@ -522,14 +522,14 @@ def test_token_mode_eos_is_not_doubled(served):
     with OpenAIEngine(served.url, served.tok, model=MODEL_NAME, max_retries=0, token_ids=True,
                       extra_body={"logit_bias": {str(eos): 100.0}}) as eng:
         c = asyncio.run(eng.agenerate(encode(served, "x = 7 * 11\n"), GREEDY, stop=("</code>",)))
-    assert c.finish_reason == "eos" and c.stop is None
+    assert c.end == "eos" and c.stop is None
     assert c.ids == [eos] and len(c.logprobs) == 1 and c.logprobs[0] <= 0
 
 
 def test_token_mode_length(served, token_engine):
     prompt = encode(served, "print(x)\n")
-    c = asyncio.run(token_engine.agenerate(prompt, GREEDY.with_(max_tokens=5)))
-    assert c.finish_reason == "length" and c.stop is None
+    c = asyncio.run(token_engine.agenerate(prompt, GREEDY.with_(max_new_tokens=5)))
+    assert c.end == "length" and c.stop is None
     assert c.ids == greedy_ids(served, prompt, 5) and len(c.logprobs) == 5
     assert token_engine.stats.decode_tokens == 5
 
@@ -543,7 +543,7 @@ def test_token_mode_needs_a_server_with_token_ids(served, token_engine):
 
 def test_token_mode_refuses_misaligned_logprobs(served, token_engine):
     with server_state(served, drop_logprob=True), pytest.raises(EngineError, match="logprobs do not line up"):
-        asyncio.run(token_engine.agenerate(encode(served, "print("), GREEDY.with_(max_tokens=4)))
+        asyncio.run(token_engine.agenerate(encode(served, "print("), GREEDY.with_(max_new_tokens=4)))
 
 
 def test_parse_token_choice():

@@ -6,7 +6,7 @@ import pytest
 
 from retool.engines.base import SamplingParams
 from retool.rollout import Rollout, RolloutConfig
-from retool.sandbox import SandboxPool
+from retool.sandbox import SandboxLimits, SandboxPool
 from scripted import EOS, ScriptedEngine
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_a_code_block_cut_by_the_budget_is_not_executed(pool):
     assert traj.tool_calls == [] and len(traj.ids) == 12 and all(traj.loss_mask)
 
 
-def test_sandbox_timeout_and_crash_are_rendered_to_the_model(pool):
+def test_sandbox_timeout_and_crash_are_rendered_to_the_model():
     turns = [
         "<code>\n```python\nimport time\ntime.sleep(30)\n```\n</code>",
         "<code>\n```python\nimport os\nos._exit(1)\n```\n</code>",
@@ -71,7 +71,8 @@ def test_sandbox_timeout_and_crash_are_rendered_to_the_model(pool):
     ]
     engine = ScriptedEngine(turns)
     tok = engine.tokenizer
-    traj = rollout(engine, pool, sandbox_timeout=1.0).run([tok.encode("p")])[0]
+    with SandboxPool("jupyter", size=1, limits=SandboxLimits(timeout_s=1.0)) as short:  # the one cell timeout
+        traj = rollout(engine, short).run([tok.encode("p")])[0]
     rendered = [tok.decode(traj.ids[slice(*c.output_span)]) for c in traj.tool_calls]
     assert [c.result.status.value for c in traj.tool_calls] == ["timeout", "crashed", "ok"]
     assert "TimeoutError" in rendered[0]
@@ -119,12 +120,15 @@ class ByPromptEngine(ScriptedEngine):
 
 
 def test_many_trajectories_overlap_sandbox_and_generation(pool):
-    block = "<code>\n```python\nimport time\ntime.sleep(0.3)\nprint(1)\n```\n</code>"
+    # each cell says when it ran, by the sandbox's own clock: the two must overlap in time
+    block = "<code>\n```python\nimport time\na = time.time()\ntime.sleep(0.5)\nprint(a, time.time())\n```\n</code>"
     engine = ByPromptEngine(block)
     r = rollout(engine, pool)
+    pool.wait_ready()  # both sessions started (the earlier tests' replacements warm in the background)
     trajs = r.run([engine.tokenizer.encode("p"), engine.tokenizer.encode("q")])
-    assert all(len(t.tool_calls) == 1 for t in trajs)
-    assert r.stats.wall_s < 0.6 + 5.0 and r.stats.tool_calls == 2
+    assert all(len(t.tool_calls) == 1 for t in trajs) and r.stats.tool_calls == 2
+    (s1, e1), (s2, e2) = [map(float, t.tool_calls[0].result.stdout.split()) for t in trajs]
+    assert max(s1, s2) < min(e1, e2), "the cells ran one after another"
 
 
 def test_an_engine_without_streaming_streams_its_completion_at_once():
@@ -138,4 +142,4 @@ def test_an_engine_without_streaming_streams_its_completion_at_once():
         return [item async for item in engine.astream([1], SamplingParams())]
 
     delta, completion = asyncio.run(collect())
-    assert isinstance(delta, TokenDelta) and list(delta.ids) == completion.ids and completion.finish_reason == "eos"
+    assert isinstance(delta, TokenDelta) and list(delta.ids) == completion.ids and completion.end == "eos"

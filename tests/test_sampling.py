@@ -6,7 +6,7 @@ import torch
 
 from retool.engines.base import SamplingParams
 from retool.engines.sampling import sample_token
-from retool.rollout_bench import distinct_prefixes
+from retool.bench.rollout import distinct_prefixes
 
 
 def draws(logits, params, n=4000, seed=0):

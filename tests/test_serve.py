@@ -13,9 +13,12 @@ import openai
 import pytest
 
 from retool.engines.hf import HFEngine
-from retool.serve import ServeConfig
-from retool.serve_app import create_app
-from retool.local_server import local_server
+from retool.apps.serve import ServeConfig
+from retool.rollout import RolloutConfig
+from retool.sandbox import SandboxLimits
+from retool.sandbox.spec import SandboxSpec
+from retool.apps.serve_app import create_app
+from retool.apps.local_server import local_server
 from scripted import EOS, ScriptedEngine
 from tiny import tiny_model
 
@@ -44,8 +47,9 @@ def live_server(config: ServeConfig, engine, model_name: str):
 
 @pytest.fixture(scope="module")
 def base_url():
-    config = ServeConfig(max_concurrency=4, max_sessions=12, max_tokens=512, default_max_tokens=256,
-                         max_tool_calls=4, sandbox_timeout=30)
+    config = ServeConfig(sandbox=SandboxSpec(limits=SandboxLimits(timeout_s=30)),
+                         rollout=RolloutConfig(max_total_tokens=256, max_tool_calls=4),
+                         max_concurrency=4, max_sessions=12, max_request_tokens=512)
     with live_server(config, ScriptedEngine(respond=scripted_reply, delay=0.002), MODEL) as url:
         yield url
 
@@ -74,7 +78,7 @@ def test_non_streaming_answer_holds_the_transcript_and_the_answer(client):
     assert "print(12 * 12)" in content and "<interpreter>\n144\n</interpreter>" in content
     assert content.rstrip().endswith("</answer>") and reply.choices[0].finish_reason == "stop"
     extension = reply.model_extra["retool"]
-    assert extension["answer"] == "144" and extension["tool_calls"][0]["status"] == "ok"
+    assert extension["answer"] == "144" and extension["tool_calls"][0]["result"]["status"] == "ok"
     assert raw.headers["x-session-id"] == reply.model_extra["session_id"]
     assert reply.usage.completion_tokens == extension["model_tokens"] + extension["interpreter_tokens"]
 
@@ -165,7 +169,7 @@ def test_a_dropped_stream_interrupts_the_cell_and_frees_the_session(client, base
     time.sleep(0.5)  # the cell is sleeping now
     stream.close()
     follow = ask(client, "store 3", session=session)  # waits for the session: only quick if it was freed
-    assert follow.model_extra["retool"]["tool_calls"][0]["status"] == "ok"
+    assert follow.model_extra["retool"]["tool_calls"][0]["result"]["status"] == "ok"
     assert time.monotonic() - started < 20  # the cell alone would sleep 60 s (timeout 30 s)
 
 
@@ -183,7 +187,8 @@ def test_idle_sessions_expire():
 def test_a_real_model_streams_the_same_text_it_returns(tmp_path):
     model, tokenizer = tiny_model()
     engine = HFEngine(model, tokenizer, max_batch=2)
-    config = ServeConfig(sandbox="subprocess", default_max_tokens=24, warm_sessions=1)
+    config = ServeConfig(sandbox=SandboxSpec("subprocess"), rollout=RolloutConfig(max_total_tokens=24),
+                         warm_sessions=1)
     try:
         with live_server(config, engine, "tiny") as url:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
@@ -291,12 +296,13 @@ def test_a_plain_request_whose_client_hangs_up_stops_its_cell(base_url):
     with pytest.raises(httpx.TimeoutException):
         _post(base_url, _say("sleep"), session="hangs-up", timeout=2.0)
     follow = _post(base_url, _say("store 3"), session="hangs-up").json()
-    assert follow["retool"]["tool_calls"][0]["status"] == "ok"
+    assert follow["retool"]["tool_calls"][0]["result"]["status"] == "ok"
     assert time.monotonic() - started < 15  # the cell alone would sleep 60 s (timeout 30 s)
 
 
 def test_requests_waiting_for_a_busy_conversation_hold_no_slot():
-    config = ServeConfig(max_concurrency=2, max_sessions=4, warm_sessions=2, sandbox_timeout=30)
+    config = ServeConfig(sandbox=SandboxSpec(limits=SandboxLimits(timeout_s=30)), max_concurrency=2, max_sessions=4,
+                         warm_sessions=2)
     with live_server(config, ScriptedEngine(respond=scripted_reply), MODEL) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
         stream = ask(client, "sleep", session="busy", stream=True)

@@ -7,17 +7,20 @@ import json
 from typer.testing import CliRunner
 
 from retool.cli import app
-from retool.solve import SolveConfig, run_solve
+from retool.apps.solve import run_solve
+from retool.engines.spec import EngineSpec
+from retool.rollout import RolloutConfig
+from retool.sandbox.spec import SandboxSpec
 from tiny import tiny_model
 
 SAMPLE = "What is the remainder when 2 to the power 100 is divided by 97?"
 
 
 def test_the_embedded_model_calls_the_interpreter_on_a_sample_problem():
-    report = run_solve(SAMPLE, SolveConfig(dialect="fenced", max_tokens=256))
+    report = run_solve(SAMPLE, EngineSpec(), SandboxSpec(), RolloutConfig(dialect="fenced", max_total_tokens=256))
     calls = report["tool_calls"]
     assert calls, report["text"]
-    assert calls[0]["status"] == "ok" and calls[0]["stdout"].strip() == str(pow(2, 100, 97))
+    assert calls[0]["result"]["status"] == "ok" and calls[0]["result"]["stdout"].strip() == str(pow(2, 100, 97))
     # the interpreter's tokens are masked, the model's are not
     start, end = calls[0]["output_span"]
     assert set(report["loss_mask"][start:end]) == {0} and report["loss_mask"][0] == 1
@@ -29,13 +32,13 @@ def test_cli_solve_json_with_a_local_model(tmp_path):
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     result = CliRunner().invoke(
-        app, ["solve", "What is 2+2?", "--model", str(tmp_path), "--max-tokens", "24", "--sandbox", "subprocess", "--json"]
+        app, ["solve", "What is 2+2?", "--model", str(tmp_path), "--max-total-tokens", "24", "--sandbox", "subprocess", "--json"]
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["finish_reason"] in ("length", "eos", "answer", "max_tool_calls")
     assert len(report["ids"]) == len(report["loss_mask"]) == len(report["logprobs"]) <= 24
-    assert report["config"]["model"] == str(tmp_path)
+    assert report["config"]["engine"]["model"] == str(tmp_path)
 
 
 def test_cli_solve_reports_a_missing_model_clearly(tmp_path):

@@ -19,10 +19,13 @@ import torch
 
 from tiny import tiny_model
 from retool.protocol import RETOOL, build_messages
+from retool.rollout import RolloutConfig
 from retool.rollout import render_prompt
 from retool.training.recipe import RecipeError, RLRecipe, SFTRecipe, load_recipe
 from retool.training.rl import run_rl
 from retool.training.sft_data import IGNORE_INDEX, SFTDataError, iter_examples, render_trajectory, to_example
+
+SFT_PROMPT = RolloutConfig(few_shot=False)  # the recipes' prompt: the retool dialect, no demonstration
 
 CODE_REPLY = ("I will compute it.\n<code>\n```python\nprint(3 + 4)\n```\n</code>\n<interpreter>\n7\n</interpreter>\n"
               "So the answer is 7.\n<answer>\n\\boxed{7}\n</answer>")
@@ -50,7 +53,7 @@ def _changed(before: dict, model) -> int:
 
 def test_sft_example_masks_prompt_and_interpreter_exactly():
     _, tok = tiny_model()
-    traj = render_trajectory("What is 3 plus 4?", CODE_REPLY, tok, RETOOL)
+    traj = render_trajectory("What is 3 plus 4?", CODE_REPLY, tok, SFT_PROMPT)
     example = to_example(traj)
     # the prompt is exactly what the rollout would feed the model for this problem
     assert traj.prompt_ids == render_prompt(tok, build_messages("What is 3 plus 4?", RETOOL, few_shot=False))
@@ -81,18 +84,18 @@ def test_sft_data_errors_name_the_line(tmp_path):
     with path.open("a") as fh:
         fh.write("{not json\n")
     with pytest.raises(SFTDataError, match=r"d.jsonl:3"):
-        list(iter_examples([path], tok, RETOOL))
+        list(iter_examples([path], tok, SFT_PROMPT))
     with pytest.raises(SFTDataError, match="no training data"):
-        list(iter_examples([tmp_path / "missing.jsonl"], tok, RETOOL))
+        list(iter_examples([tmp_path / "missing.jsonl"], tok, SFT_PROMPT))
     unrun = CODE_REPLY.replace("<interpreter>\n7\n</interpreter>\n", "")
     with pytest.raises(SFTDataError, match="never executed"):
-        list(iter_examples([_write_records(tmp_path / "u.jsonl", unrun, 1)], tok, RETOOL))
+        list(iter_examples([_write_records(tmp_path / "u.jsonl", unrun, 1)], tok, SFT_PROMPT))
 
 
 def test_interpreter_positions_get_exactly_zero_gradient_in_sft():
     model, tok = tiny_model()
     model.train()
-    example = to_example(render_trajectory("What is 3 plus 4?", CODE_REPLY, tok, RETOOL))
+    example = to_example(render_trajectory("What is 3 plus 4?", CODE_REPLY, tok, SFT_PROMPT))
     ids, labels = torch.tensor([example.input_ids]), torch.tensor([example.labels])
     out = model(input_ids=ids, labels=labels)
     out.logits.retain_grad()
@@ -164,16 +167,16 @@ def test_one_sft_step_changes_the_parameters(tmp_path):
 
 # seed 2: a draw whose groups hold right and wrong answers (the tests check it, so a change of the
 # sampling that loses that fails loudly instead of as "no gradient")
-VARIED = dict(group_size=8, prompts_per_step=1, micro_batch_size=8, temperature=0.8, max_total_tokens=24,
-              ppo={"minibatch_size": 4}, seed=2)
+VARIED = dict(group_size=8, prompts_per_step=1, micro_batch_size=8,
+              rollout={"max_total_tokens": 24, "sampling": {"temperature": 0.8}}, ppo={"minibatch_size": 4}, seed=2)
 
 
 def _rl_recipe(tmp_path: Path, algorithm: str, **changes) -> RLRecipe:
     tmp_path.mkdir(parents=True, exist_ok=True)
     data = _write_records(tmp_path / "problems.jsonl", CODE_REPLY, 6)
     settings = dict(algorithm=algorithm, data=[str(data)], output_dir=str(tmp_path / algorithm), steps=1,
-                    prompts_per_step=2, group_size=2, max_total_tokens=16, micro_batch_size=2, learning_rate=1e-3,
-                    sandbox="subprocess", report_to=[], mask_truncated=False, save_steps=1,
+                    prompts_per_step=2, group_size=2, rollout={"max_total_tokens": 16}, micro_batch_size=2,
+                    learning_rate=1e-3, sandbox={"backend": "subprocess"}, report_to=[], mask_truncated=False, save_steps=1,
                     ppo={"minibatch_size": 2})
     settings.update(changes)
     return RLRecipe(**settings)

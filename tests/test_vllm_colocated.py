@@ -23,7 +23,7 @@ from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox import SandboxPool
 from tiny import tiny_model
 
-GREEDY = SamplingParams(max_tokens=8, temperature=0.0, seed=5)
+GREEDY = SamplingParams(max_new_tokens=8, temperature=0.0, seed=5)
 
 
 class Args:
@@ -40,10 +40,10 @@ def stand_in_vllm(monkeypatch):
 
 def vllm_output(completion, stop_reason=None) -> NS:
     """Our Completion as vLLM's RequestOutput (EOS / stop string / length)."""
-    finish = "length" if completion.finish_reason == "length" else "stop"
+    finish = "length" if completion.end == "length" else "stop"
     logprobs = [{t: NS(logprob=lp)} for t, lp in zip(completion.ids, completion.logprobs)]
     out = NS(token_ids=list(completion.ids), logprobs=logprobs, finish_reason=finish,
-             stop_reason=completion.stop if completion.finish_reason == "stop" else stop_reason)
+             stop_reason=completion.stop if completion.end == "stop" else stop_reason)
     return NS(outputs=[out], num_cached_tokens=0)
 
 
@@ -70,7 +70,7 @@ class ModelLLM:
             self.gate.wait(10)
         outs = []
         for prompt, sp in zip(prompts, sampling_params):
-            params = SamplingParams(max_tokens=sp.max_tokens, temperature=sp.temperature, top_p=sp.top_p, seed=sp.seed)
+            params = SamplingParams(max_new_tokens=sp.max_tokens, temperature=sp.temperature, top_p=sp.top_p, seed=sp.seed)
             (completion,) = self.hf.generate([prompt["prompt_token_ids"]], params, tuple(sp.stop))
             outs.append(vllm_output(completion))
         return outs
@@ -101,8 +101,8 @@ def test_each_request_keeps_its_own_parameters(llm):
     prompt = llm.tokenizer.encode("Let me compute")
 
     async def both():
-        return await asyncio.gather(engine.agenerate(prompt, GREEDY.with_(seed=1, max_tokens=3), ("</code>",)),
-                                    engine.agenerate(prompt, GREEDY.with_(seed=2, max_tokens=5)))
+        return await asyncio.gather(engine.agenerate(prompt, GREEDY.with_(seed=1, max_new_tokens=3), ("</code>",)),
+                                    engine.agenerate(prompt, GREEDY.with_(seed=2, max_new_tokens=5)))
 
     asyncio.run(both())
     (first, second), = llm.calls
@@ -146,8 +146,8 @@ def test_a_full_context_returns_length_without_asking_vllm(stand_in_vllm):
     try:
         engine = ColocatedVLLMEngine(llm)
         (c,) = engine.generate([list(range(6))], GREEDY)
-        assert (c.ids, c.finish_reason) == ([], "length") and llm.calls == []
-        engine.generate([[1, 2]], GREEDY.with_(max_tokens=100))
+        assert (c.ids, c.end) == ([], "length") and llm.calls == []
+        engine.generate([[1, 2]], GREEDY.with_(max_new_tokens=100))
         assert llm.calls[0][0].max_tokens == 4  # clipped to the room left in the context
     finally:
         llm.hf.close()

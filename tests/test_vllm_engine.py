@@ -34,7 +34,7 @@ def output(token_ids, finish_reason, stop_reason=None, logprobs="auto") -> NS:
 
 def test_stop_string_maps_to_stop_with_the_string():
     c = completion_from_output(output([5, 6, 7], "stop", "</code>"), prompt_tokens=11, cached_tokens=8)
-    assert (c.ids, c.finish_reason, c.stop) == ([5, 6, 7], "stop", "</code>")
+    assert (c.ids, c.end, c.stop) == ([5, 6, 7], "stop", "</code>")
     assert c.logprobs == [-0.25, -0.5, -0.75]  # the sampled token's, not the higher-ranked neighbour's
     assert (c.prompt_tokens, c.cached_tokens) == (11, 8)
 
@@ -42,12 +42,12 @@ def test_stop_string_maps_to_stop_with_the_string():
 @pytest.mark.parametrize("stop_reason", [None, 151645])  # EOS, or a stop token id such as <|im_end|>
 def test_eos_and_stop_token_map_to_eos(stop_reason):
     c = completion_from_output(output([5, 151645], "stop", stop_reason))
-    assert (c.finish_reason, c.stop, c.ids) == ("eos", None, [5, 151645])
+    assert (c.end, c.stop, c.ids) == ("eos", None, [5, 151645])
 
 
 def test_length():
     c = completion_from_output(output((1, 2), "length"))  # token_ids may be any sequence
-    assert (c.finish_reason, c.stop, c.ids, len(c.logprobs)) == ("length", None, [1, 2], 2)
+    assert (c.end, c.stop, c.ids, len(c.logprobs)) == ("length", None, [1, 2], 2)
 
 
 def test_bare_float_logprobs_are_accepted():
@@ -67,7 +67,7 @@ def test_abort_raises():
 
 
 def test_sampling_kwargs():
-    kw = sampling_kwargs(SamplingParams(max_tokens=9, temperature=0.7, top_p=0.9, top_k=0, seed=3), ("</code>",), 9)
+    kw = sampling_kwargs(SamplingParams(max_new_tokens=9, temperature=0.7, top_p=0.9, top_k=0, seed=3), ("</code>",), 9)
     assert kw == dict(max_tokens=9, temperature=0.7, top_p=0.9, top_k=-1, seed=3, stop=["</code>"],
                       include_stop_str_in_output=True, logprobs=0, skip_special_tokens=False)
     assert sampling_kwargs(SamplingParams(top_k=20), (), 4)["top_k"] == 20
@@ -138,11 +138,11 @@ def fake_vllm(monkeypatch):
 
 def test_one_engine_serves_successive_event_loops(fake_vllm):
     with VLLMEngine("m", max_model_len=64, enforce_eager=True) as engine:
-        first = engine.generate([[1, 2, 3, 4]], SamplingParams(max_tokens=5), stop=("</code>",))
-        second = engine.generate([[1, 2], [3]], SamplingParams(max_tokens=2))  # a second asyncio.run
+        first = engine.generate([[1, 2, 3, 4]], SamplingParams(max_new_tokens=5), stop=("</code>",))
+        second = engine.generate([[1, 2], [3]], SamplingParams(max_new_tokens=2))  # a second asyncio.run
         llm = engine._ready.result()
         assert llm.args.enforce_eager and llm.args.enable_prefix_caching and llm.args.model == "m"
-        assert [c.finish_reason for c in first + second] == ["stop", "length", "length"]
+        assert [c.end for c in first + second] == ["stop", "length", "length"]
         assert first[0].stop == "</code>" and first[0].cached_tokens == 2
         assert {thread for *_, thread in llm.seen} == {"retool-vllm"}
         sp = llm.seen[0][1]
@@ -158,15 +158,15 @@ def test_one_engine_serves_successive_event_loops(fake_vllm):
 
 def test_concurrent_requests_are_in_flight_together(fake_vllm):
     with VLLMEngine("m") as engine:
-        engine.generate([[1]] * 8, SamplingParams(max_tokens=2))
+        engine.generate([[1]] * 8, SamplingParams(max_new_tokens=2))
         assert engine._ready.result().peak == 8
 
 
 def test_max_tokens_is_clamped_to_the_context(fake_vllm):
     with VLLMEngine("m") as engine:
-        full = engine.generate([list(range(64))], SamplingParams(max_tokens=5))[0]
-        assert (full.ids, full.finish_reason, full.prompt_tokens) == ([], "length", 64)
-        engine.generate([list(range(62))], SamplingParams(max_tokens=5))
+        full = engine.generate([list(range(64))], SamplingParams(max_new_tokens=5))[0]
+        assert (full.ids, full.end, full.prompt_tokens) == ([], "length", 64)
+        engine.generate([list(range(62))], SamplingParams(max_new_tokens=5))
         assert engine._ready.result().seen[-1][1].max_tokens == 2
 
 
@@ -174,7 +174,7 @@ def test_cancelling_the_caller_aborts_the_request(fake_vllm):
     with VLLMEngine("m") as engine:
 
         async def main():
-            task = asyncio.create_task(engine.agenerate([999], SamplingParams(max_tokens=5)))
+            task = asyncio.create_task(engine.agenerate([999], SamplingParams(max_new_tokens=5)))
             await asyncio.sleep(0.3)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -192,7 +192,7 @@ def test_close_fails_requests_in_flight(fake_vllm):
     engine = VLLMEngine("m")
 
     async def main():
-        task = asyncio.create_task(engine.agenerate([999], SamplingParams(max_tokens=5)))
+        task = asyncio.create_task(engine.agenerate([999], SamplingParams(max_new_tokens=5)))
         await asyncio.sleep(0.3)
         await asyncio.to_thread(engine.close)
         with pytest.raises(RuntimeError, match="closed"):
@@ -239,7 +239,7 @@ def _gpu_skip_reason() -> str | None:
 _SKIP = _gpu_skip_reason()
 requires_gpu = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
 MODEL = os.environ.get("RETOOL_TEST_VLLM_MODEL", "Qwen/Qwen2.5-0.5B-Instruct")
-GREEDY = SamplingParams(max_tokens=48, temperature=0.0, seed=0)
+GREEDY = SamplingParams(max_new_tokens=48, temperature=0.0, seed=0)
 CODE_SHOTS = "".join(f"<code>\nprint({i} * {i})\n</code>\n" for i in range(1, 6)) + "<code>\nprint(6 * 6)\n"
 LONG_SYSTEM = "You are a careful assistant who solves problems by writing Python. " * 8
 
@@ -264,7 +264,7 @@ def test_gpu_stop_string_is_kept_and_ids_match_logprobs(engine):
     prompt = tok.encode(CODE_SHOTS)
     c = engine.generate([prompt], GREEDY, stop=("</code>",))[0]
     text = tok.decode(c.ids)
-    assert (c.finish_reason, c.stop) == ("stop", "</code>"), text
+    assert (c.end, c.stop) == ("stop", "</code>"), text
     assert "</code>" in text and "</code>" not in tok.decode(c.ids[:-1])  # kept, and completed by the last token
     assert len(c.logprobs) == len(c.ids) > 0
     assert all(math.isfinite(x) and x <= 0.0 for x in c.logprobs)
@@ -275,10 +275,10 @@ def test_gpu_stop_string_is_kept_and_ids_match_logprobs(engine):
 @requires_gpu
 def test_gpu_length_and_eos(engine):
     tok = engine.tokenizer
-    cut = engine.generate([chat(engine, "Write a long story about a dragon.")], GREEDY.with_(max_tokens=3))[0]
+    cut = engine.generate([chat(engine, "Write a long story about a dragon.")], GREEDY.with_(max_new_tokens=3))[0]
     assert (cut.finish_reason, len(cut.ids), len(cut.logprobs)) == ("length", 3, 3)
-    done = engine.generate([chat(engine, "Reply with exactly one word: yes")], GREEDY.with_(max_tokens=64))[0]
-    assert (done.finish_reason, done.stop) == ("eos", None), tok.decode(done.ids)
+    done = engine.generate([chat(engine, "Reply with exactly one word: yes")], GREEDY.with_(max_new_tokens=64))[0]
+    assert (done.end, done.stop) == ("eos", None), tok.decode(done.ids)
     assert done.ids[-1] in tok.all_special_ids  # the EOS / <|im_end|> token is part of the output
     assert len(done.logprobs) == len(done.ids) and all(x <= 0.0 for x in done.logprobs)
 
@@ -302,7 +302,7 @@ def test_gpu_continuation_reuses_the_prefix_cache(engine):
 @requires_gpu
 def test_gpu_concurrent_requests_overlap(engine):
     prompt = chat(engine, "Count from 1 to 200, separated by commas.")
-    params = GREEDY.with_(max_tokens=128)
+    params = GREEDY.with_(max_new_tokens=128)
     engine.generate([prompt], params)  # warm-up
 
     async def timed(n: int) -> float:

@@ -22,8 +22,10 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from retool.coldstart.synth import GENERATOR_VERSION, generate, is_heldout
 from retool.coldstart.verify import STAGES, verify_trace
+from retool.engines.spec import EngineSpec
 from retool.protocol import get_dialect
-from retool.sandbox import SandboxLimits, SandboxPool, create_session
+from retool.sandbox.base import SandboxLimits
+from retool.sandbox.spec import SandboxSpec
 
 PROMPT_FILE = Path(__file__).resolve().parents[2] / "coldstart_data" / "rewrite_prompt.md"
 SOLUTION_FIELDS = ("solution", "text_solution", "reasoning", "response", "output")
@@ -49,7 +51,7 @@ class SynthConfig:
     out: str
     seed: int = 0
     heldout: float = 0.1
-    sandbox: str = "jupyter"
+    sandbox: SandboxSpec = SandboxSpec(limits=SandboxLimits(timeout_s=30))  # one session runs every trace
 
 
 def run_synth(config: SynthConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def run_synth(config: SynthConfig, progress: Callable[[int, int], None] | None =
     dropped: Counter[str] = Counter()
     reasons: list[dict[str, str]] = []
     # one session for the whole run: every generated block defines what it uses
-    with create_session(config.sandbox, SandboxLimits(timeout_s=30)) as session:
+    with config.sandbox.session() as session:
         for index, example in enumerate(examples):
             code = verify_trace(example.code_solution, example.answer, dialect, session)
             text = verify_trace(example.text_solution, example.answer, dialect, session, require_code=False)
@@ -135,6 +137,19 @@ def rewrite_prompt(trace: Trace, template: str | None = None) -> str:
     return template.replace("{question}", trace.question).replace("{solution}", trace.solution)
 
 
+def make_rewriter(engine: EngineSpec, max_new_tokens: int, concurrency: int):
+    """The rewriting model: an OpenAI-compatible server's chat endpoint (``openai``: the served name
+    is ``--served-model`` or ``--model``), or a local engine through the model's chat template.
+    Returns ``(rewriter, engine to close or None)``."""
+    if engine.kind == "openai":
+        name = engine.served_model or engine.model
+        if not name:
+            raise ValueError("the rewriter needs --model (or --served-model): the model's name at the server")
+        return ChatRewriter(engine.base_url, name, engine.api_key, max_tokens=max_new_tokens), None
+    local = engine.build(max_batch=concurrency)
+    return EngineRewriter(local, max_new_tokens=max_new_tokens), local
+
+
 class ChatRewriter:
     """An OpenAI-compatible chat endpoint as the rewriter."""
 
@@ -155,10 +170,10 @@ class ChatRewriter:
 class EngineRewriter:
     """A local engine (hf or vllm) as the rewriter, through the model's chat template."""
 
-    def __init__(self, engine, temperature: float = 0.0, max_tokens: int = 4096) -> None:
+    def __init__(self, engine, temperature: float = 0.0, max_new_tokens: int = 4096) -> None:
         from retool.engines.base import SamplingParams
 
-        self.engine, self.params = engine, SamplingParams(max_tokens=max_tokens, temperature=temperature)
+        self.engine, self.params = engine, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
 
     async def __call__(self, prompt: str) -> str:
         from retool.rollout import render_prompt
@@ -174,8 +189,7 @@ class RewriteConfig:
     out: str
     concurrency: int = 4
     limit: int | None = None
-    sandbox: str = "jupyter"
-    timeout: float = 10.0
+    sandbox: SandboxSpec = SandboxSpec()
 
 
 def _read_done(path: Path) -> list[dict[str, Any]]:
@@ -221,12 +235,12 @@ async def run_rewrite(config: RewriteConfig, rewriter: Callable[[str], Awaitable
     lock = asyncio.Lock()
     slots = asyncio.Semaphore(config.concurrency)
     finished = 0
-    with SandboxPool(config.sandbox, size=config.concurrency, limits=SandboxLimits(timeout_s=config.timeout)) as pool, \
+    with config.sandbox.pool(size=config.concurrency) as pool, \
             kept_path.open("a", encoding="utf-8") as kept_file, rejected_path.open("a", encoding="utf-8") as rej_file:
 
         def check(text: str, trace: Trace):
             with pool.session() as session:
-                return verify_trace(text, trace.answer, dialect, session, config.timeout)
+                return verify_trace(text, trace.answer, dialect, session)
 
         async def one(trace: Trace) -> None:
             nonlocal finished

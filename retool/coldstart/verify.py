@@ -106,8 +106,7 @@ def _same_output(claimed: str, real: str) -> bool:
     return squash(claimed) == squash(real)
 
 
-def verify_trace(text: str, gold: str, dialect: Dialect, session: Session, timeout: float = 10.0,
-                 require_code: bool = True) -> Verdict:
+def verify_trace(text: str, gold: str, dialect: Dialect, session: Session, require_code: bool = True) -> Verdict:
     """Run the stages on ``text``; the kept trace carries the real outputs."""
     try:
         blocks = parse_blocks(text, dialect)
@@ -117,7 +116,7 @@ def verify_trace(text: str, gold: str, dialect: Dialect, session: Session, timeo
         return Verdict(False, text, "format", "no code block")
     pieces, cursor, outputs = [], 0, []
     for index, block in enumerate(blocks):
-        result = session.run(block.code, timeout)
+        result = session.run(block.code)  # the session's cell timeout
         real = output_text(result)
         outputs.append(real)
         follows = text[block.claimed_end:].strip()

@@ -6,7 +6,9 @@ flight (continuous batching) and a trajectory whose code is running in the sandb
 up the others. ``generate`` is the synchronous many-prompt convenience built on it.
 
 Stop strings are kept in the output (the protocol needs ``</code>`` in the transcript) and found
-even when split across tokens. ``logprobs`` are those of the sampled tokens under the model's raw
+even when split across tokens. A completion says how it ended (``Completion.end``: a stop string,
+EOS, or ``max_new_tokens``); how a whole *trajectory* finished is ``Trajectory.finish_reason``.
+``logprobs`` are those of the sampled tokens under the model's raw
 distribution (temperature 1, no top-p/top-k), as vLLM reports them by default; they are what RL's
 importance ratios need.
 """
@@ -18,16 +20,25 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Literal
 
-FinishReason = Literal["stop", "eos", "length"]
+CompletionEnd = Literal["stop", "eos", "length"]
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    max_tokens: int = 1024
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    seed: int | None = None
+    """How one generate call samples. ``max_new_tokens`` limits that call (the rollout sets it to
+    what is left of the trajectory's budget, ``RolloutConfig.max_total_tokens``)."""
+
+    max_new_tokens: int = 1024
+    temperature: float = field(default=1.0, metadata={"cli": True, "help": "Sampling temperature (0: greedy)."})
+    top_p: float = field(default=1.0, metadata={"cli": True, "help": "Nucleus sampling: the smallest set of tokens "
+                                                                      "with this much probability."})
+    top_k: int = field(default=0, metadata={"cli": True, "help": "Sample among the k likeliest tokens (0: off)."})
+    seed: int | None = field(default=None, metadata={
+        "cli": True, "help": "Sampling seed; every sample's and step's seed derives from it (unset: unseeded)."})
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0 or self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"sampling needs max_new_tokens >= 0, temperature >= 0, 0 < top_p <= 1, top_k >= 0: {self}")
 
     def with_(self, **changes: Any) -> "SamplingParams":
         return replace(self, **changes)
@@ -37,8 +48,8 @@ class SamplingParams:
 class Completion:
     ids: list[int]
     logprobs: list[float]
-    finish_reason: FinishReason
-    stop: str | None = None  # the stop string that ended it, when finish_reason == "stop"
+    end: CompletionEnd  # "stop": a stop string (``stop``), "eos", or "length": max_new_tokens
+    stop: str | None = None  # the stop string that ended it, when end == "stop"
     prompt_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens served from the KV cache instead of computed
 
@@ -73,7 +84,7 @@ class Engine(ABC):
 
     @abstractmethod
     async def agenerate(self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()) -> Completion:
-        """Continue ``prompt_ids``; returns when a stop string, EOS or ``max_tokens`` is reached."""
+        """Continue ``prompt_ids``; returns when a stop string, EOS or ``max_new_tokens`` is reached."""
 
     async def astream(
         self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()

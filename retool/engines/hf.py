@@ -204,8 +204,8 @@ class HFEngine(Engine):
 
     def _admit(self, request: _Request) -> bool:
         prompt = request.prompt
-        if len(prompt) + request.params.max_tokens + 2 > self.cache.capacity:
-            self.cache.grow(_next_pow2(len(prompt) + request.params.max_tokens + 2))
+        if len(prompt) + request.params.max_new_tokens + 2 > self.cache.capacity:
+            self.cache.grow(_next_pow2(len(prompt) + request.params.max_new_tokens + 2))
         # 1. a parked slot this prompt continues (the same trajectory after a tool call)
         for slot in self.slots:
             if slot.state == PARKED and len(slot.fed) < len(prompt) and prompt[: len(slot.fed)] == slot.fed:
@@ -322,7 +322,7 @@ class HFEngine(Engine):
             self._finish(slot, "stop", stop, park=True)
         elif slot.generated[-1] in self.eos_ids:
             self._finish(slot, "eos")
-        elif len(slot.generated) >= request.params.max_tokens or request.cancelled:
+        elif len(slot.generated) >= request.params.max_new_tokens or request.cancelled:
             self._finish(slot, "length", park=True)
 
     def _finish(self, slot: _Slot, reason: str, stop: str | None = None, park: bool = False) -> None:

@@ -48,7 +48,7 @@ from urllib.parse import urlparse
 import openai
 from openai import AsyncOpenAI
 
-from retool.engines.base import Completion, Engine, EngineStats, FinishReason, SamplingParams, find_stop
+from retool.engines.base import Completion, Engine, EngineStats, CompletionEnd, SamplingParams, find_stop
 
 _MISSING = object()
 
@@ -64,7 +64,7 @@ def _field(choice: Any, name: str) -> Any:
     return getattr(choice, name, extra.get(name, _MISSING))
 
 
-def parse_choice(choice: Any, stop: tuple[str, ...]) -> tuple[str, FinishReason, str | None]:
+def parse_choice(choice: Any, stop: tuple[str, ...]) -> tuple[str, CompletionEnd, str | None]:
     """``(text with the stop string put back, finish reason, matched stop)`` for one choice."""
     text = choice.text or ""
     hit = find_stop(text, stop)
@@ -98,7 +98,7 @@ def align_logprobs(tokens: Any, token_logprobs: Any, text: str, n_ids: int, eos:
     return [min(float(lp), 0.0) for lp in token_logprobs]
 
 
-def parse_token_choice(choice: Any) -> tuple[list[int], list[float], FinishReason, str | None]:
+def parse_token_choice(choice: Any) -> tuple[list[int], list[float], CompletionEnd, str | None]:
     """``(sampled ids, their logprobs, finish reason, matched stop)`` for one choice of a vLLM server
     asked for ``return_token_ids``. The ids are kept as sampled: on EOS (or a stop token id) vLLM
     already includes that token, so nothing is appended."""
@@ -112,7 +112,7 @@ def parse_token_choice(choice: Any) -> tuple[list[int], list[float], FinishReaso
     return ids, exact_logprobs(lp and lp.token_logprobs, len(ids)), finish, stop
 
 
-def token_finish(finish_reason: Any, stop_reason: Any) -> tuple[FinishReason, str | None]:
+def token_finish(finish_reason: Any, stop_reason: Any) -> tuple[CompletionEnd, str | None]:
     """vLLM's ``finish_reason`` + ``stop_reason`` as ``(finish, stop)``: a string stop_reason is the
     stop string that matched; None (EOS) or an int (a stop token id) is an "eos" finish."""
     if finish_reason == "length":
@@ -234,7 +234,7 @@ class OpenAIEngine(Engine):
             if self._bos is not None and ids[:1] == [self._bos]:
                 ids = ids[1:]
             prompt = self.tokenizer.decode(ids, skip_special_tokens=False)
-        kwargs: dict[str, Any] = dict(model=model, prompt=prompt, max_tokens=params.max_tokens,
+        kwargs: dict[str, Any] = dict(model=model, prompt=prompt, max_tokens=params.max_new_tokens,
                                       temperature=params.temperature, top_p=params.top_p, logprobs=1,
                                       extra_body=body or None)
         if params.seed is not None:
@@ -244,7 +244,7 @@ class OpenAIEngine(Engine):
         return kwargs
 
     def _parse_text(self, choice: Any, stop: tuple[str, ...]
-                    ) -> tuple[list[int], list[float], FinishReason, str | None]:
+                    ) -> tuple[list[int], list[float], CompletionEnd, str | None]:
         """Text mode: re-encode the text (stop put back), append EOS, and take the server's
         logprobs only where they line up; zeros (and ``logprobs_available = False``) otherwise."""
         text, finish, matched = parse_choice(choice, stop)

@@ -186,7 +186,7 @@ class VLLMEngine(Engine):
         llm = ready.result() if ready.done() else await asyncio.wrap_future(ready)
         n = len(prompt_ids)
         max_model_len = getattr(getattr(llm, "model_config", None), "max_model_len", None)
-        max_tokens = params.max_tokens if max_model_len is None else min(params.max_tokens, max_model_len - n)
+        max_tokens = params.max_new_tokens if max_model_len is None else min(params.max_new_tokens, max_model_len - n)
         if max_tokens <= 0:  # the context is full: nothing to generate (vLLM would reject it)
             return Completion([], [], "length", prompt_tokens=n)
         sp = self._vsp(**sampling_kwargs(params, stop, max_tokens), output_kind=self._final_only)

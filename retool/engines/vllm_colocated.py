@@ -62,7 +62,7 @@ class ColocatedVLLMEngine(Engine):
         if self._closed:
             raise RuntimeError("ColocatedVLLMEngine is closed")
         n = len(prompt_ids)
-        max_tokens = params.max_tokens if self.max_model_len is None else min(params.max_tokens, self.max_model_len - n)
+        max_tokens = params.max_new_tokens if self.max_model_len is None else min(params.max_new_tokens, self.max_model_len - n)
         if max_tokens <= 0:  # the context is full: nothing to generate (vLLM would reject the request)
             return Completion([], [], "length", prompt_tokens=n)
         loop = asyncio.get_running_loop()

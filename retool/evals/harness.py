@@ -11,7 +11,7 @@ A sample stopped by an infrastructure failure (the sandbox, the engine or the ho
 and running the command again retries it.
 
 Not here: the metrics (``metrics.py``), tool analytics (``analytics.py``), the report and plots
-(``report.py``), notebooks (``notebooks.py``), grading (``retool.grading``).
+(``report.py``, notebooks too), grading (``retool.grading``).
 """
 
 from __future__ import annotations
@@ -27,40 +27,39 @@ from typing import Any
 
 from retool.datasets import Problem, load_benchmark
 from retool.engines.base import Engine, SamplingParams
+from retool.engines.spec import EngineSpec
 from retool.evals.analytics import Sample, tool_analytics
 from retool.evals.metrics import avg_at_k, majority_answer, mean, pass_at_k
 from retool.grading import extract_answer_from_trajectory, is_equivalent
 from retool.rollout import Rollout, RolloutConfig
-from retool.sandbox import SandboxLimits, SandboxPool
+from retool.sandbox.spec import SandboxSpec
 from retool.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
 
-# settings that change what a sample is: a run directory may only be resumed with the same ones
-SAMPLE_DEFINING = ("benchmark", "model", "dialect", "temperature", "top_p", "max_tokens", "max_tool_calls", "seed",
-                   "few_shot")
+# ReTool's evaluation sampling (temperature 1.0, top-p 0.7) with seed 0 and a 4096-token budget:
+# ``retool eval``'s deliberate difference from the library's greedy, 1024-token default
+EVAL_ROLLOUT = RolloutConfig(max_total_tokens=4096, sampling=SamplingParams(temperature=1.0, top_p=0.7, seed=0))
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     benchmark: str
-    model: str | None = None
-    engine: str = "hf"
-    base_url: str | None = None
+    engine: EngineSpec = EngineSpec()
+    sandbox: SandboxSpec = SandboxSpec()
+    rollout: RolloutConfig = EVAL_ROLLOUT
     k: int = 32
-    temperature: float = 1.0
-    top_p: float = 0.7
-    max_tokens: int = 4096
-    max_tool_calls: int = 8
-    sandbox: str = "jupyter"
-    dialect: str = "retool"
     limit: int | None = None
     out: str | None = None
     notebooks: bool = False
-    seed: int = 0
-    concurrency: int = 16
-    sandbox_timeout: float = 10.0
-    few_shot: bool = True  # the one-shot demonstration in the prompt (off for models trained without it)
+    concurrency: int = 16  # trajectories in flight, each holding one sandbox session
+
+    def sample_defining(self) -> dict[str, Any]:
+        """The settings that change what a sample is: a run directory is resumed only with these."""
+        r, s = self.rollout, self.rollout.sampling
+        return {"benchmark": self.benchmark, "model": self.engine.model, "dialect": r.dialect,
+                "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed,
+                "max_total_tokens": r.max_total_tokens, "max_tool_calls": r.max_tool_calls, "few_shot": r.few_shot}
 
 
 @dataclass
@@ -72,7 +71,9 @@ class EvalResult:
     samples: list[Sample] = field(repr=False, default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"config": asdict(self.config), "metrics": self.metrics, "analytics": self.analytics,
+        config = asdict(self.config)
+        config["engine"]["api_key"] = None  # a secret: never written to a report
+        return {"config": config, "metrics": self.metrics, "analytics": self.analytics,
                 "per_problem": self.per_problem}
 
 
@@ -110,7 +111,7 @@ def load_samples(path: Path) -> list[Sample]:
 
 def check_resumable(out: Path, config: EvalConfig) -> None:
     saved_path = out / "config.json"
-    current = {k: getattr(config, k) for k in SAMPLE_DEFINING}
+    current = config.sample_defining()
     if saved_path.exists():
         saved = json.loads(saved_path.read_text())
         changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
@@ -158,13 +159,9 @@ def _run_locked(config: EvalConfig, engine: Engine | None, problems: list[Proble
         done = [s for s in load_samples(out / "trajectories.jsonl") if s.sample < config.k]
     owns_engine = engine is None
     if engine is None:
-        from retool.engines import create_engine
-
-        engine = create_engine(config.engine, config.model, base_url=config.base_url,
-                               max_batch=min(config.concurrency, 64))
+        engine = config.engine.build(max_batch=min(config.concurrency, 64))
     try:
-        with SandboxPool(config.sandbox, size=config.concurrency,
-                         limits=SandboxLimits(timeout_s=config.sandbox_timeout)) as pool:
+        with config.sandbox.pool(size=config.concurrency) as pool:
             new, infra = asyncio.run(_sample_all(config, engine, pool, problems, done, out, show_progress))
     finally:
         if owns_engine:
@@ -176,17 +173,14 @@ def _run_locked(config: EvalConfig, engine: Engine | None, problems: list[Proble
 
         write_report(out, result, engine.tokenizer)
         if config.notebooks:
-            from retool.evals.notebooks import write_notebooks
+            from retool.evals.report import write_notebooks
 
-            write_notebooks(out / "notebooks", result.samples, engine.tokenizer, config.dialect)
+            write_notebooks(out / "notebooks", result.samples, engine.tokenizer, config.rollout.dialect)
     return result
 
 
 async def _sample_all(config, engine, pool, problems, done, out, show_progress) -> list[Sample]:
-    rollout = Rollout(engine, pool, RolloutConfig(
-        dialect=config.dialect, max_tool_calls=config.max_tool_calls, max_total_tokens=config.max_tokens,
-        sampling=SamplingParams(temperature=config.temperature, top_p=config.top_p, seed=config.seed),
-        sandbox_timeout=config.sandbox_timeout, few_shot=config.few_shot))
+    rollout = Rollout(engine, pool, config.rollout)
     finished = {(s.problem_id, s.sample) for s in done}
     todo = [(i, p, s) for i, p in enumerate(problems) for s in range(config.k) if (p.id, s) not in finished]
     prompts = {p.id: rollout.prompt_ids(p.problem) for p in problems}

@@ -2,7 +2,8 @@
 
 Plots (matplotlib, headless): accuracy per problem, the distribution of response lengths (model
 tokens), and of tool calls per response. The report holds the headline metrics, the tool
-analytics and the per-problem table. Nothing here grades or samples.
+analytics and the per-problem table; ``write_notebooks`` writes one notebook per sample.
+Nothing here grades or samples.
 """
 
 from __future__ import annotations
@@ -10,15 +11,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from retool.protocol import get_dialect
+from retool.transcript import new_notebook_of, trajectory_cells
+
 
 def write_report(out: Path, result, tokenizer=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result.to_json(), indent=2))
     plots = _plots(out, result)
     cfg = result.config
-    lines = [f"# {cfg.benchmark}: {cfg.model or 'embedded default'}", ""]
-    lines += [f"k = {cfg.k}, temperature {cfg.temperature}, top-p {cfg.top_p}, max tokens {cfg.max_tokens}, "
-              f"max tool calls {cfg.max_tool_calls}, dialect `{cfg.dialect}`, sandbox `{cfg.sandbox}`, seed {cfg.seed}", ""]
+    r, s = cfg.rollout, cfg.rollout.sampling
+    lines = [f"# {cfg.benchmark}: {cfg.engine.model or 'embedded default'}", ""]
+    lines += [f"k = {cfg.k}, temperature {s.temperature}, top-p {s.top_p}, max total tokens {r.max_total_tokens}, "
+              f"max tool calls {r.max_tool_calls}, dialect `{r.dialect}`, sandbox `{cfg.sandbox.backend}`, "
+              f"seed {s.seed}", ""]
     lines += ["| metric | value |", "|---|---:|"]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in result.metrics.items()]
     lines += ["", "## Tool use", "", "| statistic | value |", "|---|---:|"]
@@ -75,3 +81,20 @@ def _save(fig, path: Path) -> str:
 
     plt.close(fig)
     return path.name
+
+
+def trajectory_notebook(sample, tokenizer, dialect_name: str):
+    from nbformat.v4 import new_markdown_cell
+
+    header = new_markdown_cell(f"**{sample.problem_id}** (sample {sample.sample}) — answer `{sample.answer}`, "
+                               f"gold `{sample.gold}`, {'correct' if sample.correct else 'wrong'}")
+    return new_notebook_of([header, *trajectory_cells(sample.trajectory, tokenizer, get_dialect(dialect_name))])
+
+
+def write_notebooks(folder: Path, samples, tokenizer, dialect_name: str) -> None:
+    import nbformat
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for sample in samples:
+        name = f"{sample.problem_id}-{sample.sample}.ipynb".replace("/", "_")
+        nbformat.write(trajectory_notebook(sample, tokenizer, dialect_name), folder / name)

@@ -81,21 +81,30 @@ class ExecResult:
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Resource limits applied to every session of a backend.
+    """Resource limits applied to every session of a backend — the one place they are declared.
 
     ``cpu_seconds`` is a lifetime budget of the interpreter process (RLIMIT_CPU); the per-cell
-    wall-clock deadline is ``timeout_s``. ``max_output_bytes`` caps what one cell may print: past
-    it the cell is stopped and the output keeps its head and tail.
+    wall-clock deadline is ``timeout_s`` (the only cell timeout: rollouts, chat, server and eval
+    all use it). ``max_output_bytes`` caps what one cell may print: past it the cell is stopped and
+    the output keeps its head and tail. Fields with ``cli`` metadata are command-line options.
     """
 
-    timeout_s: float = 10.0
-    memory_mb: int = 2048
+    timeout_s: float = field(default=10.0, metadata={"cli": True, "flag": "--timeout",
+                                                      "help": "Seconds a code cell may run."})
+    memory_mb: int = field(default=2048, metadata={"cli": True, "help": "Memory a sandbox may use, in MiB."})
     cpu_seconds: int = 600
     max_processes: int = 64
     max_file_mb: int = 64
     disk_mb: int = 256
     max_output_bytes: int = 128 * 1024
     interrupt_grace_s: float = 2.0  # after a timeout: how long an interrupt may take before a restart
+
+    def __post_init__(self) -> None:
+        numbers = {k: getattr(self, k) for k in ("timeout_s", "memory_mb", "cpu_seconds", "max_processes",
+                                                    "max_file_mb", "disk_mb", "max_output_bytes")}
+        bad = [k for k, v in numbers.items() if not v > 0]
+        if bad or self.interrupt_grace_s < 0:
+            raise ValueError(f"sandbox limits must be positive: {', '.join(bad) or 'interrupt_grace_s'}")
 
     def with_overrides(self, **changes: Any) -> "SandboxLimits":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -32,7 +32,10 @@ import platform
 import time
 from pathlib import Path
 
+from retool.engines.base import SamplingParams
+from retool.engines.spec import EngineSpec
 from retool.evals.harness import EvalConfig, run_eval
+from retool.rollout import RolloutConfig
 from retool.training.plot import compare_runs
 from retool.training.recipe import RLRecipe, SFTRecipe, load_recipe
 from retool.training.rl import run_rl
@@ -52,9 +55,10 @@ EVALS = {"base": (None, True, True), "sft": ("sft_code", True, False), "sft_rl":
 def greedy_eval(benchmark: str, model: str, out: Path, max_tokens: int, max_tool_calls: int, few_shot: bool = False,
                 limit: int | None = None) -> EvalConfig:
     """The one evaluation setting of the experiment (probe and held-out alike): greedy, one sample."""
-    return EvalConfig(benchmark=benchmark, model=model, k=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens,
-                      max_tool_calls=max_tool_calls, few_shot=few_shot, limit=limit, out=str(out), concurrency=16,
-                      seed=0)
+    rollout = RolloutConfig(max_total_tokens=max_tokens, max_tool_calls=max_tool_calls, few_shot=few_shot,
+                            sampling=SamplingParams(temperature=0.0, seed=0))
+    return EvalConfig(benchmark=benchmark, engine=EngineSpec(model=model), rollout=rollout, k=1, limit=limit,
+                      out=str(out), concurrency=16)
 
 
 def mixed_families(records: list[dict], solved: dict[str, bool]) -> tuple[dict[str, float], list[str]]:

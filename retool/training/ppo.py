@@ -97,7 +97,7 @@ class PPOTrainer:
             from retool.training.vllm_rollouts import open_vllm, rollout_engine
 
             self.vllm = open_vllm(recipe.vllm, self.accelerator.unwrap_model(self.policy), self.accelerator,
-                                  tokenizer, recipe.max_total_tokens)
+                                  tokenizer, recipe.rollout.max_total_tokens)
             self.engine = rollout_engine(recipe.vllm, self.vllm, tokenizer)
 
     # -- the loop --------------------------------------------------------------------------------
@@ -206,8 +206,8 @@ class PPOTrainer:
 
     def _logprobs(self, model, ids, attn, with_entropy: bool = False):
         logits = model(input_ids=ids, attention_mask=attn).logits
-        logprobs = token_logprobs(logits, ids, self.recipe.temperature)
-        entropy = entropy_from_logits(logits, self.recipe.temperature) if with_entropy else None
+        logprobs = token_logprobs(logits, ids, self.recipe.rollout.sampling.temperature)
+        entropy = entropy_from_logits(logits, self.recipe.rollout.sampling.temperature) if with_entropy else None
         return logprobs, entropy
 
     def _values(self, ids, attn) -> torch.Tensor:

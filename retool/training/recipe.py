@@ -1,9 +1,13 @@
 """Training recipes: one YAML file per run, validated before anything loads.
 
-A recipe names every knob that changes the result; nothing is read from the environment and no
-field has a hidden default that differs between SFT and RL. Unknown keys are errors (a typo such as
-``learing_rate`` must not silently train with the default). Paths are resolved against the current
-directory, except ``output_dir`` placeholders are left to the caller.
+A recipe names every knob that changes the result; nothing is read from the environment. How a
+trajectory is written and where its code runs are not re-declared here: a recipe holds the
+library's own settings, ``rollout:`` (``RolloutConfig``: dialect, budgets, sampling, few-shot) and
+``sandbox:`` (``SandboxSpec``: backend and limits). A section lists only what it changes: the rest
+keeps the recipe's defaults, which differ from the library's where RL and SFT deliberately differ
+(said beside them). Unknown keys are errors (a typo such as ``learing_rate`` must not silently
+train with the default). Paths are resolved against the current directory, except ``output_dir``
+placeholders are left to the caller.
 
 Not here: running anything (``sft.py``, ``grpo.py``, ``ppo.py``), accelerate/DeepSpeed settings
 (those live in ``training/accelerate/*.yaml`` and are passed to ``accelerate launch``).
@@ -11,11 +15,16 @@ Not here: running anything (``sft.py``, ``grpo.py``, ``ppo.py``), accelerate/Dee
 
 from __future__ import annotations
 
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from retool.engines.base import SamplingParams
+from retool.rollout import RolloutConfig
+from retool.sandbox.spec import SandboxSpec
 
 
 class RecipeError(ValueError):
@@ -24,6 +33,31 @@ class RecipeError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_override_defaults(cls, data: Any) -> Any:
+        """``rollout: {max_total_tokens: 192}`` changes that one field of the recipe's default
+        rollout, not of a library default the recipe does not use."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, info in cls.model_fields.items():
+            if isinstance(merged.get(name), dict) and is_dataclass(info.default):
+                merged[name] = _merge(_as_dict(info.default), merged[name])
+        return merged
+
+
+def _as_dict(settings: Any) -> dict[str, Any]:
+    return {f.name: _as_dict(getattr(settings, f.name)) if is_dataclass(getattr(settings, f.name))
+            else getattr(settings, f.name) for f in fields(settings)}
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
 
 
 class LoraSettings(_Strict):
@@ -39,9 +73,9 @@ class SFTRecipe(_Strict):
     model: str = "embedded"
     data: list[str]  # jsonl files of {"messages": [user, assistant], ...} (coldstart format)
     output_dir: str
-    dialect: Literal["retool", "fenced"] = "retool"
-    tools: bool = True  # False: text-only traces and the text-only system prompt
-    few_shot: bool = False  # prompt with the one-shot example (as the rollout will)
+    # the prompt each trace is rendered under, as the rollout will write it: dialect, few-shot (off:
+    # a trained model needs no demonstration), and max_tool_calls 0 for text-only traces
+    rollout: RolloutConfig = RolloutConfig(few_shot=False)
     max_length: int = Field(1024, gt=0)
     max_examples: int | None = Field(None, gt=0)
     epochs: float = Field(1.0, gt=0)
@@ -109,21 +143,18 @@ class RLRecipe(_Strict):
     model: str = "embedded"
     data: list[str]  # problems: any file ``retool.datasets`` reads (id, problem, answer)
     output_dir: str
-    dialect: Literal["retool", "fenced"] = "retool"
-    tools: bool = True  # False: text-only RL (no interpreter; a code block ends the answer)
-    few_shot: bool = False
     max_problems: int | None = Field(None, gt=0)
+    # how samples are written: RL samples at temperature 1 (not the library's greedy default), with
+    # short budgets and no demonstration; max_tool_calls 0 is text-only RL (a code block ends the
+    # answer). The sampling seed is not set here: each step's derives from ``seed``.
+    rollout: RolloutConfig = RolloutConfig(max_total_tokens=512, max_tool_calls=4, few_shot=False,
+                                           sampling=SamplingParams(temperature=1.0))
+    sandbox: SandboxSpec = SandboxSpec()
+    sandbox_workers: int | None = Field(None, gt=0)  # default: one per sample of a step (no queueing)
     # the loop
     steps: int = Field(20, gt=0)
     prompts_per_step: int = Field(8, gt=0)
     group_size: int = Field(4, gt=0)  # samples per prompt (GRPO's G; PPO samples this many too)
-    max_total_tokens: int = Field(512, gt=0)  # model + interpreter tokens after the prompt
-    max_tool_calls: int = Field(4, ge=0)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    sandbox: str = "jupyter"
-    sandbox_workers: int | None = Field(None, gt=0)  # default: one per sample of a step (no queueing)
-    sandbox_timeout: float = Field(10.0, gt=0)
     # the update
     learning_rate: float = Field(1e-6, gt=0)
     micro_batch_size: int = Field(8, gt=0)
@@ -154,8 +185,10 @@ class RLRecipe(_Strict):
             raise ValueError("group-relative advantages need group_size ≥ 2")
         if self.algorithm == "dapo" and self.loss_type != "dapo":
             raise ValueError("algorithm dapo uses loss_type dapo (token-level); use algorithm grpo for the others")
-        if not self.tools and self.max_tool_calls:
-            raise ValueError("text-only RL (tools: false) needs max_tool_calls: 0")
+        if self.rollout.sampling.seed is not None:
+            raise ValueError("rollout.sampling.seed: each step's sampling seed derives from the recipe's seed; set seed")
+        if self.rollout.sampling.temperature <= 0:
+            raise ValueError("rollout.sampling.temperature: RL needs sampling (> 0); greedy samples are all alike")
         return self
 
 

@@ -10,12 +10,11 @@ Not here: the algorithms (``grpo``, ``ppo``), the rollout (``rl_rollout``).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from retool.datasets import Problem, load_benchmark
 from retool.models import load_model, load_tokenizer, training_device
-from retool.sandbox.base import SandboxLimits
 from retool.sandbox.pool import SandboxPool
 from retool.training.interrupt import StopRequest
 from retool.training.recipe import RLRecipe
@@ -42,8 +41,8 @@ def open_pool(recipe: RLRecipe) -> SandboxPool:
     """One session per in-flight sample. Text-only RL runs no code: its sessions are the stateless
     subprocess kind, which start nothing until asked to run (so they cost nothing)."""
     size = recipe.sandbox_workers or recipe.prompts_per_step * recipe.group_size
-    backend = recipe.sandbox if recipe.tools else "subprocess"
-    return SandboxPool(backend, size=size, limits=SandboxLimits(timeout_s=recipe.sandbox_timeout))
+    spec = recipe.sandbox if recipe.rollout.tools else replace(recipe.sandbox, backend="subprocess")
+    return spec.pool(size)
 
 
 def run_rl(recipe: RLRecipe, model=None, tokenizer=None, pool: SandboxPool | None = None) -> RLResult:

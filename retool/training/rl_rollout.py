@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
 
 from retool.datasets import Problem
-from retool.engines.base import Engine, SamplingParams
+from retool.engines.base import Engine
 from retool.engines.hf import HFEngine
 from retool.grading import RewardConfig, extract_answer_from_trajectory, is_equivalent, reward_for_answer
 from retool.protocol import get_dialect
 from retool.rollout import Rollout, RolloutConfig
+from retool.seeds import derive_seed
 from retool.training.advantages import zero_advantage_group_share
 from retool.training.recipe import RLRecipe
 from retool.trajectory import Trajectory
@@ -96,13 +97,9 @@ class RolloutBatch:
 
 
 def rollout_config(recipe: RLRecipe, step: int) -> RolloutConfig:
-    return RolloutConfig(
-        dialect=recipe.dialect, max_tool_calls=recipe.max_tool_calls if recipe.tools else 0,
-        max_total_tokens=recipe.max_total_tokens,
-        sampling=SamplingParams(temperature=recipe.temperature, top_p=recipe.top_p,
-                                seed=recipe.seed * 100_003 + step),
-        sandbox_timeout=recipe.sandbox_timeout, few_shot=recipe.few_shot,
-    )
+    """The recipe's rollout, seeded for ``step`` (a resumed run draws the same samples)."""
+    rollout = recipe.rollout
+    return replace(rollout, sampling=rollout.sampling.with_(seed=derive_seed(recipe.seed, "rl-step", step)))
 
 
 def reward_config(recipe: RLRecipe) -> RewardConfig:
@@ -112,7 +109,7 @@ def reward_config(recipe: RLRecipe) -> RewardConfig:
 
 def score(traj: Trajectory, gold: str, tokenizer: Any, recipe: RLRecipe) -> tuple[float, bool, str | None]:
     """The outcome reward from the model's own tokens (``retool.grading``): (reward, correct, answer)."""
-    answer = extract_answer_from_trajectory(traj, tokenizer, get_dialect(recipe.dialect))
+    answer = extract_answer_from_trajectory(traj, tokenizer, get_dialect(recipe.rollout.dialect))
     return reward_for_answer(answer, gold, reward_config(recipe)), is_equivalent(answer, gold), answer
 
 
@@ -125,7 +122,7 @@ def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe
     own_engine = engine is None
     if own_engine:
         engine = HFEngine(model, tokenizer, max_batch=max(1, len(problems) * group),
-                          capacity=min(1024, recipe.max_total_tokens + 512))
+                          capacity=min(1024, recipe.rollout.max_total_tokens + 512))
     started = time.monotonic()
     try:
         rollout = Rollout(engine, pool, config)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retool.models import load_model, load_tokenizer, training_device
-from retool.protocol import get_dialect
 from retool.training.interrupt import StopOnRequestCallback, StopRequest
 from retool.training.recipe import SFTRecipe
 from retool.training.run_log import RunLog
@@ -60,8 +59,7 @@ def run_sft(recipe: SFTRecipe, model=None, tokenizer=None) -> SFTResult:
 
     out = Path(recipe.output_dir)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(recipe.model)
-    examples = list(iter_examples(recipe.data, tokenizer, get_dialect(recipe.dialect), tools=recipe.tools,
-                                  few_shot=recipe.few_shot, max_length=recipe.max_length,
+    examples = list(iter_examples(recipe.data, tokenizer, recipe.rollout, max_length=recipe.max_length,
                                   max_examples=recipe.max_examples))
     dataset = build_dataset(iter(examples))
     if model is None:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from retool.coldstart.verify import parse_blocks
-from retool.protocol import Dialect, build_messages
-from retool.rollout import render_prompt
+from retool.protocol import build_messages, get_dialect
+from retool.rollout import RolloutConfig, render_prompt
 from retool.trajectory import Trajectory
 
 IGNORE_INDEX = -100
@@ -43,10 +43,10 @@ class SFTExample:
         return sum(1 for t in self.labels if t != IGNORE_INDEX)
 
 
-def render_trajectory(problem: str, reply: str, tokenizer: Any, dialect: Dialect, *, tools: bool = True,
-                      few_shot: bool = False) -> Trajectory:
-    """The trajectory a perfect rollout would have produced for ``reply``."""
-    prompt = render_prompt(tokenizer, build_messages(problem, dialect, few_shot=few_shot, tools=tools))
+def render_trajectory(problem: str, reply: str, tokenizer: Any, rollout: RolloutConfig) -> Trajectory:
+    """The trajectory a perfect rollout under ``rollout`` would have produced for ``reply``."""
+    dialect, tools = get_dialect(rollout.dialect), rollout.tools
+    prompt = render_prompt(tokenizer, build_messages(problem, dialect, few_shot=rollout.few_shot, tools=tools))
     traj = Trajectory(prompt)
     cursor = 0
     blocks = parse_blocks(reply, dialect) if tools else []
@@ -72,8 +72,7 @@ def to_example(traj: Trajectory, id: str = "") -> SFTExample:
     return SFTExample(id, traj.input_ids, labels)
 
 
-def iter_examples(paths: list[str | Path], tokenizer: Any, dialect: Dialect, *, tools: bool = True,
-                  few_shot: bool = False, max_length: int | None = None,
+def iter_examples(paths: list[str | Path], tokenizer: Any, rollout: RolloutConfig, *, max_length: int | None = None,
                   max_examples: int | None = None) -> Iterator[SFTExample]:
     """Every usable line of ``paths`` as an example. A malformed line raises ``SFTDataError`` with its
     location (a silently shorter dataset is worse than a stopped run); over-long examples are
@@ -90,7 +89,7 @@ def iter_examples(paths: list[str | Path], tokenizer: Any, dialect: Dialect, *, 
                 try:
                     record = json.loads(line)
                     user, assistant = _exchange(record)
-                    traj = render_trajectory(user, assistant, tokenizer, dialect, tools=tools, few_shot=few_shot)
+                    traj = render_trajectory(user, assistant, tokenizer, rollout)
                 except (json.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
                     raise SFTDataError(f"{where}: {exc}") from None
                 example = to_example(traj, str(record.get("id", where)))

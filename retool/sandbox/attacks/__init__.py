@@ -12,18 +12,16 @@ from __future__ import annotations
 from retool.sandbox.attacks.base import PROBE, Attack, AttackOutcome, Evidence, HostBait, run_attack
 from retool.sandbox.attacks.contain import CONTAINMENT
 from retool.sandbox.attacks.harden import HARDENING
-from retool.sandbox.base import SandboxLimits
+from retool.sandbox.spec import SandboxSpec
 
 ATTACKS: list[Attack] = CONTAINMENT + HARDENING
 ATTACKS_BY_NAME = {attack.name: attack for attack in ATTACKS}
 
 
-def run_attack_suite(backend: str, limits: SandboxLimits | None = None, names: list[str] | None = None, **options):
-    """Run the attacks (all, or ``names``) against ``backend``; yields one outcome per attack."""
-    from retool.sandbox.pool import SandboxPool
-
+def run_attack_suite(sandbox: SandboxSpec, names: list[str] | None = None, **options):
+    """Run the attacks (all, or ``names``) against ``sandbox``; yields one outcome per attack."""
     attacks = [ATTACKS_BY_NAME[n] for n in names] if names else ATTACKS
-    with HostBait() as bait, SandboxPool(backend, size=2, limits=limits, **options) as pool:
+    with HostBait() as bait, sandbox.pool(size=2, **options) as pool:
         for attack in attacks:
             yield run_attack(pool, attack, bait)
 

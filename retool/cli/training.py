@@ -6,20 +6,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+from retool.cli.common import console, fail
 
 RecipeOption = typer.Option(..., "--recipe", "-r", help="A YAML recipe (see training/recipes/).")
 OutputOption = typer.Option(None, "--output-dir", "-o", help="Override the recipe's output_dir.")
 ModelOverride = typer.Option(None, "--model", "-m", help="Override the recipe's model.")
-
-
-def _fail(exc: Exception, code: int) -> typer.Exit:
-    """Print the error (as text: messages hold brackets such as ``retool[gpu]``) and exit ``code``."""
-    err_console.print(str(exc), style="red", markup=False)
-    return typer.Exit(code)
 
 
 def _load(path: Path, kind, **overrides):
@@ -28,7 +20,7 @@ def _load(path: Path, kind, **overrides):
     try:
         return load_recipe(path, kind, **overrides)
     except RecipeError as exc:
-        raise _fail(exc, 2) from None
+        raise fail(exc, 2) from None
 
 
 def sft(recipe: Path = RecipeOption, output_dir: Optional[str] = OutputOption,
@@ -43,7 +35,7 @@ def sft(recipe: Path = RecipeOption, output_dir: Optional[str] = OutputOption,
     try:
         result = run_sft(config)
     except (SFTDataError, ModelNotFound) as exc:
-        raise _fail(exc, 1) from None
+        raise fail(exc, 1) from None
     if result.interrupted:
         console.print(f"stopped at step {result.steps}; checkpoint saved — run the same command to resume")
         raise typer.Exit(130)
@@ -64,9 +56,9 @@ def rl(recipe: Path = RecipeOption, output_dir: Optional[str] = OutputOption,
     try:
         result = run_rl(config)
     except RecipeError as exc:  # asks for what this machine lacks (vLLM, a GPU)
-        raise _fail(exc, 2) from None
+        raise fail(exc, 2) from None
     except (DatasetError, ModelNotFound, SandboxUnavailable) as exc:
-        raise _fail(exc, 1) from None
+        raise fail(exc, 1) from None
     if result.interrupted:
         console.print(f"stopped at step {result.steps}; checkpoint saved — run the same command to resume")
         raise typer.Exit(130)
@@ -81,7 +73,7 @@ def plot(run_dir: Path = typer.Argument(..., help="A training run's output_dir (
     try:
         paths = plot_run(run_dir, out)
     except NoMetricsError as exc:
-        raise _fail(exc, 1) from None
+        raise fail(exc, 1) from None
     for path in paths:
         console.print(str(path))
 

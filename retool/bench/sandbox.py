@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
+from retool.sandbox.spec import SandboxSpec
+
 TRIVIAL_CELL = "1 + 1"
 SYMPY_CELL = "import sympy\nsympy.factorint(2**64 + 1)"
 TRAJECTORY = [  # a 4-turn tool-integrated trajectory: each cell uses names from the previous ones
@@ -101,20 +103,17 @@ def _throughput(worker_factory, concurrency: int, seconds: float) -> float:
 # -- retool sessions ----------------------------------------------------------------------------
 
 
-def bench_backend(backend: str, samples: int = 200, seconds: float = 3.0, **options) -> ExecutorStats:
-    from retool.sandbox import create_session
-    from retool.sandbox.pool import SandboxPool
-
+def bench_backend(sandbox: SandboxSpec, samples: int = 200, seconds: float = 3.0) -> ExecutorStats:
     starts = []
     for _ in range(3):
         t = time.perf_counter()
-        create_session(backend, **options).close()
+        sandbox.session().close()
         starts.append(time.perf_counter() - t)
 
-    with create_session(backend, **options) as session:
+    with sandbox.session() as session:
         trivial = _latencies(session.run, TRIVIAL_CELL, samples)
         sympy_ = _latencies(session.run, SYMPY_CELL, max(samples // 4, 10))
-    with create_session(backend, **options) as session:
+    with sandbox.session() as session:
         t = time.perf_counter()
         for cell in TRAJECTORY:
             session.run(cell)
@@ -122,7 +121,7 @@ def bench_backend(backend: str, samples: int = 200, seconds: float = 3.0, **opti
 
     throughput = {}
     for c in (1, 4, 16):
-        with SandboxPool(backend, size=c, **options) as pool:
+        with sandbox.pool(size=c) as pool:
             pool.wait_ready(300)
 
             @contextlib.contextmanager
@@ -196,13 +195,13 @@ def bench_exec_baseline(samples: int = 200, seconds: float = 3.0, persistent: bo
     return _stats(start_s, trivial, sympy_, trajectory_ms, throughput)
 
 
-def run_sandbox_bench(backend: str, samples: int = 200, seconds: float = 3.0) -> dict[str, object]:
+def run_sandbox_bench(sandbox: SandboxSpec, samples: int = 200, seconds: float = 3.0) -> dict[str, object]:
     """Everything ``retool sandbox bench`` reports, as one JSON-ready dict."""
-    ours = bench_backend(backend, samples, seconds)
+    ours = bench_backend(sandbox, samples, seconds)
     released = bench_exec_baseline(samples, seconds)
     persistent = bench_exec_baseline(samples, seconds, persistent=True)
     return {
-        "backend": backend,
+        "backend": sandbox.backend,
         **asdict(ours),
         "baseline_released_exec": asdict(released),
         "baseline_persistent_exec": asdict(persistent),

@@ -16,7 +16,7 @@ holding more than its fair share (``max_sessions`` / owners with sessions): one 
 another's state at will. With nothing to push out: ``SessionsFull``.
 
 Requests on one session are served one at a time (a session runs one cell at a time). Used from one
-asyncio event loop. Not here: HTTP (``retool.serve``), what runs in the sessions.
+asyncio event loop. Not here: HTTP (``retool.apps.serve``), what runs in the sessions.
 """
 
 from __future__ import annotations

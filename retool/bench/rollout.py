@@ -21,7 +21,8 @@ from retool.engines.base import SamplingParams
 from retool.engines.hf import HFEngine
 from retool.models import load_model
 from retool.rollout import Rollout, RolloutConfig
-from retool.sandbox import SandboxPool
+from retool.sandbox.spec import SandboxSpec
+from retool.seeds import derive_seed
 
 PROBLEMS = [
     "What is the remainder when 2 to the power 100 is divided by 97?",
@@ -54,13 +55,16 @@ class RolloutBench:
     speedup_vs_naive: float
 
 
-def run_rollout_bench(problems: int = 8, samples: int = 4, max_tokens: int = 320, naive_trajectories: int = 4,
-                      dialect: str = "fenced", seed: int = 0) -> RolloutBench:
+# the benchmark's sampling: varied trajectories (temperature 0.7, top-p 0.95), seeded, fenced dialect
+BENCH_ROLLOUT = RolloutConfig(dialect="fenced", max_total_tokens=320, max_tool_calls=4,
+                              sampling=SamplingParams(temperature=0.7, top_p=0.95, seed=0))
+
+
+def run_rollout_bench(problems: int = 8, samples: int = 4, naive_trajectories: int = 4,
+                      config: RolloutConfig = BENCH_ROLLOUT, sandbox: SandboxSpec = SandboxSpec()) -> RolloutBench:
     model, tokenizer = load_model(None)
-    config = RolloutConfig(dialect=dialect, max_total_tokens=max_tokens, max_tool_calls=4,
-                           sampling=SamplingParams(temperature=0.7, top_p=0.95, seed=seed))
     chosen = PROBLEMS[:problems]
-    with SandboxPool("jupyter", size=min(problems * samples, 16)) as pool:
+    with sandbox.pool(size=min(problems * samples, 16)) as pool:
         pool.wait_ready()
         engine = HFEngine(model, tokenizer, max_batch=problems * samples)
         try:
@@ -103,7 +107,7 @@ def _naive(model, tokenizer, pool, rollout: Rollout, problems, count, config) ->
     generated, started = 0, time.monotonic()
     for index in range(count):
         problem = problems[index % len(problems)]  # spread over the problems
-        torch.manual_seed(config.sampling.seed * 1_000_003 + index)
+        torch.manual_seed(derive_seed(config.sampling.seed or 0, "naive", index))
         text = tokenizer.decode(rollout.prompt_ids(problem), skip_special_tokens=False)
         response_tokens, calls = 0, 0
         with pool.session() as session:
@@ -123,7 +127,7 @@ def _naive(model, tokenizer, pool, rollout: Rollout, problems, count, config) ->
                 if code is None or calls >= config.max_tool_calls:
                     break
                 calls += 1
-                rendered = dialect.render_output(session.run(code, config.sandbox_timeout))
+                rendered = dialect.render_output(session.run(code))
                 text += rendered
                 response_tokens += len(tokenizer.encode(rendered, add_special_tokens=False))
     return generated, time.monotonic() - started

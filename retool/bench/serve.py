@@ -15,10 +15,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from retool.rollout_bench import PROBLEMS
-from retool.local_server import local_server
-from retool.serve import ServeConfig
-from retool.serve_app import create_app
+from retool.bench.rollout import PROBLEMS
+from retool.apps.local_server import local_server
+from retool.apps.serve import ServeConfig
+from retool.engines.spec import EngineSpec
+from retool.rollout import RolloutConfig
+from retool.apps.serve_app import create_app
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,12 @@ def _level(client, model: str, clients: int, per_client: int, max_tokens: int) -
 
 
 def run_serve_bench(levels: tuple[int, ...] = (1, 4, 16), requests_per_client: int = 2, max_tokens: int = 96,
-                    dialect: str = "fenced", model: str | None = None) -> dict:
+                    dialect: str = "fenced", engine: EngineSpec = EngineSpec()) -> dict:
     import openai
 
     top = max(levels)
-    config = ServeConfig(model=model, dialect=dialect, max_concurrency=top, max_sessions=2 * top,
-                         warm_sessions=min(top, 4), max_tokens=max(max_tokens, 256))
+    config = ServeConfig(engine=engine, rollout=RolloutConfig(dialect=dialect), max_concurrency=top,
+                         max_sessions=2 * top, warm_sessions=min(top, 4), max_request_tokens=max(max_tokens, 256))
     load_started = time.monotonic()
     with local_server(create_app(config)) as url:
         startup_s = time.monotonic() - load_started

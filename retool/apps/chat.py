@@ -9,7 +9,7 @@ Ctrl-D or ``/exit`` leaves.
 Commands: ``/reset`` (forget the conversation, fresh interpreter), ``/save PATH`` (jsonl),
 ``/notebook PATH`` (.ipynb with the real outputs), ``/exit``, ``/help``.
 
-Not here: the conversation logic (``retool.conversation``), HTTP (``retool.serve``).
+Not here: the conversation logic (``retool.apps.conversation``), HTTP (``retool.apps.serve``).
 """
 
 from __future__ import annotations
@@ -17,31 +17,19 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.markup import escape
 
-from retool.conversation import Chunk, Conversation, Turn
-from retool.engines import create_engine
-from retool.engines.base import SamplingParams
+from retool.apps.conversation import Chunk, Conversation, Turn
+from retool.engines.spec import EngineSpec
 from retool.rollout import Rollout, RolloutConfig
-from retool.sandbox import SandboxLimits, SandboxPool
-from retool.solve import SolveConfig
+from retool.sandbox.spec import SandboxSpec
 from retool.terminal import for_terminal
 
 STYLES = {"text": "", "code": "bold yellow", "output": "cyan on grey11"}
 HELP = ("commands: /reset (new conversation, fresh interpreter)  /save PATH (jsonl)  "
         "/notebook PATH (.ipynb)  /exit  — Ctrl-C stops a running answer, Ctrl-D quits")
-
-
-@dataclass(frozen=True)
-class ChatConfig(SolveConfig):
-    """``retool solve``'s settings, a longer cell timeout (people wait for their cells), and extra
-    system instructions."""
-
-    timeout: float = 30.0
-    system: str | None = None
 
 
 class ChatApp:
@@ -142,25 +130,20 @@ class ChatApp:
         self.loop.close()
 
 
-def run_chat(config: ChatConfig, console) -> None:
+def run_chat(engine: EngineSpec, sandbox: SandboxSpec, rollout: RolloutConfig, console,
+             system: str | None = None) -> None:
+    """The chat with ``system`` added to the dialect's instructions, until the user leaves."""
     with console.status("loading the model and starting the sandbox…"):
-        pool = SandboxPool(config.sandbox, size=1, limits=SandboxLimits(timeout_s=config.timeout))
+        pool = sandbox.pool(size=1)
         try:
-            engine = create_engine(config.engine, config.model, base_url=config.base_url, api_key=config.api_key,
-                                   max_batch=1)
+            served = engine.build(max_batch=1)
         except BaseException:
             pool.close()
             raise
     try:
-        rollout = Rollout(engine, pool, RolloutConfig(
-            dialect=config.dialect,
-            max_tool_calls=config.max_tool_calls,
-            max_total_tokens=config.max_tokens,
-            sampling=SamplingParams(temperature=config.temperature, top_p=config.top_p, seed=config.seed),
-            sandbox_timeout=config.timeout,
-        ))
+        runner = Rollout(served, pool, rollout)
         session = pool.acquire(timeout=120)
-        app = ChatApp(Conversation(rollout, session, system=config.system), console)
+        app = ChatApp(Conversation(runner, session, system=system), console)
         try:
             app.repl()
         finally:
@@ -168,4 +151,4 @@ def run_chat(config: ChatConfig, console) -> None:
             pool.release(session)
     finally:
         pool.close()
-        engine.close()
+        served.close()

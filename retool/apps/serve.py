@@ -9,7 +9,7 @@ Sessions: each conversation has one sandbox session, keyed by a session id sent 
 ``extra_body``), and by its owner (the bearer token, or the client's address): another client's
 request with the same id gets a session of its own. A request without an id starts a new session;
 its id comes back in the ``X-Session-Id`` header and the ``session_id`` field. Sessions idle for
-``session_ttl_s`` are closed; room is made fairly (``retool.session_store``). A session never
+``session_ttl_s`` are closed; room is made fairly (``retool.apps.session_store``). A session never
 vanishes silently: when a conversation's interpreter is fresh although the conversation is not
 (the session expired, was evicted, or the id is unknown here), the reply says so
 (``X-Session-Reset`` and ``retool.session_reset``) and the model's prompt tells it.
@@ -17,18 +17,18 @@ vanishes silently: when a conversation's interpreter is fresh although the conve
 Limits: ``max_concurrency`` turns run at once; a request first waits for its own session, *then* for
 a slot, so requests queued behind one conversation never hold slots others could use (past
 ``max_queue`` waiting: 429); request bodies over ``max_body_bytes`` are refused before they are
-parsed (413); prompts are rendered off the event loop; per-request caps on tokens and tool calls;
-a prompt-length cap. With ``tokens``, every request needs ``Authorization: Bearer <token>``.
+parsed (413); prompts are rendered off the event loop; per-request caps on tokens
+(``max_request_tokens``) and tool calls (the rollout's ``max_tool_calls``); a prompt-length cap. With ``tokens``, every request needs ``Authorization: Bearer <token>``.
 A client that goes away — a dropped stream or a plain request whose connection closes — stops the
 generation and interrupts the running cell. A turn stopped by an infrastructure failure (the
 sandbox or the engine failed, not the model) is a 503. Every error is in OpenAI's shape
-(``retool.serve_schema``). Model-written code only ever runs in the sandbox; nothing in a request
+(``retool.apps.serve_schema``). Model-written code only ever runs in the sandbox; nothing in a request
 names a host path, a model to load or a command.
 
 This module holds the settings and the state behind the routes; the routes, the streaming and the
-middleware are in ``retool.serve_app``, the request schema in ``retool.serve_schema``.
+middleware are in ``retool.apps.serve_app``, the request schema in ``retool.apps.serve_schema``.
 
-Not here: the loop itself (``retool.rollout``), conversation prompts (``retool.conversation``),
+Not here: the loop itself (``retool.rollout``), conversation prompts (``retool.apps.conversation``),
 function calling (the tool is Python, run server-side).
 """
 
@@ -41,42 +41,40 @@ import hmac
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import Request
 
-from retool.conversation import Turn, TurnCollector
-from retool.engines.base import Engine, SamplingParams
+from retool.apps.conversation import Turn, TurnCollector
+from retool.engines.base import Engine
+from retool.engines.spec import EngineSpec
 from retool.rollout import Rollout, RolloutConfig
-from retool.sandbox import SandboxLimits, SandboxPool
 from retool.sandbox.base import SandboxUnavailable, Session
-from retool.serve_schema import RESET_HEADER, SESSION_HEADER, SESSION_ID, APIError, ChatRequest
-from retool.session_store import SessionsFull, SessionStore
+from retool.sandbox.spec import SandboxSpec
+from retool.apps.serve_schema import RESET_HEADER, SESSION_HEADER, SESSION_ID, APIError, ChatRequest
+from retool.apps.session_store import SessionsFull, SessionStore
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model: str | None = None
-    engine: str = "hf"
-    base_url: str | None = None
-    api_key: str | None = None  # for the engine's --base-url, not for this server's clients (see tokens)
+    """The server's own settings; the model, the sandbox and how turns are written are the shared
+    ``EngineSpec``, ``SandboxSpec`` and ``RolloutConfig`` (the rollout's budgets, dialect and
+    sampling are what a request gets when it does not say; ``max_tool_calls`` is also its cap)."""
+
+    engine: EngineSpec = EngineSpec()
+    sandbox: SandboxSpec = SandboxSpec()
+    rollout: RolloutConfig = RolloutConfig()
     served_name: str | None = None  # the id in /v1/models (default: the model's name)
-    sandbox: str = "jupyter"
-    dialect: str = "retool"
     host: str = "127.0.0.1"
     port: int = 8000
     max_concurrency: int = 4
     max_queue: int = 64
-    max_tokens: int = 2048  # per request, model + interpreter tokens
-    default_max_tokens: int = 1024
-    max_tool_calls: int = 8
+    max_request_tokens: int = 2048  # the most a request's max_tokens may ask for (model + interpreter)
     max_prompt_tokens: int = 8192
     max_body_bytes: int = 2 << 20  # refused before parsing: a prompt of max_prompt_tokens is far smaller
-    temperature: float = 0.0  # when a request does not say
-    sandbox_timeout: float = 30.0
     session_ttl_s: float = 600.0
     max_sessions: int = 32
     max_sessions_per_client: int | None = None  # default: max_sessions (fair sharing still applies)
@@ -110,8 +108,7 @@ class Server:
 
     def __init__(self, config: ServeConfig, engine: Engine, model_name: str) -> None:
         self.config, self.engine, self.model_name = config, engine, model_name
-        self.pool = SandboxPool(config.sandbox, size=config.max_sessions, warm=config.warm_sessions,
-                                limits=SandboxLimits(timeout_s=config.sandbox_timeout))
+        self.pool = config.sandbox.pool(size=config.max_sessions, warm=config.warm_sessions)
         self.sessions = SessionStore(self.pool, config.session_ttl_s, config.max_sessions,
                                      config.max_sessions_per_client)
         self.slots = asyncio.Semaphore(config.max_concurrency)
@@ -138,8 +135,8 @@ class Server:
         self.pool.close()
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.model_name, "engine": self.engine.name, "sandbox": self.config.sandbox,
-                "dialect": self.config.dialect, "sessions": len(self.sessions), "running": self.running,
+        return {"status": "ok", "model": self.model_name, "engine": self.engine.name,
+                "sandbox": self.config.sandbox.backend, "dialect": self.config.rollout.dialect, "sessions": len(self.sessions), "running": self.running,
                 "waiting": self.waiting, "served": self.served, "uptime_s": round(time.time() - self.started, 1)}
 
     # -- a request ------------------------------------------------------------------------------
@@ -171,25 +168,25 @@ class Server:
                     for m in request.messages]
         if messages[-1]["role"] != "user":
             raise APIError(400, "the last message must be the user's", param="messages")
-        max_tokens = request.max_completion_tokens or request.max_tokens or cfg.default_max_tokens
-        if max_tokens > cfg.max_tokens:
-            raise APIError(400, f"max_tokens {max_tokens} is over this server's limit of {cfg.max_tokens}",
+        defaults = cfg.rollout
+        max_tokens = request.max_completion_tokens or request.max_tokens or defaults.max_total_tokens
+        if max_tokens > cfg.max_request_tokens:
+            raise APIError(400, f"max_tokens {max_tokens} is over this server's limit of {cfg.max_request_tokens}",
                            param="max_tokens")
-        tool_calls = cfg.max_tool_calls if request.max_tool_calls is None else request.max_tool_calls
-        if tool_calls > cfg.max_tool_calls:
-            raise APIError(400, f"max_tool_calls {tool_calls} is over this server's limit of {cfg.max_tool_calls}",
+        tool_calls = defaults.max_tool_calls if request.max_tool_calls is None else request.max_tool_calls
+        if tool_calls > defaults.max_tool_calls:
+            raise APIError(400, f"max_tool_calls {tool_calls} is over this server's limit of {defaults.max_tool_calls}",
                            param="max_tool_calls")
         if self.waiting >= cfg.max_queue:
             raise APIError(429, f"the server is busy ({self.waiting} requests waiting); retry later",
                            "rate_limit_error", code="server_busy")
-        sampling = SamplingParams(
-            temperature=cfg.temperature if request.temperature is None else request.temperature,
-            top_p=1.0 if request.top_p is None else request.top_p,
+        sampling = defaults.sampling.with_(
+            temperature=defaults.sampling.temperature if request.temperature is None else request.temperature,
+            top_p=defaults.sampling.top_p if request.top_p is None else request.top_p,
             seed=request.seed,
         )
-        rollout = Rollout(self.engine, self.pool, RolloutConfig(
-            dialect=cfg.dialect, max_tool_calls=tool_calls, max_total_tokens=max_tokens, sampling=sampling,
-            sandbox_timeout=cfg.sandbox_timeout))
+        rollout = Rollout(self.engine, self.pool, replace(defaults, max_tool_calls=tool_calls,
+                                                          max_total_tokens=max_tokens, sampling=sampling))
         return session_id, rollout, messages
 
     async def prepare(self, request: ChatRequest, http: Request) -> Prepared:
@@ -270,16 +267,17 @@ def default_name(config: ServeConfig) -> str:
 
     from retool.models import EMBEDDED_ALIASES, EMBEDDED_DEFAULT
 
-    if config.model is None or config.model in EMBEDDED_ALIASES:
+    model = config.engine.model
+    if model is None or model in EMBEDDED_ALIASES:
         return EMBEDDED_DEFAULT
-    path = Path(config.model).expanduser()
-    return path.resolve().name if path.exists() else config.model
+    path = Path(model).expanduser()
+    return path.resolve().name if path.exists() else model
 
 
 def run_server(config: ServeConfig) -> None:
     import uvicorn
 
-    from retool.serve_app import create_app
+    from retool.apps.serve_app import create_app
 
     if not config.tokens and config.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without --token: anyone who can reach it can run code in its sandboxes", config.host)

@@ -8,7 +8,7 @@ rather than a failure later), and ``seed`` is any 64-bit integer.
 Every refusal, whatever raised it, leaves as ``{"error": {"message", "type", "param", "code"}}``
 (``APIError.body``), so an OpenAI client raises its typed exception.
 
-Not here: what a request does (``retool.serve``).
+Not here: what a request does (``retool.apps.serve``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The routes of ``retool serve`` (see ``retool.serve`` for what the server does): the FastAPI app,
+"""The routes of ``retool serve`` (see ``retool.apps.serve`` for what the server does): the FastAPI app,
 OpenAI-shaped error handlers, the body-size middleware, SSE streaming, and watching plain requests'
 clients so a hang-up stops the turn.
 """
@@ -18,11 +18,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from retool.conversation import Chunk, Turn
+from retool.apps.conversation import Chunk, Turn
 from retool.engines.base import Engine
 from retool.sandbox.base import SandboxUnavailable
-from retool.serve import FINISH, Prepared, Server, ServeConfig, default_name, infra_error
-from retool.serve_schema import APIError, ChatRequest, error_for_status
+from retool.apps.serve import FINISH, Prepared, Server, ServeConfig, default_name, infra_error
+from retool.apps.serve_schema import APIError, ChatRequest, error_for_status
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,7 @@ def _extension(turn: Turn, prepared: Prepared) -> dict[str, Any]:
         "finish_reason": turn.finish_reason,
         "model_tokens": traj.num_model_tokens,
         "interpreter_tokens": traj.num_tool_tokens,
-        "tool_calls": [{"code": c.code, "status": c.result.status.value, "stdout": c.result.stdout,
-                        "error": c.result.error, "duration_s": round(c.result.duration_s, 4)} for c in traj.tool_calls],
+        "tool_calls": [c.to_dict() for c in traj.tool_calls],
     }
 
 
@@ -89,13 +88,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None, model_name: st
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         own_engine = engine is None
-        if own_engine:
-            from retool.engines import create_engine
-
-            served = await asyncio.to_thread(create_engine, config.engine, config.model, base_url=config.base_url,
-                                             api_key=config.api_key, max_batch=config.max_concurrency)
-        else:
-            served = engine
+        served = await asyncio.to_thread(config.engine.build, max_batch=config.max_concurrency) if own_engine else engine
         name = model_name or config.served_name or default_name(config)
         server = Server(config, served, name)
         await server.start()

@@ -10,7 +10,7 @@ The history is kept as messages (the assistant's content is the whole transcript
 output included), as an OpenAI client would send it back; each turn re-renders it with the chat
 template, and the engine's prefix cache makes that cheap.
 
-Not here: terminals (``retool.chat``), HTTP (``retool.serve``), who owns the sandbox session.
+Not here: terminals (``retool.apps.chat``), HTTP (``retool.apps.serve``), who owns the sandbox session.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ class Conversation:
                 record.update(
                     finish_reason=turn.finish_reason,
                     answer=turn.answer,
-                    tool_calls=[{"code": c.code, **c.result.to_dict()} for c in turn.tool_calls],
+                    tool_calls=[c.to_dict() for c in turn.tool_calls],
                 )
             lines.append(json.dumps(record, ensure_ascii=False))
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -240,7 +240,7 @@ class Conversation:
         import nbformat
         from nbformat.v4 import new_markdown_cell
 
-        from retool.evals.notebooks import new_notebook_of, trajectory_cells
+        from retool.transcript import new_notebook_of, trajectory_cells
 
         cells = []
         for turn in self.turns:

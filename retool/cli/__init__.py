@@ -1,0 +1,20 @@
+"""The ``retool`` command: one module per command group, each parsing arguments and handing off to
+the library. Shared options (engine, sandbox, rollout) are made once from the settings' own fields
+(``options``); errors print as one line and exit non-zero (``common.fail``)."""
+
+from __future__ import annotations
+
+import typer
+
+from retool.cli import bench, coldstart, run, sandbox, training
+
+app = typer.Typer(help="Tool-integrated reasoning: models that think in text and run Python in a sandbox.",
+                  no_args_is_help=True)
+run.register(app)
+training.register(app)
+app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(coldstart.app, name="coldstart")
+app.add_typer(bench.app, name="bench")
+
+__all__ = ["app"]
+

@@ -1,0 +1,5 @@
+"""``python -m retool.cli``: the ``retool`` command."""
+
+from retool.cli import app
+
+app()

@@ -1,0 +1,108 @@
+"""``retool bench``: the performance benchmarks (numbers printed, JSON with ``--json``)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from retool.bench.rollout import BENCH_ROLLOUT
+from retool.cli.common import console, nothing
+from retool.cli.options import defaults_of, with_settings
+from retool.engines.spec import EngineSpec
+from retool.rollout import RolloutConfig
+from retool.sandbox.spec import SandboxSpec
+
+app = typer.Typer(help="Performance benchmarks (numbers printed, JSON with --json).", no_args_is_help=True)
+JsonOption = typer.Option(False, "--json", help="Print the numbers as JSON.")
+
+
+def print_numbers(title: str, report: dict) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@app.command("grading")
+def bench_grading(rounds: int = typer.Option(3, help="Timed passes over the speed pairs."),
+                  json_output: bool = JsonOption) -> None:
+    """Answers graded per second, and agreement with math-verify's default configuration."""
+    from retool.bench.grading import print_report, run_grading_bench
+
+    report = run_grading_bench(rounds=rounds)
+    if json_output:
+        console.print_json(json.dumps(report))
+    else:
+        print_report(report)
+
+
+# varied, seeded trajectories in the fenced dialect (the embedded model writes code in it)
+@app.command("rollout")
+@with_settings("sandbox", "rollout", defaults=defaults_of(rollout=BENCH_ROLLOUT))
+def bench_rollout(
+    problems: int = typer.Option(8, help="Problems (up to 8 built in)."),
+    samples: int = typer.Option(4, help="Samples per problem."),
+    naive: int = typer.Option(4, help="Trajectories to run through the naive loop for comparison."),
+    json_output: bool = JsonOption,
+    sandbox: SandboxSpec = None, rollout: RolloutConfig = None,
+) -> None:
+    """Embedded model on CPU: tokens/s, prefill ratio, engine idle share, speedup over a naive loop."""
+    from retool.bench.rollout import as_dict, run_rollout_bench
+
+    with console.status("running the rollout benchmark…") if not json_output else nothing():
+        report = as_dict(run_rollout_bench(problems, samples, naive, rollout, sandbox))
+    if json_output:
+        console.print_json(json.dumps(report))
+    else:
+        print_numbers("rollout bench (embedded model, CPU)", report)
+
+
+@app.command("serve")
+@with_settings("engine")
+def bench_serve(
+    clients: list[int] = typer.Option([1, 4, 16], "--clients", help="Concurrency levels (repeatable)."),
+    requests: int = typer.Option(2, help="Requests per client per level."),
+    max_total_tokens: int = typer.Option(96, help="Each request's budget (model and interpreter tokens)."),
+    json_output: bool = JsonOption,
+    engine: EngineSpec = None,
+) -> None:
+    """`retool serve` on the embedded model: requests/s and p50/p99 latency at 1, 4 and 16 clients."""
+    from retool.bench.serve import run_serve_bench
+
+    with console.status("running the server benchmark…") if not json_output else nothing():
+        report = run_serve_bench(tuple(clients), requests, max_total_tokens, engine=engine)
+    if json_output:
+        console.print_json(json.dumps(report))
+        return
+    table = Table(title=f"serve bench ({report['model']}, CPU, {max_total_tokens} tokens/request)")
+    columns = ("clients", "requests", "errors", "requests_per_s", "p50_s", "p99_s", "tokens_per_s",
+               "tool_calls_per_request")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for level in report["levels"]:
+        table.add_row(*(str(level[c]) for c in columns))
+    console.print(table)
+
+
+@app.command("train")
+@with_settings("engine")
+def bench_train(
+    batch: int = typer.Option(8, help="Sequences per step."),
+    steps: int = typer.Option(3, help="Timed steps (after one warm-up step)."),
+    json_output: bool = JsonOption,
+    engine: EngineSpec = None,
+) -> None:
+    """Trained tokens per second of an SFT step and a PPO actor update (the --model, on the training
+    device), and peak memory."""
+    from retool.bench.train import run_train_bench
+
+    with console.status("running the training benchmark…") if not json_output else nothing():
+        report = run_train_bench(engine.model, batch, steps)
+    if json_output:
+        console.print_json(json.dumps(report))
+    else:
+        print_numbers("training bench", report)

@@ -1,0 +1,74 @@
+"""``retool coldstart``: verified code-integrated SFT data (``synth``, ``rewrite``)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from retool.cli.common import USER_ERRORS, console, err_console, fail
+from retool.cli.options import with_settings
+from retool.engines.spec import EngineSpec
+from retool.sandbox.spec import SandboxSpec
+
+app = typer.Typer(help="Cold-start SFT data: verified code-integrated traces.", no_args_is_help=True)
+
+
+@app.command("synth")
+@with_settings("sandbox")
+def coldstart_synth(
+    n: int = typer.Option(..., "--n", help="Problems to generate (held-out ones included)."),
+    out: str = typer.Option(..., "--out", help="Directory for code.jsonl, text.jsonl, heldout.jsonl, stats.json."),
+    seed: int = typer.Option(0, help="Generator seed: the same seed gives the same data."),
+    split_heldout: float = typer.Option(0.1, help="Fraction held out (never for training)."),
+    sandbox: SandboxSpec = None,
+) -> None:
+    """Tool-necessary problems with code-integrated and text-only solutions, all verified."""
+    from rich.progress import Progress
+
+    from retool.coldstart.pipeline import SynthConfig, run_synth
+
+    with Progress(console=err_console) as bar:
+        task = bar.add_task("verifying", total=n)
+        try:
+            stats = run_synth(SynthConfig(n, out, seed, split_heldout, sandbox),
+                              progress=lambda done, total: bar.update(task, completed=done))
+        except USER_ERRORS as exc:
+            raise fail(exc, 3) from None
+    console.print(f"train {stats['train']} · held out {stats['heldout']} · dropped {stats['dropped'] or 'none'} → {out}",
+                  highlight=False)
+
+
+# the rewriter is usually a large model on a server: --engine openai, not the library's hf default
+@app.command("rewrite")
+@with_settings("engine", "sandbox", defaults={"engine": "openai"})
+def coldstart_rewrite(
+    input: str = typer.Option(..., "--input", help="jsonl/json/parquet (question, solution, answer) or hf:NAME."),
+    out: str = typer.Option(..., "--out", help="Directory for rewritten.jsonl, dataset/, stats.json (resumable)."),
+    concurrency: int = typer.Option(4, help="Traces in flight."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N new traces."),
+    max_new_tokens: int = typer.Option(4096, help="Most tokens the rewriter writes per trace."),
+    engine: EngineSpec = None, sandbox: SandboxSpec = None,
+) -> None:
+    """Rewrite text solutions into code-integrated traces; keep only those that pass every check.
+    The rewriter is --model (served at --base-url, or a local model with --engine hf|vllm)."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from retool.coldstart.pipeline import RewriteConfig, make_rewriter, run_rewrite
+
+    local = None
+    try:
+        rewriter, local = make_rewriter(engine, max_new_tokens, concurrency)
+        with Progress(console=err_console) as bar:
+            task = bar.add_task("rewriting", total=None)
+            stats = asyncio.run(run_rewrite(
+                RewriteConfig(input, out, concurrency, limit, sandbox), rewriter,
+                progress=lambda done, total: bar.update(task, completed=done, total=total)))
+    except (*USER_ERRORS, ImportError) as exc:
+        raise fail(exc, 3) from None
+    finally:
+        if local is not None:
+            local.close()
+    console.print(f"kept {stats['kept']} · dropped {stats['dropped'] or 'none'} → {out}", highlight=False)
