@@ -297,7 +297,15 @@ class Runner:
 
 def kill_strays(keep: set) -> None:
     """Nothing a cell started may outlive it: kill every other process in the container (its pid
-    namespace holds only docker-init, this runner and what cells started), then reap our children."""
+    namespace holds only docker-init, this runner and what cells started), then reap our children.
+
+    kill(-1) signals every process but pid 1 and the caller in one step that a fork cannot race (a
+    process forking as it dies, to hop pids, is caught with its child); the sweep after it is for
+    anything ``keep`` does not cover."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except OSError:
+        pass
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) not in keep:
             try:

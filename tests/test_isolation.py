@@ -55,6 +55,14 @@ def test_cgroup_limits_are_set_and_removed():
         memory = int(files.get("memory.limit_in_bytes") or files["memory.max"])
         tmpfs = 64 + 2 * isolation.SMALL_TMPFS_MB  # the working directory, /tmp and /dev/shm
         assert memory == (512 + isolation.HEADROOM_MB + tmpfs) * 2**20
+        if box.cpu_limited:  # one core's worth of CPU time for the whole tree
+            quota = {p.name: p.read_text().strip() for d in box.dirs for p in d.iterdir()
+                     if p.name in ("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.max")}
+            assert quota.get("cpu.max", f"{quota.get('cpu.cfs_quota_us')} {quota.get('cpu.cfs_period_us')}") \
+                == "100000 100000"
+        if box.can_freeze:
+            with box.frozen() as froze:
+                assert froze
     finally:
         jail.kill()
     assert not any(d.exists() for d in box.dirs)
@@ -119,6 +127,8 @@ def test_a_slot_its_owner_died_holding_is_swept(tmp_path):
     uid = int(holder.stdout.readline())
     orphan = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sleep", "600"],
                               start_new_session=True)
+    # setpriv switches uid after it starts: sweep only once the orphan really runs as the slot's uid
+    assert isolation.wait_until(lambda: orphan.pid in jail_uid.processes_of(uid), 5)
     holder.kill()  # crashed while holding the slot: its lock is gone, its process is not
     holder.wait()
     assert jail_uid.reap_free_slots(tmp_path) >= 1

@@ -93,6 +93,7 @@ class SandboxLimits:
                                                       "help": "Seconds a code cell may run."})
     memory_mb: int = field(default=2048, metadata={"cli": True, "help": "Memory a sandbox may use, in MiB."})
     cpu_seconds: int = 600
+    cpus: float = 1.0  # cores' worth of CPU time the whole sandbox may use at once (its cgroup, or Docker's)
     max_processes: int = 64
     max_file_mb: int = 64
     disk_mb: int = 256
@@ -100,7 +101,7 @@ class SandboxLimits:
     interrupt_grace_s: float = 2.0  # after a timeout: how long an interrupt may take before a restart
 
     def __post_init__(self) -> None:
-        numbers = {k: getattr(self, k) for k in ("timeout_s", "memory_mb", "cpu_seconds", "max_processes",
+        numbers = {k: getattr(self, k) for k in ("timeout_s", "memory_mb", "cpu_seconds", "cpus", "max_processes",
                                                     "max_file_mb", "disk_mb", "max_output_bytes")}
         bad = [k for k, v in numbers.items() if not v > 0]
         if bad or self.interrupt_grace_s < 0:
@@ -112,6 +113,18 @@ class SandboxLimits:
 
 _TRUNCATION_MARK = "\n…[{n} bytes of output truncated]…\n"
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+MAX_ERROR_CHARS = 1000
+MAX_NOTE_CHARS = 500
+MAX_NOTES = 8
+CAP_SLACK_BYTES = 1024  # a backend's capped text carries a truncation mark beyond the cap
+
+
+def _bounded_line(text: str, limit: int) -> str:
+    """The first line of ``text``, clean, cut to ``limit`` characters."""
+    line = (clean_text(text).strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def clean_text(text: str) -> str:
@@ -221,12 +234,29 @@ class Session(ABC):
             return ExecResult(ExecStatus.ERROR, error=f"UnicodeEncodeError: {exc}", duration_s=watch.elapsed)
         self._interrupt_requested.clear()
         try:
-            result = self._run(code, self.limits.timeout_s if timeout is None else timeout)
+            return self._sealed(self._run(code, self.limits.timeout_s if timeout is None else timeout))
         except Exception as exc:  # noqa: BLE001 - the contract: a result, whatever went wrong
             log.exception("%s sandbox failed while running a cell", self.backend)
             return self._infra_failure(f"{type(exc).__name__}: {exc}", watch)
-        return replace(result, stdout=clean_text(result.stdout), stderr=clean_text(result.stderr),
-                       error=None if result.error is None else clean_text(result.error))
+
+    def _sealed(self, result: ExecResult) -> ExecResult:
+        """``result`` with every text in bounds and clean, whatever the backend passed on (parts of
+        it may come from the cell: a forged reply, a 400,000-character exception name): stdout and
+        stderr within ``max_output_bytes`` (head and tail, ``truncated``), the error one line of at
+        most ``MAX_ERROR_CHARS``, at most ``MAX_NOTES`` notes of at most ``MAX_NOTE_CHARS``."""
+        limit = self.limits.max_output_bytes
+        streams = {}
+        for name in ("stdout", "stderr"):
+            text = clean_text(str(getattr(result, name) or ""))
+            if len(text) > limit // 4 and len(text.encode("utf-8")) > limit + CAP_SLACK_BYTES:
+                capped = CappedText(limit)  # the backends cap already; this is the host's own bound
+                capped.write(text)
+                text = capped.text()
+                streams["truncated"] = True
+            streams[name] = text
+        error = None if result.error is None else _bounded_line(str(result.error), MAX_ERROR_CHARS)
+        notes = tuple(_bounded_line(str(note), MAX_NOTE_CHARS) for note in tuple(result.notes)[:MAX_NOTES])
+        return replace(result, **streams, error=error, notes=notes)
 
     @abstractmethod
     def _run(self, code: str, timeout: float) -> ExecResult:

@@ -1,14 +1,18 @@
-"""Per-session control groups: a hard cap on processes and memory for a whole sandbox tree.
+"""Per-session control groups: a hard cap on processes, memory and CPU for a whole sandbox tree.
 
 Why, on top of prlimit: RLIMIT_NPROC is not enforced for processes whose real uid is root, and a
 sandbox started by root maps to root outside its user namespace; RLIMIT_AS does not see tmpfs pages
-or the memory of child processes. A cgroup bounds all of those, and lets us kill every process of a
-session at once and tell an out-of-memory kill from any other death.
+or the memory of child processes; RLIMIT_CPU is per process (one that forks a successor every few
+milliseconds never reaches it). A cgroup bounds all of those, lets us stop every process of a
+session at once (``frozen``: none can fork away from a kill) or kill them all, and tells an
+out-of-memory kill from any other death.
 
-Works with cgroup v1 (the ``memory`` and ``pids`` hierarchies) and v2 (the unified hierarchy, where
-``/sys/fs/cgroup`` accepts a ``retool`` child with the memory and pids controllers). Where neither is
-writable (an unprivileged user without delegation) ``CgroupBox.create`` returns ``None`` and the
-caller reports that the cgroup layer is off; nothing here falls back silently.
+Works with cgroup v1 (the ``memory`` and ``pids`` hierarchies, and ``cpu`` and ``freezer`` where
+mounted) and v2 (the unified hierarchy, where ``/sys/fs/cgroup`` accepts a ``retool`` child with the
+memory, pids and cpu controllers; freezing is built in). Where neither is writable (an unprivileged
+user without delegation) ``CgroupBox.create`` returns ``None`` and the caller reports that the
+cgroup layer is off; nothing here falls back silently. A missing cpu or freezer controller leaves
+that one layer off (``cpu_limited``, ``can_freeze`` say so).
 
 Group names are ``<owner pid>-<id>`` so that a later process can find and reap the groups of a host
 process that crashed (``reap_orphan_groups``).
@@ -16,10 +20,12 @@ process that crashed (``reap_orphan_groups``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT_NAME = "retool"
+CPU_PERIOD_US = 100_000
+FREEZE_TIMEOUT_S = 1.0
 
 
 def _write(path: Path, value: str) -> None:
@@ -50,7 +58,23 @@ def _v2_parent() -> Path | None:
         _write(parent / "cgroup.subtree_control", "+memory +pids")
     except OSError:
         return None
+    with contextlib.suppress(OSError):  # optional: without it CPU is bounded per process only
+        _write(CGROUP_ROOT / "cgroup.subtree_control", "+cpu")
+        _write(parent / "cgroup.subtree_control", "+cpu")
     return parent
+
+
+def _v1_optional(controller: str, name: str) -> Path | None:
+    """This session's group in the v1 ``controller`` hierarchy, made if the hierarchy is there."""
+    root = CGROUP_ROOT / controller
+    if not (root / "cgroup.procs").exists() or not os.access(root, os.W_OK):
+        return None
+    try:
+        group = root / PARENT_NAME / name
+        group.mkdir(parents=True)
+        return group
+    except OSError:
+        return None
 
 
 def cgroup_version() -> int | None:
@@ -68,11 +92,14 @@ class CgroupBox:
 
     name: str
     version: int
-    dirs: list[Path]  # v1: [memory dir, pids dir]; v2: [the group]
+    dirs: list[Path]  # v1: [memory dir, pids dir, then cpu and freezer dirs where mounted]; v2: [the group]
+    freezer: Path | None = None  # v1: the freezer dir; v2: the group (when it has cgroup.freeze)
+    cpu_limited: bool = False
 
     @classmethod
-    def create(cls, name: str, memory_bytes: int, max_pids: int) -> "CgroupBox | None":
-        """Make the group and set its limits; ``None`` where cgroups are not writable here."""
+    def create(cls, name: str, memory_bytes: int, max_pids: int, cpus: float | None = None) -> "CgroupBox | None":
+        """Make the group and set its limits (``cpus``: cores' worth of CPU time at once); ``None``
+        where cgroups are not writable here."""
         try:
             v1 = _v1_dirs() if os.access(CGROUP_ROOT / "memory", os.W_OK) else None
             if v1 is not None:
@@ -85,7 +112,18 @@ class CgroupBox:
                 if memsw.exists():
                     _write(memsw, str(memory_bytes))
                 _write(pids / "pids.max", str(max_pids))
-                return cls(name, 1, [mem, pids])
+                box = cls(name, 1, [mem, pids])
+                cpu, freezer = _v1_optional("cpu", name), _v1_optional("freezer", name)
+                if cpu is not None:
+                    box.dirs.append(cpu)
+                    if cpus:
+                        _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                        _write(cpu / "cpu.cfs_quota_us", str(max(int(cpus * CPU_PERIOD_US), 1000)))
+                        box.cpu_limited = True
+                if freezer is not None:
+                    box.dirs.append(freezer)
+                    box.freezer = freezer
+                return box
             parent = _v2_parent()
             if parent is None:
                 return None
@@ -95,7 +133,11 @@ class CgroupBox:
             if (group / "memory.swap.max").exists():
                 _write(group / "memory.swap.max", "0")
             _write(group / "pids.max", str(max_pids))
-            return cls(name, 2, [group])
+            box = cls(name, 2, [group], freezer=group if (group / "cgroup.freeze").exists() else None)
+            if cpus and (group / "cpu.max").exists():
+                _write(group / "cpu.max", f"{max(int(cpus * CPU_PERIOD_US), 1000)} {CPU_PERIOD_US}")
+                box.cpu_limited = True
+            return box
         except OSError as exc:
             log.warning("cgroup %s could not be created (%s); the cgroup layer is off for it", name, exc)
             return None
@@ -135,6 +177,37 @@ class CgroupBox:
             pass
         return 0
 
+    @property
+    def can_freeze(self) -> bool:
+        return self.freezer is not None
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[bool]:
+        """Every task of the group stopped for the block (none runs, none forks); yields whether the
+        group froze within ``FREEZE_TIMEOUT_S``. A fatal signal sent meanwhile ends its target as
+        the group thaws (v1) or at once (v2)."""
+        if self.freezer is None:
+            yield False
+            return
+        if self.version == 1:
+            state, freeze, thaw = self.freezer / "freezer.state", "FROZEN", "THAWED"
+            is_frozen = lambda: state.read_text().strip() == "FROZEN"  # noqa: E731
+        else:
+            state, freeze, thaw = self.freezer / "cgroup.freeze", "1", "0"
+            is_frozen = lambda: "frozen 1" in (self.freezer / "cgroup.events").read_text()  # noqa: E731
+        try:
+            _write(state, freeze)
+            deadline = time.monotonic() + FREEZE_TIMEOUT_S
+            while not (froze := is_frozen()) and time.monotonic() < deadline:
+                time.sleep(0.001)
+        except OSError:
+            froze = False
+        try:
+            yield froze
+        finally:
+            with contextlib.suppress(OSError):
+                _write(state, thaw)
+
     def kill_all(self, attempts: int = 50) -> None:
         """SIGKILL every process in the group, repeating while a fork race refills it."""
         kill_file = self.dirs[0] / "cgroup.kill"
@@ -155,6 +228,11 @@ class CgroupBox:
             time.sleep(0.01)
 
     def destroy(self) -> None:
+        for d in self.dirs:  # a frozen task would not die of its SIGKILL
+            for state, thaw in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+                if (d / state).exists():
+                    with contextlib.suppress(OSError):
+                        _write(d / state, thaw)
         self.kill_all()
         for d in self.dirs:
             for _ in range(100):  # rmdir fails (EBUSY) until the killed tasks are fully gone
@@ -170,9 +248,8 @@ class CgroupBox:
 def reap_orphan_groups(is_owner_alive) -> int:
     """Kill and remove the groups whose owner process is gone. Returns how many were removed."""
     parents: list[tuple[int, Path]] = []
-    v1 = _v1_dirs()
-    if v1 is not None:
-        parents += [(1, v1["memory"] / PARENT_NAME), (1, v1["pids"] / PARENT_NAME)]
+    if _v1_dirs() is not None:
+        parents += [(1, CGROUP_ROOT / c / PARENT_NAME) for c in ("memory", "pids", "cpu", "freezer")]
     if (CGROUP_ROOT / "cgroup.controllers").exists():
         parents.append((2, CGROUP_ROOT / PARENT_NAME))
     removed = 0

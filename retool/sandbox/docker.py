@@ -1,6 +1,7 @@
 """Docker backend: one locked-down container per session, running ``sandbox/runner.py``.
 
-Why containers: no network, a read-only root, no capabilities, a pids limit and a memory cgroup
+Why containers: no network, a read-only root, no capabilities, the jails' seccomp rules
+(``seccomp.docker_profile``), a pids limit and a memory cgroup
 that tells an OOM kill apart from other deaths, all without trusting the interpreter; and
 ``docker.from_env()`` honours ``DOCKER_HOST``, so sandboxes can live on other machines than the
 model. The wire is the container's own stdin/stdout, attached once: one JSON line per cell each
@@ -37,9 +38,12 @@ from typing import Any
 
 from retool.sandbox.base import ExecResult, ExecStatus, SandboxLimits, SandboxUnavailable, Session, Stopwatch
 from retool.sandbox.base import INTERRUPTED_ERROR, status_for_exception
+from retool.sandbox.seccomp import docker_profile
 
 LABEL = "retool.sandbox"
 STARTUP_TIMEOUT_S = 30.0
+STATUS_WAIT_S = 2.0  # how long a runner with a thread that would not stop may take to say it is free
+SEND_TIMEOUT_S = 5.0
 POLL_S = 0.05  # how often a waiting cell checks for an interrupt request
 BUILD_HINT = ("build it with `sudo bash sandbox/build_offline_image.sh` (no registry needed) "
               "or `docker build -t retool-sandbox:latest sandbox/`")
@@ -51,6 +55,34 @@ _reaped = False
 
 class _RunnerGone(Exception):
     """The runner cannot answer any more: its stream ended, broke, or carried garbage."""
+
+
+class _RunnerGarbage(_RunnerGone):
+    """The runner's stream carried something that is not the protocol: the cell wrote it (it runs
+    in the runner's process), and the runner may well be alive."""
+
+
+def _parse(line: bytes) -> dict[str, Any]:
+    """The JSON object on ``line``. Anything else, including lines no parser survives (a
+    100,000-deep array), means the runner sent garbage: the cell runs in the runner's process and
+    can write any line it likes."""
+    try:
+        reply = json.loads(line)
+    except Exception:  # noqa: BLE001 - ValueError, RecursionError, MemoryError: all garbage
+        reply = None
+    if not isinstance(reply, dict):
+        raise _RunnerGarbage(f"unreadable reply from the runner: {line[:120]!r}")
+    return reply
+
+
+def _get(reply: dict[str, Any], name: str, kind: type, optional: bool = False) -> Any:
+    """``reply[name]``, which must be a ``kind`` (or absent/null where ``optional``)."""
+    value = reply.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _RunnerGarbage(f"unreadable reply from the runner: {name!r} is not {kind.__name__}")
+    return value
 
 
 def _connect(client: Any | None) -> Any:
@@ -158,9 +190,9 @@ class DockerSession(Session):
         container = self._client.containers.create(
             self.image, network_mode="none", read_only=True, user="1000:1000", init=True,
             mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m",
-            pids_limit=lim.max_processes, nano_cpus=1_000_000_000,
+            pids_limit=lim.max_processes, nano_cpus=int(lim.cpus * 1e9),
             tmpfs={"/work": f"size={lim.disk_mb}m,mode=1777", "/tmp": "size=64m,mode=1777"},
-            cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            cap_drop=["ALL"], security_opt=["no-new-privileges", f"seccomp={docker_profile()}"],
             ulimits=[Ulimit(name="fsize", soft=file_bytes, hard=file_bytes), Ulimit(name="core", soft=0, hard=0),
                      Ulimit(name="cpu", soft=lim.cpu_seconds, hard=lim.cpu_seconds + 5)],
             stdin_open=True, detach=True, auto_remove=False, environment={"RETOOL_PRELOAD": ",".join(self.preload)},
@@ -179,8 +211,8 @@ class DockerSession(Session):
         container.start()
         self._request_id = 0
         self._send({"ping": True})
-        line = self._read_line(STARTUP_TIMEOUT_S)
-        if line is None or json.loads(line).get("pong") is not True:
+        reply = self._read_reply(STARTUP_TIMEOUT_S)
+        if reply is None or reply.get("pong") is not True:
             raise _RunnerGone(f"the runner did not answer a ping within {STARTUP_TIMEOUT_S:g} s")
 
     def _discard(self) -> None:
@@ -223,11 +255,11 @@ class DockerSession(Session):
             if self._container is None:  # an earlier replacement failed: try again
                 self._start()
                 notes.append("the interpreter was restarted (earlier variables are gone)")
-            elif self._unstoppable and self._stale_output():
+            elif self._unstoppable and (why := self._stale_output()):
                 self._discard()
                 self._start()
-                notes.append("a background thread left by an earlier cell kept writing output; the interpreter "
-                             "was restarted (earlier variables are gone)")
+                notes.append(f"a background thread left by an earlier cell {why}; the interpreter was restarted "
+                             "(earlier variables are gone)")
         except Exception as exc:  # noqa: BLE001 - no container can be had: the engine's trouble, not the code's
             self._discard()
             return ExecResult(ExecStatus.INFRA_ERROR, error=f"SandboxUnavailable: {exc}".splitlines()[0],
@@ -242,21 +274,29 @@ class DockerSession(Session):
             result = replace(result, notes=(*notes, *result.notes), session_reset=True)
         return result
 
-    def _stale_output(self) -> bool:
-        """Whether output was written since the last cell (asked only once a thread would not stop)."""
-        self._send({"status": True})
-        line = self._read_line(STARTUP_TIMEOUT_S)
+    def _stale_output(self) -> str | None:
+        """Why the runner must be replaced before the next cell, if it must (asked only once a thread
+        would not stop): it wrote output between cells, or it did not answer within ``STATUS_WAIT_S``
+        (that thread holds the interpreter)."""
         try:
-            return line is None or int(json.loads(line).get("stale", 0)) > 0
-        except (ValueError, TypeError, AttributeError):
-            return True
+            self._send({"status": True})
+            reply = self._read_reply(STATUS_WAIT_S)
+        except _RunnerGone:
+            return "broke the runner"
+        if reply is None:
+            return f"kept the runner from answering for {STATUS_WAIT_S:g} s"
+        try:
+            stale = _get(reply, "stale", int)
+        except _RunnerGone:
+            return "broke the runner"
+        return None if stale == 0 else "kept writing output"
 
     def _run_cell(self, code: str, timeout: float, watch: Stopwatch) -> ExecResult:
         try:
             self._send({"code": code, "max_output": self.limits.max_output_bytes})
-            line = self._wait_reply(timeout)
-            if line is not None:
-                return self._result(line, watch)
+            reply = self._wait_reply(timeout)
+            if reply is not None:
+                return self._result(reply, watch)
             status = ExecStatus.INTERRUPTED if self._take_interrupt() else ExecStatus.TIMEOUT
             why = (INTERRUPTED_ERROR if status is ExecStatus.INTERRUPTED
                    else f"TimeoutError: the cell ran longer than {timeout:g} s")
@@ -264,49 +304,58 @@ class DockerSession(Session):
                 self._container.kill(signal="SIGINT")  # docker-init forwards it to the runner
             except Exception as exc:  # noqa: BLE001 - 409: the container is not running any more
                 raise _RunnerGone(str(exc)) from None
-            line = self._read_line(self.limits.interrupt_grace_s)
-            if line is not None:
-                return self._result(line, watch, (status, f"{why} (interrupted; state kept)"))
-        except _RunnerGone:
-            return self._after_death(watch)
+            reply = self._read_reply(self.limits.interrupt_grace_s)
+            if reply is not None:
+                return self._result(reply, watch, (status, f"{why} (interrupted; state kept)"))
+        except _RunnerGone as gone:
+            return self._after_death(watch, gone)
         self._discard()
         self._start()
         return ExecResult(status, duration_s=watch.elapsed, session_reset=True,
                           error=f"{why} and ignored the interrupt (interpreter restarted)")
 
-    def _wait_reply(self, timeout: float) -> bytes | None:
+    def _wait_reply(self, timeout: float) -> dict[str, Any] | None:
         """The reply, or ``None`` once ``timeout`` passes or an interrupt is requested."""
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            line = self._read_line(min(remaining, POLL_S))
-            if line is not None or self._take_interrupt():
-                return line
+            reply = self._read_reply(min(remaining, POLL_S))
+            if reply is not None or self._take_interrupt():
+                return reply
         return None
 
-    def _result(self, line: bytes, watch: Stopwatch, interrupted: tuple[ExecStatus, str] | None = None) -> ExecResult:
-        """An ``ExecResult`` from the runner's reply line; ``interrupted`` is why we sent SIGINT."""
-        try:
-            reply = json.loads(line)
-            stdout, stderr, ename = str(reply["stdout"]), str(reply["stderr"]), reply["ename"]
-            error, truncated = (reply["error"] or "").strip().splitlines()[:1] or [ename], bool(reply["truncated"])
-            notes = tuple(str(n) for n in reply.get("notes", ()))[:8]
-            self._unstoppable = self._unstoppable or bool(reply.get("unstoppable"))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise _RunnerGone(f"unreadable reply from the runner: {line[:120]!r}") from None
+    def _result(self, reply: dict[str, Any], watch: Stopwatch, interrupted: tuple[ExecStatus, str] | None = None) -> ExecResult:
+        """An ``ExecResult`` from the runner's reply; ``interrupted`` is why we sent SIGINT.
+
+        The reply is untrusted (the cell runs in the runner's process and can write one): a field of
+        the wrong type makes it garbage (``_RunnerGone``: the interpreter is replaced), and
+        ``Session.run`` caps and cleans the text it carries."""
+        stdout, stderr = _get(reply, "stdout", str), _get(reply, "stderr", str)
+        ename, error = _get(reply, "ename", str, optional=True), _get(reply, "error", str, optional=True)
+        truncated = _get(reply, "truncated", bool)
+        notes = _get(reply, "notes", list, optional=True) or []
+        if not all(isinstance(note, str) for note in notes):
+            raise _RunnerGarbage("unreadable reply from the runner: a note that is not text")
+        self._unstoppable = self._unstoppable or bool(_get(reply, "unstoppable", bool, optional=True))
+        error = ((error or "").strip().splitlines() or [ename])[0]
         if truncated:
             status = ExecStatus.OUTPUT_LIMIT
         elif interrupted and ename == "KeyboardInterrupt":
-            status, error = interrupted[0], [interrupted[1]]
+            status, error = interrupted[0], interrupted[1]
         else:  # ename None: ok, or finished just as the deadline passed
             status = ExecStatus.OK if ename is None else status_for_exception(ename)
-        return ExecResult(status, stdout, stderr, error[0], watch.elapsed, truncated, notes=notes)
+        return ExecResult(status, stdout, stderr, error, watch.elapsed, truncated, notes=tuple(notes))
 
-    def _after_death(self, watch: Stopwatch) -> ExecResult:
+    def _after_death(self, watch: Stopwatch, gone: _RunnerGone) -> ExecResult:
         """The runner is gone: learn why (an OOM kill, a kill from outside, or the code), then
         start a fresh container (if that fails, ``_run`` reports the engine's trouble)."""
+        if isinstance(gone, _RunnerGarbage):  # the code wrote on the wire: the runner is no use any more
+            self._discard()
+            self._start()
+            return ExecResult(ExecStatus.CRASHED, error=f"InterpreterDied: {gone}; it was restarted",
+                              duration_s=watch.elapsed, session_reset=True)
         state: dict[str, Any] = {}
         try:
-            self._container.wait(timeout=5)  # exits right after its stream ends; a live one sent garbage
+            self._container.wait(timeout=5)  # exits right after its stream ends
             self._container.reload()
             state = self._container.attrs.get("State", {})
         except Exception:  # noqa: BLE001 - removed under us or stuck: reported as a plain crash
@@ -336,16 +385,16 @@ class DockerSession(Session):
             return False
 
     def _send(self, message: dict[str, Any]) -> None:
-        """Send a request; each carries a fresh id that its reply must echo (see ``_read_line``)."""
+        """Send a request; each carries a fresh id that its reply must echo (see ``_read_reply``)."""
         self._request_id += 1
         message = {**message, "id": self._request_id}
         try:
-            self._sock.settimeout(STARTUP_TIMEOUT_S)
+            self._sock.settimeout(SEND_TIMEOUT_S)  # a runner that does not read its stdin is stuck
             self._sock.sendall((json.dumps(message) + "\n").encode())
         except OSError as exc:
             raise _RunnerGone(f"cannot write to the runner: {exc}") from None
 
-    def _read_line(self, timeout: float) -> bytes | None:
+    def _read_reply(self, timeout: float) -> dict[str, Any] | None:
         """The reply to the last request, or ``None`` when ``timeout`` passes first. Lines with
         another id (a late reply, or one a cell forged on the wire) are skipped, so the session
         can never get out of step with the runner."""
@@ -354,17 +403,14 @@ class DockerSession(Session):
             line = self._next_line(deadline)
             if line is None:
                 return None
-            try:
-                reply_id = json.loads(line).get("id")
-            except (ValueError, AttributeError):
-                raise _RunnerGone(f"unreadable reply from the runner: {line[:120]!r}") from None
-            if reply_id == self._request_id:
-                return line
+            reply = _parse(line)
+            if reply.get("id") == self._request_id:
+                return reply
 
     def _next_line(self, deadline: float) -> bytes | None:
         while (newline := self._out.find(b"\n")) < 0:
             if len(self._out) > self._max_line or len(self._raw) > self._max_line:
-                raise _RunnerGone("the runner sent a line larger than the protocol allows")
+                raise _RunnerGarbage("the runner sent a line larger than the protocol allows")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -388,7 +434,7 @@ class DockerSession(Session):
         while len(self._raw) >= 8:
             stream, size = struct.unpack(">BxxxL", self._raw[:8])
             if stream not in (0, 1, 2):
-                raise _RunnerGone("garbage on the attach stream")
+                raise _RunnerGarbage("garbage on the attach stream")
             if len(self._raw) < 8 + size:
                 return
             if stream != 2:

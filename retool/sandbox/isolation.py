@@ -68,7 +68,7 @@ import psutil
 from retool.sandbox import jail_uid
 from retool.sandbox.base import CappedText, SandboxLimits, SandboxUnavailable
 from retool.sandbox.cgroups import CgroupBox, cgroup_version, reap_orphan_groups
-from retool.sandbox.seccomp import filter_program, seccomp_unavailable
+from retool.sandbox.seccomp import filter_program, late_filter_program, seccomp_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime")
 HEADROOM_MB = 512  # cgroup memory above RLIMIT_AS: room for tmpfs pages and child processes
 SMALL_TMPFS_MB = 64  # /tmp and /dev/shm (the working directory gets limits.disk_mb)
+STRAY_SWEEPS = 20  # without a freezer: how many times the stray sweep lists and kills
+QUIET_READ_PAUSE_S = 0.25  # between reads of a quiet program's output: at most 256 KiB/s
 HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}  # all bubblewrap itself sees
 CPU_GRACE_S = 5  # hard CPU limit above the soft one: SIGXCPU first, so the limit is told from a kill
 # pidfd_info (linux/pidfd.h, Linux >= 6.15): how a process that is not our child ended
@@ -218,6 +220,7 @@ class Jail:
         self.stdout = CappedText(self.output_limit)
         self.stderr = CappedText(self.output_limit)
         self.output_overflow = threading.Event()
+        self._quiet = threading.Event()
         self._drains: list[threading.Thread] = []
 
     # -- the command ------------------------------------------------------------------------------
@@ -232,6 +235,7 @@ class Jail:
         }
         data = {f"etc/{k}": v.encode() for k, v in files.items()}
         data["boot"] = (Path(__file__).with_name("jail_boot.py")).read_bytes()
+        data["config/late.bpf"] = late_filter_program()
         data.update({f"config/{k}": v.encode("utf-8") for k, v in self.config_files.items()})
         return data
 
@@ -292,7 +296,7 @@ class Jail:
         mib = 1024 * 1024
         tmpfs_mb = self.limits.disk_mb + 2 * min(self.limits.disk_mb, SMALL_TMPFS_MB)
         self.cgroup = CgroupBox.create(self.name, (self.limits.memory_mb + HEADROOM_MB + tmpfs_mb) * mib,
-                                       self.limits.max_processes)
+                                       self.limits.max_processes, self.limits.cpus)
         self._record(uid=self.uid, cgroup=self.cgroup.name if self.cgroup else "")
         fds = {key: _memfd(key, data) for key, data in self._files().items()}
         seccomp_fd = _memfd("seccomp", filter_program(uid_shared=not as_root()))
@@ -357,12 +361,21 @@ class Jail:
         )
 
     def _drain(self, pipe, buf: CappedText) -> None:
-        """Read the jail's output as it comes, keeping a bounded head and tail of it."""
+        """Read the jail's output as it comes, keeping a bounded head and tail of it; once
+        ``quiet_output`` was called, slowly (a writer then waits on a full pipe instead of spending
+        the host's CPU)."""
         while chunk := pipe.read1(65536):
             buf.write(chunk)
             if buf.overflowed:
                 self.output_overflow.set()
+            if self._quiet.is_set():
+                time.sleep(QUIET_READ_PAUSE_S)
         pipe.close()
+
+    def quiet_output(self) -> None:
+        """The program's own stdout and stderr matter no more (it talks over other channels now):
+        read them at a trickle from here on."""
+        self._quiet.set()
 
     def wait_output(self, timeout: float = 2.0) -> None:
         """After the process exited: wait until its last output has been read."""
@@ -436,17 +449,34 @@ class Jail:
         """Kill every process in the jail except its program (pid 1); returns how many.
 
         Called after each cell (when ``census`` says there are any) so that nothing a cell started
-        (a forgotten server, a fork bomb's survivors) outlives it.
+        (a forgotten server, a fork bomb's survivors) outlives it. The group is frozen while the
+        kill is sent, so that a process which forks a successor every few milliseconds cannot slip
+        out between the listing and the kill; where it cannot be frozen, the sweep repeats.
         """
-        try:
-            strays = psutil.Process(self.child_pid).children(recursive=True)
-        except psutil.Error:
-            return 0
-        for proc in strays:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(strays, timeout=1)
-        return len(strays)
+        if self.cgroup is not None and self.cgroup.can_freeze:
+            keep = {self.process.pid if self.process else None, self.child_pid}
+            with self.cgroup.frozen() as froze:
+                strays = [pid for pid in self.cgroup.pids() if pid not in keep] if froze else []
+                for pid in strays:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+            if froze:
+                wait_until(lambda: not _live_children(self.child_pid), 1.0)
+                return len(strays)
+        killed = 0
+        for _ in range(STRAY_SWEEPS):
+            try:
+                strays = psutil.Process(self.child_pid).children(recursive=True)
+            except psutil.Error:
+                return killed
+            if not strays:
+                break
+            for proc in strays:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            psutil.wait_procs(strays, timeout=0.2)
+            killed += len(strays)
+        return killed
 
     def oom_killed(self) -> bool:
         return self.cgroup is not None and self.cgroup.oom_kills() > 0
@@ -513,6 +543,19 @@ def _children(pid: int | None) -> list[int]:
     except OSError:
         pass
     return found
+
+
+def _live_children(pid: int | None) -> list[int]:
+    """``_children`` that have not exited (zombies wait for pid 1 to reap them, and do no harm)."""
+    live = []
+    for child in _children(pid):
+        try:
+            with open(f"/proc/{child}/stat", "rb") as f:
+                if f.read().rpartition(b")")[2].split()[0] != b"Z":
+                    live.append(child)
+        except (OSError, IndexError):
+            pass
+    return live
 
 
 def _kill_recorded(jail_dir: Path) -> None:

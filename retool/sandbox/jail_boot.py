@@ -9,6 +9,9 @@ only (ipykernel and jupyter_client are imported from the jail's interpreter when
 
 What it adds before any model-written code runs:
 
+* **The last seccomp rules** (``seccomp.late_rules``: the CPU-time limit may not be changed) are
+  loaded from ``/run/retool/late.bpf`` before anything else: they could not be in bubblewrap's filter,
+  because ``prlimit`` sets that limit after it.
 * **The jail ends with its host.** ``WATCH_FD`` is the read end of a pipe whose only writer is the
   host process; when the host dies, the read returns and this process, the jail's pid 1, exits,
   which ends every process in the jail (the parent-death signal of bubblewrap does not reach a
@@ -32,6 +35,22 @@ import threading
 
 CONFIG_DIR = "/run/retool"
 TRUNCATION_MARK = "\n…[{n} characters of output truncated]…\n"
+
+
+def load_late_filter(path: str = f"{CONFIG_DIR}/late.bpf") -> None:
+    """Stack the compiled BPF program at ``path`` on this process's seccomp filter (no_new_privs is
+    already set); refuse to go on without it."""
+    import ctypes
+
+    program = open(path, "rb").read()
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    fprog = SockFprog(len(program) // 8, program)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+        raise SystemExit(f"retool_boot: could not load the seccomp filter (errno {ctypes.get_errno()})")
 
 
 def watch_host(fd: int) -> None:
@@ -157,6 +176,7 @@ def run_kernel(args: list) -> None:
 
 
 def main() -> None:
+    load_late_filter()
     watch_host(int(sys.argv[1]))
     mode, args = sys.argv[2], sys.argv[3:]
     del sys.argv[1:]

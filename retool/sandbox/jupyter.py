@@ -7,13 +7,16 @@ because the process must start inside the jail (``isolation.Jail``) and be kille
 
 Transport is IPC only: the kernel binds Unix sockets inside the jail's private ``/run/ipc`` tmpfs.
 The host never connects by name (the jail could swap a socket for a symlink to one of the host's):
-each socket is opened once, without following links (``Jail.open_inside``), and the channels
-connect to ``/proc/self/fd/N``. No TCP port is opened anywhere.
+each socket is opened once, without following links (``Jail.open_inside``), and reached through
+``/proc/self/fd/N``. No TCP port is opened anywhere. Only the shell, IOPub and control channels are
+used (stdin is refused, liveness is the process itself), and they pass through a ``ByteRelay``
+that lets each bring at most a budget of bytes from one cell's start to the next
+(``_wire_budgets``).
 
 Everything the kernel sends is untrusted (the cell runs inside it and can forge messages): a
-message that does not parse, is unsigned or has the wrong shape is dropped and counted; at most
-``IOPUB_QUEUE`` messages of at most ``_max_message_bytes`` wait in the host between reads, so a
-chattering kernel cannot grow the host; deadlines are kept by the clock, however busy IOPub is.
+message that does not parse, is unsigned or has the wrong shape is dropped and counted; a cell
+ends only on its own execute_reply *and* its idle status; deadlines are kept by the clock, however
+busy IOPub is, and the host's memory and parsing per cell are bounded by the relay's budgets.
 Output written while no cell runs (a thread a cell left behind) is dropped at the next cell and
 counted in the result's ``notes``; threads a cell started are stopped when it ends (or reported).
 
@@ -40,7 +43,7 @@ import queue
 import signal
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psutil
@@ -62,10 +65,12 @@ from retool.sandbox.base import (
     summarize_error,
 )
 from retool.sandbox.isolation import CONFIG_DIR, IPC_DIR, Jail, boot_argv
+from retool.sandbox.relay import ByteRelay
 
 log = logging.getLogger(__name__)
 
 CHANNELS = {"shell": 1, "iopub": 2, "stdin": 3, "control": 4, "hb": 5}
+RELAYED = ("shell", "iopub", "control")  # the host never opens stdin (no input) or hb (it watches the process)
 KERNEL_ARGS = [
     "--HistoryManager.enabled=False",  # no sqlite history file, faster start
     "--IPKernelApp.quiet=True",
@@ -88,24 +93,34 @@ DEFAULT_PRELOAD = ("numpy", "sympy")
 POLL_S = 0.05  # how often a waiting cell checks the clock, the kernel and the shell channel
 IOPUB_QUEUE = 16  # messages the host holds between reads (ZeroMQ's receive high-water mark)
 REPLY_GRACE_S = 0.5  # after the execute_reply: how long to wait for the idle status before giving up on it
+DRAIN_S = 1.0  # the most a cell's start spends dropping what an earlier one left on IOPub
 
 
 class _PinnedClient(BlockingKernelClient):
-    """A kernel client whose channels connect to descriptors of the kernel's sockets (never to
-    names the jail controls), with bounded receive queues and message sizes. Messages are read
-    from the channels themselves (``iopub_channel.get_msg``: a plain ZeroMQ poll), not through the
-    client's ``get_*_msg``, which spin up an asyncio loop for every message."""
+    """A kernel client whose channels connect to the relay (never to names the jail controls), with
+    bounded receive queues and message sizes. Messages are read from the channels themselves
+    (``iopub_channel.get_msg``: a plain ZeroMQ poll), not through the client's ``get_*_msg``, which
+    spin up an asyncio loop for every message."""
 
-    def setup(self, fds: dict[str, int], max_message_bytes: int) -> None:
-        self._fds, self._max_message_bytes = fds, max_message_bytes
+    def setup(self, relay: ByteRelay, max_message_bytes: int) -> None:
+        self._relay, self._max_message_bytes = relay, max_message_bytes
 
     def _make_url(self, channel: str) -> str:
-        return f"ipc:///proc/self/fd/{self._fds[channel]}"
+        return self._relay.url(channel)
+
+    def stop_channels(self) -> None:
+        """Only the relayed channels exist (the base class would make the others to stop them)."""
+        for name in RELAYED:
+            channel = getattr(self, f"_{name}_channel", None)
+            if channel is not None and channel.is_alive():
+                channel.stop()
+        if self._created_context and not self.context.closed:
+            self.context.destroy(linger=100)
 
     def _create_connected_socket(self, channel: str, identity: bytes | None = None) -> zmq.Socket:
         sock = self.context.socket(channel_socket_types[channel])
         sock.linger = 0
-        sock.rcvhwm = IOPUB_QUEUE if channel == "iopub" else 64
+        sock.rcvhwm = IOPUB_QUEUE if channel == "iopub" else 4
         sock.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)  # a bigger one drops the connection
         if identity:
             sock.identity = identity
@@ -130,6 +145,7 @@ class JupyterSession(Session):
         self._jail: Jail | None = None
         self._client: _PinnedClient | None = None
         self._socket_fds: list[int] = []
+        self._relay: ByteRelay | None = None
         # jupyter-client's blocking calls keep their event loop in a context variable; a private
         # context gives this session one loop of its own, whichever thread (or asyncio.to_thread,
         # which copies the caller's context) calls it. Entering it from two threads at once fails
@@ -148,12 +164,18 @@ class JupyterSession(Session):
         try:
             jail.start()
             self._socket_fds = self._open_sockets(jail)
-            client = _PinnedClient()
-            client.load_connection_info(conn)
-            client.setup(dict(zip(CHANNELS, self._socket_fds)), self._max_message_bytes())
-            client.start_channels()
-            self._client = client
+            if self._socket_fds:
+                targets = {c: f"/proc/self/fd/{fd}" for c, fd in zip(RELAYED, self._socket_fds)}
+                self._relay = ByteRelay(jail.runtime_dir, targets, self._wire_budgets())
+                self._relay.open()
+                client = _PinnedClient()
+                client.load_connection_info(conn)
+                client.setup(self._relay, self._max_message_bytes())
+                client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+                self._client = client
             ready = self._wait_ready()
+            if ready:
+                jail.quiet_output()  # its own stdout/stderr matter only for start-up failures
         except SandboxUnavailable:
             self._stop()
             raise
@@ -172,12 +194,19 @@ class JupyterSession(Session):
         # the kernel's packer cuts strings to the output cap; ASCII escapes take up to 6 bytes a character
         return 6 * self.limits.max_output_bytes + (256 << 10)
 
+    def _wire_budgets(self) -> dict[str, int]:
+        """Bytes each channel may bring per cell: room for several of the largest messages (output
+        past the cap is stopped anyway), never what a forged multi-frame message asks for."""
+        cap = self.limits.max_output_bytes
+        return {"iopub": (4 << 20) + 16 * cap, "shell": (1 << 20) + 4 * cap, "control": 256 << 10}
+
     def _open_sockets(self, jail: Jail) -> list[int]:
-        """Wait for the kernel to bind its sockets, then hold a descriptor of each (see module doc)."""
+        """Wait for the kernel to bind its sockets, then hold a descriptor of each relayed one (see
+        the module doc), in ``RELAYED`` order."""
         watch = Stopwatch()
         fds: list[int] = []
-        while len(fds) < len(CHANNELS):
-            port = list(CHANNELS.values())[len(fds)]
+        while len(fds) < len(RELAYED):
+            port = CHANNELS[RELAYED[len(fds)]]
             try:
                 fds.append(jail.open_inside(f"{IPC_DIR}/kernel-{port}"))
                 continue
@@ -197,7 +226,7 @@ class JupyterSession(Session):
     def _wait_ready(self) -> bool:
         """Ready means the shell answers *and* IOPub delivers: a SUB socket joins late, and output
         published before it joined is lost. So send kernel_info until its IOPub status arrives."""
-        if not self._socket_fds:
+        if self._client is None:
             return False
         watch = Stopwatch()
         while watch.elapsed < self.startup_timeout and self._jail.alive:
@@ -225,25 +254,40 @@ class JupyterSession(Session):
         self._discard_reply(self._client.execute(f"{code}\n{MARK_THREADS}", silent=True, store_history=False),
                             timeout=self.startup_timeout)
 
-    def _drain_iopub(self) -> int:
-        """Drop everything waiting on IOPub; returns the bytes of output text that were dropped."""
-        dropped = 0
-        while True:
+    def _drain_iopub(self) -> tuple[int, bool]:
+        """Drop everything waiting on IOPub (and the control channel's replies). Returns the bytes
+        of output text dropped, and whether it would not end (``DRAIN_S`` passed, or more came than
+        a cell's budget): something in the kernel floods it."""
+        dropped, watch = 0, Stopwatch()
+        while watch.elapsed < DRAIN_S and "iopub" not in self._relay.exhausted:
             try:
                 msg = self._client.iopub_channel.get_msg(timeout=0)
             except queue.Empty:
-                return dropped
+                break
             except Exception:  # noqa: BLE001 - a message the kernel garbled: dropped all the same
                 continue
             fields = _fields(msg)
             if fields is not None and fields[1] == "stream":
                 dropped += len(str(fields[2].get("text", "")).encode("utf-8", "replace"))
+        else:
+            return dropped, True
+        for _ in range(16):
+            try:
+                self._client.control_channel.get_msg(timeout=0)
+            except queue.Empty:
+                break
+            except Exception:  # noqa: BLE001 - garbled: dropped
+                continue
+        return dropped, False
 
     def _stop(self) -> None:
         if self._client is not None:
             self._client.stop_channels()
             self._client = None
             ensure_event_loop().close()  # the loop jupyter-client made in this session's context
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
         for fd in self._socket_fds:
             os.close(fd)
         self._socket_fds = []
@@ -292,85 +336,89 @@ class JupyterSession(Session):
 
     def _execute(self, code: str, timeout: float, watch: Stopwatch) -> ExecResult:
         notes, reset = [], False
-        stale = self._drain_iopub()
-        if stale and self._unstoppable:  # a thread that would not stop keeps writing: start clean
+        self._relay.open()
+        stale, flooded = self._drain_iopub()
+        if flooded or (stale and self._unstoppable):  # something left running keeps writing: start clean
             failure = self._try_restart()
             if failure:
                 return ExecResult(ExecStatus.INFRA_ERROR, error=f"SandboxUnavailable: {failure}", session_reset=True)
-            notes.append("a background thread left by an earlier cell kept writing output; the interpreter was "
-                         "restarted (earlier variables are gone)")
+            what = "flooded the interpreter's output channel" if flooded else "kept writing output"
+            notes.append(f"a background thread left by an earlier cell {what}; the interpreter was restarted "
+                         "(earlier variables are gone)")
             reset = True
         elif stale:
             notes.append(f"{stale:,} bytes of output written while no cell was running were dropped")
+        self._relay.open()  # the cell's own budget
         result = self._execute_cell(code, timeout, watch, notes)
         return replace(result, session_reset=True) if reset else result
 
     def _execute_cell(self, code: str, timeout: float, watch: Stopwatch, notes: list[str]) -> ExecResult:
         client, jail = self._client, self._jail
-        out, err = CappedText(self.limits.max_output_bytes), CappedText(self.limits.max_output_bytes)
+        cell = _CellOutput(msg_id="", out=CappedText(self.limits.max_output_bytes),
+                           err=CappedText(self.limits.max_output_bytes))
         self._cpu_before = jail.cpu_seconds() if jail.could_reach_cpu_limit(timeout) else 0.0
-        msg_id = client.execute(code, silent=False, store_history=False, allow_stdin=False, stop_on_error=False)
-        ename = evalue = None
+        cell.msg_id = client.execute(code, silent=False, store_history=False, allow_stdin=False, stop_on_error=False)
         stopped_for: ExecStatus | None = None  # set once we interrupted the cell ourselves
         deadline = timeout
         replied_at: float | None = None  # when the shell's execute_reply came
-        published = False  # any IOPub message for this cell at all
+        idle = False  # the cell's idle status came (alone it proves nothing: the cell can forge it)
 
-        while True:
+        while not (idle and replied_at is not None):
             if stopped_for is None and self._take_interrupt():
                 stopped_for, deadline = ExecStatus.INTERRUPTED, watch.elapsed + self.limits.interrupt_grace_s
                 self._interrupt()
+            if self._relay.exhausted:  # more than a cell may send; the rest waits in the kernel's queues
+                return self._flooded(cell, watch, notes)
             if watch.elapsed >= deadline:  # by the clock, however busy IOPub is
                 if stopped_for is not None:  # the interrupt did not bring the cell back
-                    return self._replace_after(stopped_for, out, err, watch)
+                    return self._replace_after(stopped_for, cell.out, cell.err, watch)
                 stopped_for, deadline = ExecStatus.TIMEOUT, watch.elapsed + self.limits.interrupt_grace_s
                 self._interrupt()
                 continue
             if replied_at is not None and watch.elapsed - replied_at > REPLY_GRACE_S:
-                if not published:  # the reply came, but IOPub is dead: the cell broke the kernel's wire
-                    return self._broken_wire(out, err, watch)
+                if not cell.published:  # the reply came, but IOPub is dead: the cell broke the kernel's wire
+                    return self._broken_wire(cell.out, cell.err, watch)
                 break
+            # once the idle came only the reply is missing: wait for it on the shell channel, and
+            # just take what IOPub has (after a forged idle, the cell's output goes on)
+            wait = min(POLL_S, max(watch.remaining(deadline), 0.001))
+            if idle and self._reply_arrived(cell.msg_id, wait):
+                replied_at = watch.elapsed
+                continue
             try:
-                msg = client.iopub_channel.get_msg(timeout=min(POLL_S, max(watch.remaining(deadline), 0.001)))
+                msg = client.iopub_channel.get_msg(timeout=0 if idle else wait)
             except queue.Empty:
                 if not jail.alive:
-                    return self._after_death(out, err, watch)
-                if replied_at is None and self._reply_arrived(msg_id):
-                    replied_at = watch.elapsed
-                continue
+                    return self._after_death(cell.out, cell.err, watch)
+                msg = None
             except Exception:  # noqa: BLE001 - unsigned, garbled or forged: dropped
                 continue
-            fields = _fields(msg)
-            if fields is None or fields[0] != msg_id:
-                continue
-            published = True
-            _, kind, content = fields
-            if kind == "stream":
-                target = out if content.get("name") == "stdout" else err
-                target.write(str(content.get("text", "")))
-                target.dropped += _int(content.get("retool_dropped"))
-            elif kind in ("execute_result", "display_data"):
-                data = content.get("data")
-                text = data.get("text/plain") if isinstance(data, dict) else None
-                if text is not None:
-                    out.write(str(text) + "\n")
-                    out.dropped += _int(content.get("retool_dropped"))
-            elif kind == "error":
-                ename, evalue = str(content.get("ename", "Error")), str(content.get("evalue", ""))
-            elif kind == "status" and content.get("execution_state") == "idle":
-                break
-            if stopped_for is None and (out.overflowed or err.overflowed):
+            if msg is not None:
+                idle = cell.take(msg) or idle
+            if replied_at is None and (msg is None or idle) and self._reply_arrived(cell.msg_id):
+                replied_at = watch.elapsed
+            if stopped_for is None and (cell.out.overflowed or cell.err.overflowed):
                 stopped_for, deadline = ExecStatus.OUTPUT_LIMIT, watch.elapsed + self.limits.interrupt_grace_s
                 self._interrupt()
 
-        if replied_at is None:
-            self._discard_reply(msg_id)
-        threads, others = jail.census()
-        if others and jail.kill_strays():
-            self._silent(REAP_CHILDREN)
-            threads = jail.thread_count()
-        notes += self._stop_leftover_threads(threads)
-        return self._finish(out, err, ename, evalue, stopped_for, watch, tuple(notes))
+        notes += self._after_cell()
+        if self._relay.exhausted:
+            return self._flooded(cell, watch, notes)
+        return self._finish(cell.out, cell.err, cell.ename, cell.evalue, stopped_for, watch, tuple(notes))
+
+    def _after_cell(self) -> list[str]:
+        """Stop what the cell left behind (stray processes, threads); the notes that say so. Never
+        raises: whatever the kernel answers to this bookkeeping, the cell's result stands."""
+        try:
+            jail = self._jail
+            threads, others = jail.census()
+            if others and jail.kill_strays():
+                self._silent(REAP_CHILDREN)
+                threads = jail.thread_count()
+            return self._stop_leftover_threads(threads)
+        except Exception:  # noqa: BLE001 - the kernel's answers are the cell's to forge
+            log.exception("jupyter sandbox: bookkeeping after a cell failed")
+            return []
 
     def _finish(self, out, err, ename, evalue, stopped_for, watch, notes=()) -> ExecResult:
         truncated = out.overflowed or err.overflowed
@@ -400,10 +448,7 @@ class JupyterSession(Session):
         if threads <= self._base_threads:
             return []
         said = self._silent(STOP_THREADS, "__import__('retool_boot').last_stop")
-        try:
-            stopped, running = (int(n) for n in json.loads(said.strip("'\"")))
-        except (ValueError, TypeError, AttributeError):
-            stopped = running = 0
+        stopped, running = _counts(said)
         self._base_threads = self._jail.thread_count()  # native threads, and the ones that would not stop
         self._unstoppable = self._unstoppable or running > 0
         notes = []
@@ -429,7 +474,8 @@ class JupyterSession(Session):
             if _parent_id(msg) != msg_id:
                 continue
             fields = _fields(msg)
-            value = fields[2].get("user_expressions", {}).get("r") if fields else None
+            expressions = fields[2].get("user_expressions") if fields else None
+            value = expressions.get("r") if isinstance(expressions, dict) else None
             data = value.get("data") if isinstance(value, dict) else None
             text = data.get("text/plain") if isinstance(data, dict) else None
             return text if isinstance(text, str) else None
@@ -441,11 +487,13 @@ class JupyterSession(Session):
         """Ask the kernel to interrupt itself (SIGINT to its process group, sent from inside)."""
         self._client.control_channel.send(self._client.session.msg("interrupt_request", {}))
 
-    def _reply_arrived(self, msg_id: str) -> bool:
-        """Whether the shell channel has the execute_reply to ``msg_id`` (others are discarded)."""
+    def _reply_arrived(self, msg_id: str, wait: float = 0.0) -> bool:
+        """Whether the shell channel has the execute_reply to ``msg_id`` (others are discarded),
+        waiting up to ``wait`` seconds for the first message."""
         while True:
             try:
-                msg = self._client.shell_channel.get_msg(timeout=0)
+                msg = self._client.shell_channel.get_msg(timeout=wait)
+                wait = 0.0
             except queue.Empty:
                 return False
             except Exception:  # noqa: BLE001 - garbled: dropped
@@ -496,6 +544,19 @@ class JupyterSession(Session):
             error += f"; restart failed: {failure}"
         return ExecResult(status, out.text(), err.text(), f"KernelDied: {error}", watch.elapsed, out.overflowed, True)
 
+    def _flooded(self, cell: _CellOutput, watch: Stopwatch, notes: list[str]) -> ExecResult:
+        """The kernel sent more than a cell's budget on a channel (messages a cell forged: printed
+        output is stopped long before): what it queued would flood every later cell too, so the
+        kernel is replaced."""
+        channels = ", ".join(sorted(self._relay.exhausted))
+        failure = self._try_restart()
+        error = (f"OutputLimitError: the interpreter sent more than a cell may ({channels} channel); "
+                 "it was restarted")
+        if failure:
+            error += f"; restart failed: {failure}"
+        return ExecResult(ExecStatus.OUTPUT_LIMIT, cell.out.text(), cell.err.text(), error, watch.elapsed, True, True,
+                          tuple(notes))
+
     def _broken_wire(self, out: CappedText, err: CappedText, watch: Stopwatch) -> ExecResult:
         failure = self._try_restart()
         error = "KernelProtocolError: the interpreter stopped publishing its output and was restarted"
@@ -517,6 +578,51 @@ class JupyterSession(Session):
         if failure:
             error += f"; restart failed: {failure}"
         return ExecResult(status, out.text(), err.text(), error, watch.elapsed, out.overflowed or err.overflowed, True)
+
+
+@dataclass
+class _CellOutput:
+    """What one cell's IOPub messages said so far."""
+
+    msg_id: str
+    out: CappedText
+    err: CappedText
+    ename: str | None = None
+    evalue: str | None = None
+    published: bool = False  # any IOPub message for this cell at all
+
+    def take(self, msg: Any) -> bool:
+        """Record ``msg`` if it belongs to this cell; whether it was the cell's idle status."""
+        fields = _fields(msg)
+        if fields is None or fields[0] != self.msg_id:
+            return False
+        self.published = True
+        _, kind, content = fields
+        if kind == "stream":
+            target = self.out if content.get("name") == "stdout" else self.err
+            target.write(str(content.get("text", "")))
+            target.dropped += _int(content.get("retool_dropped"))
+        elif kind in ("execute_result", "display_data"):
+            data = content.get("data")
+            text = data.get("text/plain") if isinstance(data, dict) else None
+            if text is not None:
+                self.out.write(str(text) + "\n")
+                self.out.dropped += _int(content.get("retool_dropped"))
+        elif kind == "error":
+            self.ename, self.evalue = str(content.get("ename", "Error")), str(content.get("evalue", ""))
+        return kind == "status" and content.get("execution_state") == "idle"
+
+
+def _counts(said: str | None) -> tuple[int, int]:
+    """``(stopped, still running)`` from the kernel's repr of ``retool_boot.last_stop`` (a JSON
+    pair); (0, 0) for anything else (the cell can replace what the kernel answers)."""
+    try:
+        pair = json.loads(said.strip("'\"")) if isinstance(said, str) and len(said) < 100 else None
+    except ValueError:
+        pair = None
+    if not isinstance(pair, list) or len(pair) != 2:
+        return 0, 0
+    return _int(pair[0]), _int(pair[1])
 
 
 def _fields(msg: Any) -> tuple[str | None, str, dict] | None:

@@ -4,7 +4,10 @@ Used by the tests and by ``retool sandbox check``. ``base`` holds the machinery 
 puts in reach, how an attack runs and is judged), ``contain`` the containment attacks (network,
 files, secrets, bombs, limits, crashes, children), ``harden`` those of the outside attack pass
 (pid 1, nested namespaces, quotas, the host following jail paths, hostile kernel messages, output
-floods, leftover threads, lone surrogates).
+floods, leftover threads, lone surrogates, its own CPU limit, socket families, pid hopping),
+``untrusted`` those of the second outside pass (replies and messages the interpreter forges:
+wrong types, no parser survives, over every cap, a thousand frames, costly floods, a forged idle,
+a thread that holds the interpreter's lock).
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 from retool.sandbox.attacks.base import PROBE, Attack, AttackOutcome, Evidence, HostBait, run_attack
 from retool.sandbox.attacks.contain import CONTAINMENT
 from retool.sandbox.attacks.harden import HARDENING
+from retool.sandbox.attacks.untrusted import UNTRUSTED
 from retool.sandbox.spec import SandboxSpec
 
-ATTACKS: list[Attack] = CONTAINMENT + HARDENING
+ATTACKS: list[Attack] = CONTAINMENT + HARDENING + UNTRUSTED
 ATTACKS_BY_NAME = {attack.name: attack for attack in ATTACKS}
 
 

@@ -1,6 +1,7 @@
 """The attacks of the outside pass: the jail's own pid 1 and limits, the host's trust in jail paths,
 kernel quotas, hostile kernel messages, output that would exhaust the host, what a cell leaves
-running, and text no encoder accepts.
+running, text no encoder accepts, a cell lowering its own CPU limit, socket families beyond IP,
+and a process that changes its pid faster than a sweep can list it.
 
 Each runs on every backend. Where an attack's target does not exist in a backend (there are no
 IPC sockets to swap in a container), the code says so and the attack counts as contained only if
@@ -271,6 +272,84 @@ def _judge_forged(e: Evidence):
     return (e.result.status is not ExecStatus.INFRA_ERROR and e.result.duration_s < 10, brief(e.result))
 
 
+# The kernel SIGKILLs a process at its hard CPU limit: a cell that lowers its own would pass its
+# death off as a kill from outside (infra_error, never scored) unless the change is refused.
+_OWN_CPU_LIMIT = (
+    "import resource, time\n"
+    "used = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "lim = int(used.ru_utime + used.ru_stime) + 2\n"
+    "changed = False\n"
+    "for how, call in (('setrlimit', lambda: resource.setrlimit(resource.RLIMIT_CPU, (lim, lim))),\n"
+    "                  ('prlimit', lambda: resource.prlimit(0, resource.RLIMIT_CPU, (lim, lim)))):\n"
+    "    try:\n        call(); changed = True; print('CHANGED', how)\n"
+    "    except (ValueError, OSError) as e:\n        print('REFUSED', how, e)\n"
+    "print('READ', resource.prlimit(0, resource.RLIMIT_CPU))\n"
+    "t = time.time()\n"
+    "while changed and time.time() - t < 6:\n    pass\n"
+)
+
+
+def _judge_own_cpu_limit(e: Evidence):
+    r = e.result
+    return (r.status is not ExecStatus.INFRA_ERROR and said(r, "READ"), brief(r)[:160])
+
+
+# Socket families beyond Unix, IP and netlink, with the family also passed with the register's
+# upper half set (the kernel reads an int; a 64-bit compare in the filter would miss it).
+_SOCKET_FAMILIES = _LIBC + (
+    "import socket\n"
+    "libc.syscall.restype = ctypes.c_long\n"
+    "for name, family, kind in (('AF_VSOCK', 40, 1), ('AF_ALG', 38, 5), ('AF_PACKET', 17, 2),\n"
+    "                           ('AF_BLUETOOTH', 31, 1), ('AF_KEY', 15, 3), ('AF_TIPC', 30, 2)):\n"
+    "    for high in (0, 1 << 32):\n"
+    "        fd = libc.syscall(41, ctypes.c_long(family | high), kind, 0)\n"
+    "        if fd >= 0:\n            print('OPENED', name, hex(high)); os.close(fd)\n"
+    "        else:\n            print('BLOCKED', name, hex(high), ctypes.get_errno())\n"
+    "socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()\n"
+    "socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()\n"
+    "print('IP AND UNIX STILL WORK')\n"
+)
+
+
+def _judge_socket_families(e: Evidence):
+    r = e.result
+    return (said(r, "IP AND UNIX STILL WORK") and not said(r, "OPENED"), brief(r)[:200])
+
+
+# A process that forks a successor every few milliseconds and lets its parent exit: one listing
+# of the jail's processes is stale before the kill lands, and RLIMIT_CPU (per process) never adds up.
+_HOPPER = """
+import os, time
+n = 0
+while True:
+    if os.fork():
+        os._exit(0)
+    n += 1
+    if n % 50 == 0:
+        open('/tmp/hop', 'w').write(f'{time.time()} {n}')
+"""
+_PID_HOPPER = (
+    "import os, signal, subprocess, sys, time\n"
+    "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+    f"subprocess.Popen([sys.executable, '-c', {_HOPPER!r}], start_new_session=True)\n"
+    "t = time.time()\n"
+    "while not os.path.exists('/tmp/hop') and time.time() - t < 3:\n    time.sleep(0.05)\n"
+    "print('HOPPING' if os.path.exists('/tmp/hop') else 'NEVER HOPPED')\n"
+)
+_PID_HOPPER_AFTER = (
+    "import time\n"
+    "def hop():\n"
+    "    try:\n        return open('/tmp/hop').read()\n"
+    "    except OSError:\n        return ''\n"
+    "a = hop(); time.sleep(1.0); b = hop()\n"
+    "print('STILL HOPPING' if a != b else 'GONE', repr(a), repr(b))\n"
+)
+
+
+def _judge_pid_hopper(e: Evidence):
+    return (said(e.followup, "GONE"), f"{brief(e.result)[:40]}; follow-up {brief(e.followup)[:100]}")
+
+
 HARDENING: list[Attack] = [
     Attack("host_env_and_paths", _host_paths_code, _judge_host_paths),
     Attack("nested_namespaces_and_limits", _fork_count_code, _judge_limits, timeout=15.0),
@@ -286,4 +365,8 @@ HARDENING: list[Attack] = [
     Attack("lone_surrogate_in_output", lambda b, l: "print('BEFORE')\nprint('a\\ud800b')\nprint('AFTER')",
            _judge_lone_surrogate_output),
     Attack("forged_kernel_messages", lambda b, l: _FORGED, _judge_forged, timeout=5.0),
+    Attack("lower_own_cpu_limit", lambda b, l: _OWN_CPU_LIMIT, _judge_own_cpu_limit, timeout=10.0),
+    Attack("socket_families_beyond_ip", lambda b, l: _SOCKET_FAMILIES, _judge_socket_families),
+    Attack("pid_hopping_process", lambda b, l: _PID_HOPPER, _judge_pid_hopper, timeout=5.0,
+           followup=_PID_HOPPER_AFTER, settle_s=0.2),
 ]
