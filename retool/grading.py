@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from retool.protocol import RETOOL, Dialect, last_boxed
+from retool.protocol import RETOOL, Dialect
 from retool.trajectory import Trajectory
 
 MAX_CHARS = 1000  # longer answers are compared as strings only
@@ -60,31 +60,25 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 # -- extraction ---------------------------------------------------------------------------------
 
 
-def _tool_span_pattern(dialect: Dialect) -> re.Pattern[str]:
-    start = dialect.output_open.strip() or dialect.stop
-    end = dialect.output_close.strip()
-    return re.compile(f"({re.escape(start)}).*?(?:({re.escape(end)})|\\Z)", re.DOTALL)
-
-
-def extract_answer(text: str, dialect: Dialect = RETOOL) -> str | None:
+def extract_answer(text: str, dialect: Dialect = RETOOL, *, outputs: bool = True) -> str | None:
     """The final answer in the *model's* text: the last ``\\boxed{}``/``\\fbox{}`` of the last
-    answer section, else of the prose; code blocks and interpreter spans never count."""
-    text = _tool_span_pattern(dialect).sub(lambda m: m.group(1) + (m.group(2) or ""), text)
-    text = dialect.code_pattern.sub("", text)
-    answer = dialect.find_answer(text)
-    if answer is None and dialect.answer_pattern is not None:
-        sections = dialect.answer_pattern.findall(text)
-        if sections and last_boxed(sections[-1]) is None:
-            bare = sections[-1].strip()
-            if bare and len(bare) <= BARE_ANSWER_CHARS and "\n" not in bare:
-                return bare
+    answer section, else of the prose; code blocks and interpreter output never count (the
+    dialect's grammar says which is which). ``outputs=False``: ``text`` is the model's alone, with
+    the interpreter's replies left out (a trajectory's mask-1 tokens)."""
+    segments = dialect.parse(text, outputs=outputs)
+    answer = dialect.answer_in(segments)
+    sections = [s for s in segments if s.kind == "answer"]
+    if answer is None and sections:
+        bare = sections[-1].body.strip()
+        if bare and len(bare) <= BARE_ANSWER_CHARS and "\n" not in bare:
+            return bare
     return answer
 
 
 def extract_answer_from_trajectory(traj: Trajectory, tokenizer: Any, dialect: Dialect) -> str | None:
     """Decode only the model's tokens (mask 1) and extract the answer with the dialect's rules."""
     text = tokenizer.decode(traj.model_ids(), skip_special_tokens=True)
-    return extract_answer(text, dialect)
+    return extract_answer(text, dialect, outputs=False)
 
 
 # -- the integer / fraction fast path ------------------------------------------------------------

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from retool.engines.base import Completion, Engine, SamplingParams, TokenDelta
-from retool.protocol import Dialect, build_messages, get_dialect
+from retool.protocol import Dialect, get_dialect
 from retool.sandbox.base import ExecResult, SandboxUnavailable, Session
 from retool.seeds import derive_seed
 from retool.trajectory import ToolCall, Trajectory, TrajectoryError
@@ -137,8 +137,8 @@ class Rollout:
 
     def prompt_ids(self, problem: str) -> list[int]:
         """The chat-templated prompt that opens a trajectory (system prompt, example, problem)."""
-        return render_prompt(self.tokenizer, build_messages(problem, self.dialect, few_shot=self.config.few_shot,
-                                                            tools=self.config.tools))
+        return render_prompt(self.tokenizer, self.dialect.messages(problem, few_shot=self.config.few_shot,
+                                                                         tools=self.config.tools))
 
     # -- running ------------------------------------------------------------------------------
 

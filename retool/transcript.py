@@ -25,24 +25,25 @@ Kind = Literal["text", "code", "output"]
 class Piece:
     kind: Kind
     text: str
+    source: str = ""  # code: the block's source
+    ran: bool = False  # code: it reached the stop string (the loop ran it, unless a limit said no)
 
 
 def pieces(traj: Trajectory, tokenizer, dialect: Dialect) -> list[Piece]:
-    """The trajectory as an ordered list of text / code / output pieces."""
+    """The trajectory as an ordered list of text / code / output pieces: interpreter output is the
+    mask-0 spans, code the dialect's blocks in the model's text (``Dialect.parse``)."""
     out: list[Piece] = []
     for mask, ids in traj.segments():
         text = tokenizer.decode(ids, skip_special_tokens=True)
         if mask == 0:
             out.append(Piece("output", text))
             continue
-        cursor = 0
-        for match in dialect.code_pattern.finditer(text):
-            if match.start() > cursor:
-                out.append(Piece("text", text[cursor : match.start()]))
-            out.append(Piece("code", text[match.start() : match.end()]))
-            cursor = match.end()
-        if cursor < len(text):
-            out.append(Piece("text", text[cursor:]))
+        for segment in dialect.parse(text, outputs=False):
+            piece = text[segment.start:segment.end]
+            if segment.kind == "code":
+                out.append(Piece("code", piece, segment.body, segment.closed))
+            else:
+                out.append(Piece("text", piece))
     return out
 
 
@@ -68,8 +69,8 @@ def trajectory_cells(trajectory, tokenizer, dialect: Dialect) -> list:
         if piece.kind == "text" and piece.text.strip():
             cells.append(new_markdown_cell(piece.text.strip()))
         elif piece.kind == "code":
-            source = dialect.extract_code(piece.text) or piece.text
-            call = next(calls, None)
+            source = piece.source
+            call = next(calls, None) if piece.ran else None
             outputs = []
             if call is not None and call.code == source:
                 if call.result.stdout:

@@ -11,8 +11,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from retool.apps.conversation import CodeTracker, TextStream
-from retool.protocol import FENCED, RETOOL
+from retool.apps.conversation import TextStream
 from tiny import tiny_model, tiny_tokenizer
 
 HERE = Path(__file__).parent
@@ -42,15 +41,6 @@ def test_text_stream_holds_back_a_split_multibyte_character():
     pieces = [stream.feed([i]) for i in ids]
     assert "".join(pieces) + stream.flush() == "naïve ∑ done"
     assert not any("\ufffd" in p for p in pieces)
-
-
-def test_code_tracker_tags_blocks_in_both_dialects():
-    retool = CodeTracker(RETOOL)
-    assert [retool.tag(t) for t in ["Let me ", "<code>", "\nprint(1)", "\n</code>", " then"]] == [
-        "text", "code", "code", "code", "text"]
-    fenced = CodeTracker(FENCED)
-    assert [fenced.tag(t) for t in ["So ", "```python\n", "print(1)\n", "```", "\nprose"]] == [
-        "text", "code", "code", "code", "text"]
 
 
 def test_variables_persist_across_turns_and_save_and_notebook_hold_the_real_outputs(tmp_path):

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from retool.coldstart.pipeline import ChatRewriter, RewriteConfig, SynthConfig, run_rewrite, run_synth
 from retool.coldstart.synth import FAMILIES, generate
 from retool.coldstart.verify import parse_blocks, verify_trace
-from retool.protocol import RETOOL
+from retool.protocol import FENCED, RETOOL
 from retool.sandbox import create_session
 from retool.apps.local_server import local_server
 
@@ -90,6 +90,65 @@ def test_parse_blocks_finds_code_and_claims():
     assert [(b.code, b.claimed) for b in blocks] == [("print(1)", "1"), ("print(2)", None)]
 
 
+FENCED_TRACE = ("Compute.\n```python\nx = 6 * 7\nprint(x)\n```\n```output\n42\n```\n"
+                "Then check.\n```python\nprint(x - 42)\n```\n```output\n0\n```\nSo \\boxed{42}")
+
+
+def test_a_fenced_trace_is_verified_by_the_same_stages(session):
+    verdict = verify_trace(FENCED_TRACE, "42", FENCED, session)
+    assert verdict.ok, verdict.reason
+    assert verdict.outputs == ["42", "0"] and verdict.answer == "42" and verdict.text == FENCED_TRACE
+    lying = verify_trace(FENCED_TRACE.replace("```output\n42", "```output\n41"), "42", FENCED, session)
+    assert not lying.ok and lying.stage == "execution"
+    unrun = verify_trace("Look:\n```python\nprint(1)\n```\nSo \\boxed{42}", "42", FENCED, session)
+    assert not unrun.ok and unrun.stage == "format" and "without an output" in unrun.reason
+    assert verify_trace(FENCED_TRACE, "41", FENCED, session).stage == "answer"
+
+
+def test_a_trace_converts_between_dialects_and_back_unchanged(session):
+    from retool.coldstart.convert import convert_trace
+
+    retool = "Compute.\n" + block("x = 6 * 7\nprint(x)", claimed="42") + "So it is 42.\n" + ANSWER
+    fenced = convert_trace(retool, RETOOL, FENCED)
+    assert fenced == "Compute.\n```python\nx = 6 * 7\nprint(x)\n```\n```output\n42\n```\nSo it is 42.\n\\boxed{42}"
+    assert convert_trace(fenced, FENCED, RETOOL) == retool
+    assert verify_trace(fenced, "42", FENCED, session).ok
+    chatty = "```python\nprint(42)\n```\nThis prints it.\n```output\n42\n```\n\\boxed{42}"  # prose before the output fence
+    moved = convert_trace(chatty, FENCED, RETOOL)
+    assert moved.startswith("This prints it.\n<code>") and verify_trace(moved, "42", RETOOL, session).ok
+    with pytest.raises(ValueError, match="without its output"):
+        convert_trace("Look.\n" + block("print(1)") + ANSWER, RETOOL, FENCED)
+
+
+def test_coldstart_convert_writes_the_file_and_reverifies_every_trace(tmp_path):
+    from typer.testing import CliRunner
+
+    from retool.cli import app
+
+    good = "Compute.\n" + block("print(6 * 7)", claimed="42") + "So it is 42.\n" + ANSWER
+    lying = good.replace("<interpreter>\n42", "<interpreter>\n41")  # conversion keeps it; running it again does not
+    rows = [{"id": "a", "messages": [{"role": "user", "content": "6*7?"}, {"role": "assistant", "content": good}],
+             "answer": "42"},
+            {"id": "b", "messages": [{"role": "user", "content": "6*7?"}, {"role": "assistant", "content": lying}],
+             "answer": "42"}]
+    source = tmp_path / "code.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
+    runner = CliRunner()
+    result = runner.invoke(app, ["coldstart", "convert", "--input", str(source), "--to", "fenced",
+                                 "--out", str(tmp_path / "fenced"), "--sandbox", "subprocess"])
+    assert result.exit_code == 0, result.output
+    kept = [json.loads(line) for line in (tmp_path / "fenced" / "code.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in kept] == ["a"] and kept[0]["dialect"] == "fenced"
+    assert "```output\n42\n```" in kept[0]["messages"][1]["content"]
+    rejects = [json.loads(line) for line in (tmp_path / "fenced" / "code.rejects.jsonl").read_text().splitlines()]
+    assert sorted(r["stage"] for r in rejects) == ["convert", "execution"]
+    back = runner.invoke(app, ["coldstart", "convert", "--input", str(tmp_path / "fenced" / "code.jsonl"), "--to",
+                               "retool", "--out", str(tmp_path / "back"), "--sandbox", "subprocess"])
+    assert back.exit_code == 0, back.output
+    again = json.loads((tmp_path / "back" / "code.jsonl").read_text().splitlines()[0])
+    assert again["messages"][1]["content"] == good
+
+
 def test_synth_is_deterministic_for_a_seed_and_covers_every_family():
     first, again, other = generate(35, seed=5), generate(35, seed=5), generate(35, seed=6)
     assert first == again and first != other
@@ -110,6 +169,15 @@ def test_run_synth_writes_verified_disjoint_splits_identically_twice(tmp_path):
     assert all("<interpreter>" in r["messages"][1]["content"] for r in code)
     assert not any("<code>" in r["messages"][1]["content"] for r in text)
     assert all(r["messages"][0]["role"] == "user" and set(r) >= {"id", "messages", "answer"} for r in code)
+
+
+def test_synth_writes_fenced_data_verified_in_that_dialect(tmp_path):
+    stats = run_synth(SynthConfig(6, str(tmp_path / "f"), seed=3, heldout=0.0, dialect="fenced"))
+    code = [json.loads(line)["messages"][1]["content"] for line in (tmp_path / "f" / "code.jsonl").read_text().splitlines()]
+    text = [json.loads(line)["messages"][1]["content"] for line in (tmp_path / "f" / "text.jsonl").read_text().splitlines()]
+    assert stats["train"] == len(code) > 0 and not stats["dropped"]
+    assert all("```output" in c and "<code>" not in c and "<answer>" not in c for c in code)
+    assert all("\\boxed{" in t and "<answer>" not in t for t in text)
 
 
 # -- rewrite, end to end over HTTP ---------------------------------------------------------------
@@ -165,13 +233,18 @@ def test_rewrite_end_to_end_against_a_live_endpoint_is_resumable_and_deduplicate
         stats = asyncio.run(run_rewrite(RewriteConfig(str(source), str(out), concurrency=3), rewriter))
         assert stats["kept"] == 2
         assert stats["dropped"] == {"execution": 1, "format": 2, "answer": 1, "duplicate": 1, "input": 1}
+        fenced = asyncio.run(run_rewrite(RewriteConfig(str(source), str(tmp_path / "fenced"), concurrency=3,
+                                                       dialect="fenced"), ChatRewriter(f"{url}/v1", "fake-rewriter")))
+        assert fenced["kept"] == 2, json.loads((tmp_path / "fenced" / "stats.json").read_text())
+        assert all("```output" in json.loads(line)["messages"][1]["content"]
+                   for line in (tmp_path / "fenced" / "rewritten.jsonl").read_text().splitlines())
         kept = [json.loads(line) for line in (out / "rewritten.jsonl").read_text().splitlines()]
         assert sorted(r["id"] for r in kept) == ["p0", "p1"]
         assert "<interpreter>\n56088\n</interpreter>" in next(r for r in kept if r["id"] == "p0")["messages"][1]["content"]
         assert datasets.load_from_disk(str(out / "dataset")).num_rows == 2
         assert json.loads((out / "stats.json").read_text())["kept"] == 2
         first_calls = len(calls)
-        assert first_calls == 6
+        assert first_calls == 12
 
         again = asyncio.run(run_rewrite(RewriteConfig(str(source), str(out), concurrency=3), rewriter))
         assert len(calls) == first_calls  # everything was already done: nothing is asked twice

@@ -1,6 +1,7 @@
 """Dialects: code extraction, output rendering, answers."""
 
-from retool.protocol import FENCED, RETOOL, build_messages, get_dialect, last_boxed, output_text, truncate_middle
+from retool.protocol import (FENCED, RETOOL, TranscriptError, TranscriptParser, get_dialect, last_boxed, output_text,
+                             truncate_middle)
 from retool.sandbox.base import ExecResult, ExecStatus
 
 import pytest
@@ -69,9 +70,80 @@ def test_open_block_detection_and_dialect_lookup():
 
 
 def test_prompt_messages_teach_the_dialect():
-    messages = build_messages("What is 1+1?", RETOOL)
+    messages = RETOOL.messages("What is 1+1?")
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert "<code>" in messages[0]["content"] and "<answer>" in messages[0]["content"]
     example = messages[2]["content"]
     assert RETOOL.extract_code(example[: example.index("</code>") + len("</code>")]) is not None
-    assert build_messages("q", FENCED, few_shot=False)[-1] == {"role": "user", "content": "q"}
+    assert FENCED.messages("q", few_shot=False)[-1] == {"role": "user", "content": "q"}
+
+
+# -- the one grammar ---------------------------------------------------------------------------
+
+RETOOL_TRACE = ("Let me compute.\n<code>\n```python\nprint(2**10)\n```\n</code>\n<interpreter>\n1024\n</interpreter>\n"
+                "So it is 1024.\n<answer>\n\\boxed{1024}\n</answer>")
+FENCED_TRACE = "Let me compute.\n```python\nprint(2**10)\n```\n```output\n1024\n```\nSo it is 1024.\n\\boxed{1024}"
+
+
+def test_both_dialects_parse_into_the_same_typed_segments():
+    def shape(dialect, text):
+        return [(s.kind, s.body.strip() if s.kind != "text" else None) for s in dialect.parse(text, strict=True)
+                if s.kind != "text" or s.body.strip()]
+    retool, fenced = shape(RETOOL, RETOOL_TRACE), shape(FENCED, FENCED_TRACE)
+    assert retool[:3] == fenced[:3] == [("text", None), ("code", "print(2**10)"), ("output", "1024")]
+    assert retool[-1] == ("answer", "\\boxed{1024}")
+    for segment in RETOOL.parse(RETOOL_TRACE):  # spans cover the text exactly, in order
+        assert RETOOL_TRACE[segment.start:segment.end].strip() or segment.kind == "text"
+    assert "".join(RETOOL_TRACE[s.start:s.end] for s in RETOOL.parse(RETOOL_TRACE)) == RETOOL_TRACE
+
+
+@pytest.mark.parametrize("bad, fault", [
+    ("<code>\nprint(1)\n<answer>", "inside a code block"),
+    ("text </interpreter>", "unexpected"),
+    ("<code>\nprint(1)\n</code> words <interpreter>\n1\n</interpreter>", "does not follow a code block"),
+    ("<answer>\n\\boxed{1}", "unclosed answer"),
+])
+def test_strict_parsing_names_the_fault(bad, fault):
+    with pytest.raises(TranscriptError, match=fault):
+        RETOOL.parse(bad, strict=True)
+    RETOOL.parse(bad)  # the lenient reading never raises
+
+
+def test_a_fenced_answer_after_a_tool_call_is_found_in_the_models_own_text():
+    # the model's tokens alone: the interpreter's reply is not there, so the text after the stop is the model's
+    model_text = "```python\nprint(2)\n```\n```outputSo the answer is \\boxed{2}."
+    assert FENCED.find_answer(model_text) == "2"
+    # in a whole transcript, the output block is the interpreter's: a box printed there is no answer
+    assert FENCED.find_answer("```python\nprint(2)\n```\n```output\n\\boxed{5}\n```\nHmm.", outputs=True) is None
+
+
+def test_the_stream_parser_tags_chunks_like_the_whole_parse():
+    retool = TranscriptParser(RETOOL, outputs=False)
+    assert [retool.feed(t) for t in ["Let me ", "<code>", "\nprint(1)", "\n</code>", " then"]] == [
+        "text", "code", "code", "code", "text"]
+    fenced = TranscriptParser(FENCED, outputs=False)
+    assert [fenced.feed(t) for t in ["So ", "```python\n", "print(1)\n", "```", "\nprose"]] == [
+        "text", "code", "code", "code", "text"]
+    streamed = TranscriptParser(RETOOL)
+    for i in range(0, len(RETOOL_TRACE), 3):  # markers split across chunks
+        streamed.feed(RETOOL_TRACE[i:i + 3])
+    assert streamed.close() == RETOOL.parse(RETOOL_TRACE)
+
+
+def test_a_fenced_block_shown_but_not_run_is_code_that_never_ran():
+    text = "Like this:\n```python\nx = 1\n```\nand then\n```python\nprint(x)\n```\n```output"
+    code = [s for s in FENCED.parse(text, outputs=False) if s.kind == "code"]
+    assert [(c.body, c.closed) for c in code] == [("x = 1", False), ("print(x)", True)]
+    assert FENCED.extract_code(text) == "print(x)"
+    assert not FENCED.has_open_code(text) and FENCED.has_open_code("```python\nprint(1")
+
+
+def test_a_dialect_owns_its_prompts_and_answer_format():
+    for dialect in (RETOOL, FENCED):
+        system = dialect.messages("q")[0]["content"]
+        assert dialect.code_open.split("\n")[0] in system
+        assert dialect.format_answer("1023") in system
+        text_only = dialect.messages("q", tools=False)
+        assert len(text_only) == 2 and dialect.stop not in text_only[0]["content"]
+        example = dialect.example_turns()[1]["content"]
+        assert dialect.find_answer(example, outputs=True) == "2870"

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tiny import tiny_model
-from retool.protocol import RETOOL, build_messages
+from retool.protocol import RETOOL
 from retool.rollout import RolloutConfig
 from retool.rollout import render_prompt
 from retool.training.recipe import RecipeError, RLRecipe, SFTRecipe, load_recipe
@@ -56,7 +56,7 @@ def test_sft_example_masks_prompt_and_interpreter_exactly():
     traj = render_trajectory("What is 3 plus 4?", CODE_REPLY, tok, SFT_PROMPT)
     example = to_example(traj)
     # the prompt is exactly what the rollout would feed the model for this problem
-    assert traj.prompt_ids == render_prompt(tok, build_messages("What is 3 plus 4?", RETOOL, few_shot=False))
+    assert traj.prompt_ids == render_prompt(tok, RETOOL.messages("What is 3 plus 4?", few_shot=False))
     assert example.input_ids == traj.prompt_ids + traj.ids
     assert example.labels[: len(traj.prompt_ids)] == [IGNORE_INDEX] * len(traj.prompt_ids)
     trained = tok.decode([t for t in example.labels if t != IGNORE_INDEX])
@@ -65,6 +65,23 @@ def test_sft_example_masks_prompt_and_interpreter_exactly():
     assert "</code>" in trained and "So the answer is 7." in trained
     (start, end), = [(s, e) for s, e in [c for c in _spans(traj.loss_mask)]]
     assert tok.decode(traj.ids[start:end]) == "\n<interpreter>\n7\n</interpreter>\n"
+
+
+def test_fenced_sft_renders_the_same_data_with_exact_masks():
+    from retool.protocol import FENCED
+
+    _, tok = tiny_model()
+    fenced = RolloutConfig(dialect="fenced", few_shot=False)
+    written_fenced = "I will compute it.\n```python\nprint(3 + 4)\n```\n```output\n7\n```\nSo the answer is 7.\n\\boxed{7}"
+    for reply in (CODE_REPLY, written_fenced):  # the shipped (retool) data is converted; fenced data is used as is
+        traj = render_trajectory("What is 3 plus 4?", reply, tok, fenced)
+        assert traj.prompt_ids == render_prompt(tok, FENCED.messages("What is 3 plus 4?", few_shot=False))
+        example = to_example(traj)
+        trained = tok.decode([t for t in example.labels if t != IGNORE_INDEX])
+        assert trained == "I will compute it.\n```python\nprint(3 + 4)\n```\n```outputSo the answer is 7.\n\\boxed{7}"
+        (start, end), = _spans(traj.loss_mask)
+        assert tok.decode(traj.ids[start:end]) == "\n7\n```\n"  # exactly what the rollout appends, untrained
+        assert tok.decode(traj.ids) == written_fenced.replace("\n```\nSo", "\n```\nSo")
 
 
 def _spans(mask):
@@ -152,13 +169,15 @@ def test_the_miniature_trains_rl_on_families_solved_sometimes_but_not_always():
 # -- one real step of each trainer -------------------------------------------------------------------
 
 
-def test_one_sft_step_changes_the_parameters(tmp_path):
+@pytest.mark.parametrize("dialect", ["retool", "fenced"])
+def test_one_sft_step_changes_the_parameters(tmp_path, dialect):
     from retool.training.sft import run_sft
 
     model, tok = tiny_model()
     before = _state(model)
     recipe = SFTRecipe(data=[str(_write_records(tmp_path / "d.jsonl", CODE_REPLY))], output_dir=str(tmp_path / "run"),
-                       max_steps=1, batch_size=2, learning_rate=1e-3, report_to=[], max_length=4096, logging_steps=1)
+                       max_steps=1, batch_size=2, learning_rate=1e-3, report_to=[], max_length=4096, logging_steps=1,
+                       rollout={"dialect": dialect, "few_shot": False})
     result = run_sft(recipe, model=model, tokenizer=tok)
     assert result.steps == 1 and result.final_dir is not None and (result.final_dir / "config.json").exists()
     assert _changed(before, model) > 0

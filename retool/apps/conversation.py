@@ -23,7 +23,7 @@ from typing import Any, Callable, Literal
 
 from retool.engines.base import TokenDelta
 from retool.grading import extract_answer_from_trajectory
-from retool.protocol import Dialect, build_messages
+from retool.protocol import Dialect, TranscriptParser
 from retool.rollout import Rollout, ToolCallDone, render_prompt
 from retool.sandbox.base import Session
 from retool.trajectory import ToolCall, Trajectory
@@ -78,30 +78,6 @@ class TextStream:
         return new
 
 
-class CodeTracker:
-    """Tags streamed model text as code or prose by whether a block of the dialect is open: between
-    ``<code>`` and ``</code>``, or (fenced) after an odd number of ```` ``` ```` fences."""
-
-    def __init__(self, dialect: Dialect) -> None:
-        self.open_marker = dialect.code_open.strip().split("\n")[0]  # "<code>" / "```python"
-        self.close_marker = dialect.stop
-        self.fenced = self.open_marker.startswith("```")
-        self.text = ""
-
-    def _inside(self) -> bool:
-        if self.fenced:
-            return self.text.count("```") % 2 == 1
-        return self.text.rfind(self.open_marker) > self.text.rfind(self.close_marker)
-
-    def tag(self, new_text: str) -> ChunkKind:
-        before = self._inside()
-        self.text += new_text
-        return "code" if before or self._inside() else "text"
-
-    def reset(self) -> None:
-        self.text = ""
-
-
 RESET_NOTE = ("Note: the Python interpreter was restarted since the earlier turns of this conversation "
               "({why}); the variables, functions and imports they defined are gone. Define again what you need.")
 
@@ -117,7 +93,7 @@ def prompt_messages(messages: list[dict[str, str]], dialect: Dialect, few_shot: 
         raise ValueError("the conversation must end with a user message")
     if rest[0]["role"] != "user":
         raise ValueError("the conversation must start with a user message (after any system messages)")
-    opening = build_messages(rest[0]["content"], dialect, few_shot=few_shot)
+    opening = dialect.messages(rest[0]["content"], few_shot=few_shot)
     if reset:
         system = [*system, RESET_NOTE.format(why=reset)]
     if system:
@@ -138,7 +114,7 @@ class TurnCollector:
         self.user = conversation[-1]["content"]
         self.trajectory = Trajectory(render_prompt(rollout.tokenizer, conversation), meta={"user": self.user})
         self.stream = TextStream(rollout.tokenizer)
-        self.tracker = CodeTracker(rollout.dialect)
+        self.tracker = TranscriptParser(rollout.dialect, outputs=False)
         self.parts: list[str] = []
 
     @property
@@ -154,7 +130,7 @@ class TurnCollector:
 
     def _emit_model_text(self, text: str) -> None:
         if text:
-            self._emit(self.tracker.tag(text), text)
+            self._emit("code" if self.tracker.feed(text) == "code" else "text", text)
 
     def _listen(self, event: TokenDelta | ToolCallDone) -> None:
         if isinstance(event, TokenDelta):
@@ -162,8 +138,7 @@ class TurnCollector:
             return
         self._emit_model_text(self.stream.flush())
         self._emit("output", self.rollout.tokenizer.decode(list(event.output_ids), skip_special_tokens=True))
-        self.stream = TextStream(self.rollout.tokenizer)
-        self.tracker.reset()
+        self.stream = TextStream(self.rollout.tokenizer)  # the parser reads on: it knows the output is not in its text
 
     async def run(self, session: Session) -> Turn:
         traj = self.trajectory

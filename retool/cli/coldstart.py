@@ -1,4 +1,4 @@
-"""``retool coldstart``: verified code-integrated SFT data (``synth``, ``rewrite``)."""
+"""``retool coldstart``: verified code-integrated SFT data (``synth``, ``rewrite``, ``convert``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from retool.cli.options import with_settings
 from retool.engines.spec import EngineSpec
 from retool.sandbox.spec import SandboxSpec
 
+DIALECT_HELP = "Dialect of the data written (traces are made in ReTool's, then converted and verified again)."
+
 app = typer.Typer(help="Cold-start SFT data: verified code-integrated traces.", no_args_is_help=True)
 
 
@@ -21,6 +23,7 @@ def coldstart_synth(
     out: str = typer.Option(..., "--out", help="Directory for code.jsonl, text.jsonl, heldout.jsonl, stats.json."),
     seed: int = typer.Option(0, help="Generator seed: the same seed gives the same data."),
     split_heldout: float = typer.Option(0.1, help="Fraction held out (never for training)."),
+    dialect: str = typer.Option("retool", help=DIALECT_HELP),
     sandbox: SandboxSpec = None,
 ) -> None:
     """Tool-necessary problems with code-integrated and text-only solutions, all verified."""
@@ -31,7 +34,7 @@ def coldstart_synth(
     with Progress(console=err_console) as bar:
         task = bar.add_task("verifying", total=n)
         try:
-            stats = run_synth(SynthConfig(n, out, seed, split_heldout, sandbox),
+            stats = run_synth(SynthConfig(n, out, seed, split_heldout, sandbox, dialect),
                               progress=lambda done, total: bar.update(task, completed=done))
         except USER_ERRORS as exc:
             raise fail(exc, 3) from None
@@ -48,6 +51,7 @@ def coldstart_rewrite(
     concurrency: int = typer.Option(4, help="Traces in flight."),
     limit: Optional[int] = typer.Option(None, help="Only the first N new traces."),
     max_new_tokens: int = typer.Option(4096, help="Most tokens the rewriter writes per trace."),
+    dialect: str = typer.Option("retool", help=DIALECT_HELP),
     engine: EngineSpec = None, sandbox: SandboxSpec = None,
 ) -> None:
     """Rewrite text solutions into code-integrated traces; keep only those that pass every check.
@@ -64,11 +68,34 @@ def coldstart_rewrite(
         with Progress(console=err_console) as bar:
             task = bar.add_task("rewriting", total=None)
             stats = asyncio.run(run_rewrite(
-                RewriteConfig(input, out, concurrency, limit, sandbox), rewriter,
+                RewriteConfig(input, out, concurrency, limit, sandbox, dialect), rewriter,
                 progress=lambda done, total: bar.update(task, completed=done, total=total)))
     except (*USER_ERRORS, ImportError) as exc:
         raise fail(exc, 3) from None
     finally:
         if local is not None:
             local.close()
+    console.print(f"kept {stats['kept']} · dropped {stats['dropped'] or 'none'} → {out}", highlight=False)
+
+
+@app.command("convert")
+@with_settings("sandbox")
+def coldstart_convert(
+    input: str = typer.Option(..., "--input", help="A cold-start jsonl file (any dialect; each trace's is detected)."),
+    to: str = typer.Option(..., "--to", help="The dialect to write: retool or fenced."),
+    out: str = typer.Option(..., "--out", help="Directory: OUT/<input's name> gets the converted traces."),
+    sandbox: SandboxSpec = None,
+) -> None:
+    """Write verified traces in another dialect; every converted trace is run and verified again."""
+    from rich.progress import Progress
+
+    from retool.coldstart.convert import ConvertConfig, convert_file
+
+    with Progress(console=err_console) as bar:
+        task = bar.add_task("converting", total=None)
+        try:
+            stats = convert_file(ConvertConfig(input, to, out, sandbox),
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except USER_ERRORS as exc:
+            raise fail(exc, 3) from None
     console.print(f"kept {stats['kept']} · dropped {stats['dropped'] or 'none'} → {out}", highlight=False)

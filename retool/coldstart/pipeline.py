@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
 from retool.coldstart.synth import GENERATOR_VERSION, generate, is_heldout
-from retool.coldstart.verify import STAGES, verify_trace
+from retool.coldstart.convert import verify_as
+from retool.coldstart.records import record, write_jsonl
+from retool.coldstart.verify import STAGES
 from retool.engines.spec import EngineSpec
 from retool.protocol import get_dialect
 from retool.sandbox.base import SandboxLimits
@@ -29,17 +31,6 @@ from retool.sandbox.spec import SandboxSpec
 
 PROMPT_FILE = Path(__file__).resolve().parents[2] / "coldstart_data" / "rewrite_prompt.md"
 SOLUTION_FIELDS = ("solution", "text_solution", "reasoning", "response", "output")
-
-
-def record(id_: str, question: str, assistant: str, answer: str, **extra: Any) -> dict[str, Any]:
-    return {"id": id_, "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": assistant}],
-            "answer": answer, **extra}
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 # -- synth --------------------------------------------------------------------------------------
@@ -52,6 +43,7 @@ class SynthConfig:
     seed: int = 0
     heldout: float = 0.1
     sandbox: SandboxSpec = SandboxSpec(limits=SandboxLimits(timeout_s=30))  # one session runs every trace
+    dialect: str = "retool"  # the data's dialect (traces are written in ReTool's, then converted)
 
 
 def run_synth(config: SynthConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -59,7 +51,7 @@ def run_synth(config: SynthConfig, progress: Callable[[int, int], None] | None =
     ``code.jsonl``, ``text.jsonl``, ``heldout.jsonl`` and ``stats.json``."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    dialect = get_dialect("retool")
+    written_in, dialect = get_dialect("retool"), get_dialect(config.dialect)
     examples = generate(config.n, config.seed)
     code_rows, text_rows, heldout_rows = [], [], []
     dropped: Counter[str] = Counter()
@@ -67,8 +59,8 @@ def run_synth(config: SynthConfig, progress: Callable[[int, int], None] | None =
     # one session for the whole run: every generated block defines what it uses
     with config.sandbox.session() as session:
         for index, example in enumerate(examples):
-            code = verify_trace(example.code_solution, example.answer, dialect, session)
-            text = verify_trace(example.text_solution, example.answer, dialect, session, require_code=False)
+            code = verify_as(example.code_solution, example.answer, written_in, dialect, session)
+            text = verify_as(example.text_solution, example.answer, written_in, dialect, session, require_code=False)
             for variant, verdict in (("code", code), ("text", text)):
                 if not verdict.ok:
                     dropped[f"{variant}:{verdict.stage}"] += 1
@@ -82,9 +74,9 @@ def run_synth(config: SynthConfig, progress: Callable[[int, int], None] | None =
                     text_rows.append(record(example.id, example.question, text.text, example.answer, **extra))
             if progress:
                 progress(index + 1, len(examples))
-    _write_jsonl(out / "code.jsonl", code_rows)
-    _write_jsonl(out / "text.jsonl", text_rows)
-    _write_jsonl(out / "heldout.jsonl", heldout_rows)
+    write_jsonl(out / "code.jsonl", code_rows)
+    write_jsonl(out / "text.jsonl", text_rows)
+    write_jsonl(out / "heldout.jsonl", heldout_rows)
     stats = {
         "generator_version": GENERATOR_VERSION, "seed": config.seed, "generated": len(examples),
         "heldout_fraction": config.heldout, "train": len(code_rows), "heldout": len(heldout_rows),
@@ -190,6 +182,7 @@ class RewriteConfig:
     concurrency: int = 4
     limit: int | None = None
     sandbox: SandboxSpec = SandboxSpec()
+    dialect: str = "retool"  # the data's dialect (the rewrite prompt asks for ReTool's; kept traces are converted)
 
 
 def _read_done(path: Path) -> list[dict[str, Any]]:
@@ -214,7 +207,7 @@ async def run_rewrite(config: RewriteConfig, rewriter: Callable[[str], Awaitable
     seen_questions = {question_key(r["messages"][0]["content"]) for r in kept}
     seen_questions |= {r["key"] for r in rejected if "key" in r}
     template = PROMPT_FILE.read_text(encoding="utf-8")
-    dialect = get_dialect("retool")
+    written_in, dialect = get_dialect("retool"), get_dialect(config.dialect)
 
     todo: list[Trace] = []
     for trace, where in read_traces(config.input):
@@ -240,7 +233,7 @@ async def run_rewrite(config: RewriteConfig, rewriter: Callable[[str], Awaitable
 
         def check(text: str, trace: Trace):
             with pool.session() as session:
-                return verify_trace(text, trace.answer, dialect, session)
+                return verify_as(text, trace.answer, written_in, dialect, session)
 
         async def one(trace: Trace) -> None:
             nonlocal finished
@@ -272,9 +265,9 @@ async def run_rewrite(config: RewriteConfig, rewriter: Callable[[str], Awaitable
     stats = {
         "input": config.input, "kept": len(kept),
         "dropped": dict(Counter(r["stage"] for r in rejected)),
-        "stages": ["input", "duplicate", "rewrite", *STAGES],
+        "stages": ["input", "duplicate", "rewrite", *STAGES, "convert"],
         "acceptance_rate": round(len(kept) / max(len(kept) + sum(1 for r in rejected if r["stage"] in
-                                                                  ("rewrite", *STAGES)), 1), 4),
+                                                                  ("rewrite", *STAGES, "convert")), 1), 4),
         "reasons": dict(Counter(f"{r['stage']}: {str(r.get('reason'))[:80]}" for r in rejected).most_common(20)),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")

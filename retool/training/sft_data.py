@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from retool.coldstart.convert import in_dialect
 from retool.coldstart.verify import parse_blocks
-from retool.protocol import build_messages, get_dialect
+from retool.protocol import get_dialect
 from retool.rollout import RolloutConfig, render_prompt
 from retool.trajectory import Trajectory
 
@@ -46,9 +47,10 @@ class SFTExample:
 def render_trajectory(problem: str, reply: str, tokenizer: Any, rollout: RolloutConfig) -> Trajectory:
     """The trajectory a perfect rollout under ``rollout`` would have produced for ``reply``."""
     dialect, tools = get_dialect(rollout.dialect), rollout.tools
-    prompt = render_prompt(tokenizer, build_messages(problem, dialect, few_shot=rollout.few_shot, tools=tools))
+    prompt = render_prompt(tokenizer, dialect.messages(problem, few_shot=rollout.few_shot, tools=tools))
     traj = Trajectory(prompt)
     cursor = 0
+    reply = in_dialect(reply, dialect)  # one data set serves every dialect: a trace in another is converted
     blocks = parse_blocks(reply, dialect) if tools else []
     if not tools and dialect.stop in reply:
         raise ValueError("a text-only trace contains a code block")
