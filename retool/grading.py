@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from retool.datasets import Problem
 from retool.protocol import RETOOL, Dialect
 from retool.trajectory import Trajectory
 
@@ -179,30 +180,50 @@ def _math_verify(pred: str, gold: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, strict=True, timeout_seconds=None))
 
 
-def grade(pred: str | None, gold: str) -> tuple[bool, str]:
-    """``is_equivalent`` plus the path that decided it: ``none`` (no answer), ``string`` (equal
-    after clean-up), ``fast`` (integers/fractions), ``too_long``, or ``math_verify``."""
+@dataclass(frozen=True)
+class Verdict:
+    """The one grade of one answer: what was extracted, whether it is right, and how that was
+    decided (``none``: no answer, ``string``: equal after clean-up, ``fast``: integers/fractions,
+    ``too_long``, ``math_verify``)."""
+
+    answer: str | None
+    correct: bool
+    method: str
+
+
+def judge_answer(pred: str | None, gold: str) -> Verdict:
+    """Is ``pred`` the ``gold`` answer? None (no answer) is never right."""
     if pred is None:
-        return False, "none"
+        return Verdict(None, False, "none")
     p, g = _normalise(pred), _normalise(gold)
     if not p:
-        return False, "none"
+        return Verdict(pred, False, "none")
     if p == g:
-        return True, "string"
+        return Verdict(pred, True, "string")
     if len(pred) > MAX_CHARS or len(gold) > MAX_CHARS:
-        return False, "too_long"
+        return Verdict(pred, False, "too_long")
     rp, rg = _rational(p), _rational(g)
     if rp is not None and rg is not None:
-        return rp == rg, "fast"
-    return _math_verify(pred, gold), "math_verify"
+        return Verdict(pred, rp == rg, "fast")
+    return Verdict(pred, _math_verify(pred, gold), "math_verify")
 
 
 def is_equivalent(pred: str | None, gold: str) -> bool:
-    """Does the predicted answer equal the gold one? None (no answer) is never right."""
-    return grade(pred, gold)[0]
+    """Does the predicted answer equal the gold one? (``judge_answer(...).correct``.)"""
+    return judge_answer(pred, gold).correct
 
 
-# -- reward ----------------------------------------------------------------------------------------
+def grade_trajectory(traj: Trajectory, tokenizer: Any, dialect: Dialect, gold: str) -> Verdict:
+    """The verdict on a trajectory, from the model's own tokens (``extract_answer_from_trajectory``)."""
+    return judge_answer(extract_answer_from_trajectory(traj, tokenizer, dialect), gold)
+
+
+def grade_text(text: str, gold: str, dialect: Dialect = RETOOL) -> Verdict:
+    """The verdict on a whole transcript written as text (interpreter outputs in it never count)."""
+    return judge_answer(extract_answer(text, dialect), gold)
+
+
+# -- reward and the scored record ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -212,28 +233,44 @@ class RewardConfig:
     no_answer: float | None = None  # None: a missing answer is simply incorrect
 
 
-def reward(trajectory_or_text: Trajectory | str, gold: str, correct: float = 1.0, incorrect: float = -1.0,
-           tokenizer: Any = None, dialect: Dialect | None = None, *, config: RewardConfig | None = None) -> float:
-    """ReTool's outcome reward: ``correct`` (+1) if the model's final answer equals ``gold``, else
-    ``incorrect`` (−1); with ``config.no_answer`` set, a trajectory without an answer gets that.
-    A Trajectory is read through ``tokenizer`` + ``dialect`` (the model's tokens only)."""
-    if config is None:
-        config = RewardConfig(correct, incorrect)
-    elif (correct, incorrect) != (1.0, -1.0):
-        raise ValueError("pass either config= or correct=/incorrect=, not both")
-    if isinstance(trajectory_or_text, Trajectory):
-        if tokenizer is None or dialect is None:
-            raise ValueError("grading a Trajectory needs the tokenizer and dialect that produced it")
-        answer = extract_answer_from_trajectory(trajectory_or_text, tokenizer, dialect)
-    elif isinstance(trajectory_or_text, str):
-        answer = extract_answer(trajectory_or_text, dialect or RETOOL)
-    else:
-        raise TypeError(f"reward() takes a Trajectory or the model's text, not {type(trajectory_or_text).__name__}")
-    return reward_for_answer(answer, gold, config)
-
-
-def reward_for_answer(answer: str | None, gold: str, config: RewardConfig = RewardConfig()) -> float:
-    """The reward rule alone, for callers that already extracted the answer."""
-    if answer is None and config.no_answer is not None:
+def reward(verdict: Verdict, config: RewardConfig = RewardConfig()) -> float:
+    """ReTool's outcome reward, a pure rule on the verdict: ``correct`` (+1) if right, else
+    ``incorrect`` (−1); with ``config.no_answer`` set, a trajectory without an answer gets that."""
+    if verdict.answer is None and config.no_answer is not None:
         return config.no_answer
-    return config.correct if is_equivalent(answer, gold) else config.incorrect
+    return config.correct if verdict.correct else config.incorrect
+
+
+@dataclass(frozen=True)
+class ScoredSample:
+    """One graded sample, the record ``retool eval`` reports and RL trains on: the problem (its gold
+    answer travels with it), the trajectory, the verdict and the reward."""
+
+    problem: Problem
+    sample: int
+    trajectory: Trajectory
+    verdict: Verdict
+    reward: float
+
+    @property
+    def problem_id(self) -> str:
+        return self.problem.id
+
+    @property
+    def gold(self) -> str:
+        return self.problem.answer
+
+    @property
+    def answer(self) -> str | None:
+        return self.verdict.answer
+
+    @property
+    def correct(self) -> bool:
+        return self.verdict.correct
+
+
+def score(problem: Problem, sample: int, traj: Trajectory, tokenizer: Any, dialect: Dialect,
+          config: RewardConfig = RewardConfig()) -> ScoredSample:
+    """Grade ``traj`` once and attach the reward: the one path from a trajectory to its score."""
+    verdict = grade_trajectory(traj, tokenizer, dialect, problem.answer)
+    return ScoredSample(problem, sample, traj, verdict, reward(verdict, config))

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from retool.grading import RewardConfig, extract_answer, extract_answer_from_trajectory, grade, is_equivalent, reward
+from retool.grading import (RewardConfig, Verdict, extract_answer, extract_answer_from_trajectory, grade_text,
+                            grade_trajectory, is_equivalent, judge_answer, reward)
 from retool.protocol import FENCED, RETOOL
 from retool.trajectory import Trajectory
 
@@ -88,8 +89,9 @@ def test_number_only_in_interpreter_output_is_no_answer():
     tok = tiny_tokenizer()
     assert "\\boxed{42}" in tok.decode(traj.ids)  # it is in the trajectory...
     assert extract_answer_from_trajectory(traj, tok, RETOOL) is None  # ...but not the model's
-    assert reward(traj, "42", tokenizer=tok, dialect=RETOOL) == -1.0
-    assert reward(traj, "42", tokenizer=tok, dialect=RETOOL, config=RewardConfig(no_answer=0.0)) == 0.0
+    verdict = grade_trajectory(traj, tok, RETOOL, "42")
+    assert verdict == Verdict(None, False, "none")
+    assert reward(verdict) == -1.0 and reward(verdict, RewardConfig(no_answer=0.0)) == 0.0
 
 
 def test_model_answer_after_tool_call_counts():
@@ -98,16 +100,9 @@ def test_model_answer_after_tool_call_counts():
                  ("model", "So:\n<answer>\n\\boxed{42}\n</answer>"))
     tok = tiny_tokenizer()
     assert extract_answer_from_trajectory(traj, tok, RETOOL) == "42"
-    assert reward(traj, "42", tokenizer=tok, dialect=RETOOL) == 1.0
-    assert reward(traj, "041", tokenizer=tok, dialect=RETOOL) == -1.0
-
-
-def test_reward_on_a_trajectory_needs_tokenizer_and_dialect():
-    traj = _traj(("model", "<answer>\\boxed{1}</answer>"))
-    with pytest.raises(ValueError):
-        reward(traj, "1")
-    with pytest.raises(TypeError):
-        reward(42, "42")
+    assert grade_trajectory(traj, tok, RETOOL, "42") == Verdict("42", True, "string")
+    assert reward(grade_trajectory(traj, tok, RETOOL, "42")) == 1.0
+    assert grade_trajectory(traj, tok, RETOOL, "041") == Verdict("42", False, "fast")
 
 
 # -- equivalence ---------------------------------------------------------------------------------
@@ -150,14 +145,14 @@ def test_no_answer_and_junk():
     assert is_equivalent("", "25") is False
     assert is_equivalent(r"\frac{1}{", "25") is False
     assert is_equivalent("7" * 2000, "25") is False  # over MAX_CHARS: string comparison only
-    assert grade("7" * 2000, "25") == (False, "too_long")
+    assert judge_answer("7" * 2000, "25") == Verdict("7" * 2000, False, "too_long")
 
 
 def test_paths_are_reported():
-    assert grade("025", "25") == (True, "fast")
-    assert grade(r"\text{25}", "25") == (True, "string")
-    assert grade(r"\frac{1}{2}", "0.5") == (True, "math_verify")
-    assert grade(None, "25") == (False, "none")
+    assert judge_answer("025", "25").method == "fast"
+    assert judge_answer(r"\text{25}", "25") == Verdict(r"\text{25}", True, "string")
+    assert judge_answer(r"\frac{1}{2}", "0.5") == Verdict(r"\frac{1}{2}", True, "math_verify")
+    assert judge_answer(None, "25") == Verdict(None, False, "none")
 
 
 @pytest.mark.parametrize("pred", [r"10^{10^{10}}", "1000000!", r"2^{2^{2^{2^{2}}}}", r"9^{9^{9}}",
@@ -192,20 +187,16 @@ def test_is_equivalent_from_8_threads_matches_main_thread():
 # -- reward ----------------------------------------------------------------------------------------
 
 
-def test_reward_defaults_and_config():
-    right = "So\n<answer>\n\\boxed{025}\n</answer>"
-    wrong = "So\n<answer>\n\\boxed{24}\n</answer>"
-    assert reward(right, "25") == 1.0
-    assert reward(wrong, "25") == -1.0
-    assert reward("no answer at all", "25") == -1.0
-    assert reward(right, "25", correct=2.0, incorrect=0.0) == 2.0
-    assert reward(wrong, "25", correct=2.0, incorrect=0.0) == 0.0
+def test_reward_is_a_pure_rule_on_the_verdict():
+    right, wrong = grade_text("So\n<answer>\n\\boxed{025}\n</answer>", "25"), grade_text("<answer>\\boxed{24}</answer>", "25")
+    missing = grade_text("no answer at all", "25")
+    assert (right.correct, wrong.correct, missing.answer) == (True, False, None)
+    assert [reward(v) for v in (right, wrong, missing)] == [1.0, -1.0, -1.0]
+    scaled = RewardConfig(correct=2.0, incorrect=0.0)
+    assert [reward(v, scaled) for v in (right, wrong, missing)] == [2.0, 0.0, 0.0]
     config = RewardConfig(correct=1.0, incorrect=0.0, no_answer=-0.5)
-    assert reward(right, "25", config=config) == 1.0
-    assert reward(wrong, "25", config=config) == 0.0
-    assert reward("no answer at all", "25", config=config) == -0.5
-    with pytest.raises(ValueError):
-        reward(right, "25", correct=2.0, config=config)
+    assert [reward(v, config) for v in (right, wrong, missing)] == [1.0, 0.0, -0.5]
+    assert reward(Verdict("7", True, "stored"), config) == 1.0  # the rule reads nothing but the verdict
 
 
 def test_reward_config_is_frozen():

@@ -153,13 +153,18 @@ def _traj(reward: float, infra: bool = False) -> Trajectory:
 
 
 def test_rl_leaves_infra_failures_out_of_group_statistics_and_logs_the_rate():
+    from retool.grading import ScoredSample, Verdict
+
     trajs = [_traj(1.0), _traj(math.nan, infra=True), _traj(-1.0), _traj(1.0)]
     rewards = [t.reward for t in trajs]
-    metrics = summarize(trajs, rewards, [True, False, False, True], group=4)
-    assert metrics.infra_failure_rate == 0.25
+    problem = Problem("p", "q", "7")
+    samples = [ScoredSample(problem, k, t, Verdict("7" if r == 1.0 else None, r == 1.0, "string"), r)
+               for k, (t, r) in enumerate(zip(trajs, rewards))]
+    metrics = summarize(samples, group=4)
+    assert metrics.infra_failure_rate == 0.25 and metrics.stats.infra_failures == 1 and metrics.stats.responses == 3
     assert metrics.reward_mean == pytest.approx(1 / 3) and metrics.accuracy == pytest.approx(2 / 3)
     assert outcome_reward(None, None, rewards) == [1.0, None, -1.0, 1.0]  # TRL: unscorable, advantage 0
-    batch = RolloutBatch([], trajs, rewards, [True, False, False, True], [None] * 4, metrics)
+    batch = RolloutBatch(samples, metrics)
     assert [t.infra_failure for t in batch.scored().trajectories] == [False, False, False]  # PPO updates on these
     # a group whose only other samples agree has no signal once the failure is left out
     assert zero_advantage_group_share(torch.tensor([1.0, math.nan, 1.0, 1.0]), 4) == 1.0

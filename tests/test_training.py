@@ -344,3 +344,79 @@ def test_cli_plot_and_clear_recipe_errors(tmp_path):
         bad.write_text("data: [x.jsonl]\noutput_dir: o\nvllm: {mode: server}\n")
         result = CliRunner().invoke(app, ["rl", "--recipe", str(bad)])
         assert result.exit_code == 2 and "retool[gpu]" in result.output
+
+
+def _scripted_batch(tmp_path: Path, **recipe_changes):
+    """One real RL sampling step (loop, sandbox, grading) whose policy's words are given: problem a
+    is solved with one clean call; b calls twice (the first fails) and answers wrongly."""
+    from scripted import EOS, ScriptedEngine
+
+    from retool.datasets import Problem
+    from retool.training.rl_rollout import sample
+
+    def code(source: str) -> str:
+        return f"<code>\n```python\n{source}\n```\n</code>"
+
+    scripts = {"What is 3 plus 4?": [code("print(3 + 4)"), "<answer>\n\\boxed{7}\n</answer>"],
+               "What is 2 plus 5?": [code("1 / 0"), code("print(2 + 5)"), "<answer>\n\\boxed{8}\n</answer>"]}
+
+    def respond(text: str) -> str:
+        problem = next(p for p in scripts if p in text.split("<|im_start|>user")[-1])
+        turn = text.split("<|im_start|>assistant")[-1].count("</interpreter>")
+        return scripts[problem][turn] + ("" if turn < len(scripts[problem]) - 1 else EOS)
+
+    model, tok = tiny_model()
+    settings = dict(group_size=1, prompts_per_step=2, rollout={"max_total_tokens": 600})
+    recipe = _rl_recipe(tmp_path, "ppo", **{**settings, **recipe_changes})
+    problems = [Problem("a", "What is 3 plus 4?", "7"), Problem("b", "What is 2 plus 5?", "7")]
+    with recipe.sandbox.pool(size=2) as pool:
+        batch = sample(model, tok, pool, problems, recipe, step=0, engine=ScriptedEngine(respond=respond))
+    return model, tok, recipe, batch
+
+
+def test_an_rl_sampling_step_reports_exact_tool_numbers_from_a_scripted_policy(tmp_path):
+    _, _, _, batch = _scripted_batch(tmp_path)
+    assert [(s.problem_id, s.answer, s.correct, s.reward) for s in batch.samples] == [
+        ("a", "7", True, 1.0), ("b", "8", False, -1.0)]
+    scalars = batch.metrics.as_scalars()
+    assert scalars["tools/calls_per_answer"] == 1.5 and scalars["tools/failure_rate"] == pytest.approx(1 / 3)
+    assert scalars["tools/code_ratio"] == 1.0 and scalars["tools/limit_rate"] == 0.0 and scalars["truncation_rate"] == 0.0
+    assert scalars["accuracy"] == 0.5 and scalars["reward/mean"] == 0.0 and scalars["infra/failure_rate"] == 0.0
+    stats = batch.metrics.stats
+    assert stats.sandbox_status == {"ok": 2, "error": 1} and stats.last_code_pass_rate_correct == 1.0
+    assert stats.last_code_pass_rate_wrong == 1.0  # b's last block ran; its first did not
+    for traj in batch.trajectories:  # the interpreter's tokens are the mask-0 spans, one per call
+        assert len(_spans(traj.loss_mask)) == len(traj.tool_calls)
+
+
+def test_a_ppo_update_puts_exactly_zero_gradient_on_interpreter_positions(tmp_path):
+    from retool.training.ppo import PPOTrainer
+
+    model, tok, recipe, batch = _scripted_batch(tmp_path, ppo={"minibatch_size": 2, "ppo_epochs": 1})
+    trainer = PPOTrainer(recipe, model, tok, [s.problem for s in batch.samples], pool=None, run_log=None)
+    rollouts = trainer.prepare_rollouts(batch)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keep_logits(module, args, kwargs, output):
+        if torch.is_grad_enabled():
+            output.logits.retain_grad()
+            seen.append((kwargs["input_ids"], output.logits))
+
+    handle = trainer.policy.register_forward_hook(keep_logits, with_kwargs=True)
+    try:
+        trainer.update(batch)  # the real update: loss, backward, optimizer step
+    finally:
+        handle.remove()
+    (ids, logits), = seen  # one minibatch holding both samples
+    checked = 0
+    for row in range(len(ids)):
+        packed_row = next(i for i in range(len(rollouts.input_ids)) if torch.equal(rollouts.input_ids[i], ids[row]))
+        traj = batch.trajectories[packed_row]
+        start = len(traj.prompt_ids)
+        for begin, end in _spans(traj.loss_mask):  # interpreter tokens; logits[t - 1] predicts token t
+            grad = logits.grad[row, start + begin - 1:start + end - 1]
+            assert torch.count_nonzero(grad) == 0
+            checked += end - begin
+        model_positions = [start + i - 1 for i, m in enumerate(traj.loss_mask) if m]
+        assert torch.count_nonzero(logits.grad[row, model_positions]) > 0  # the model's own tokens are trained
+    assert checked > 0

@@ -24,7 +24,7 @@ import statistics
 import time
 from typing import Any
 
-from retool.grading import grade
+from retool.grading import judge_answer
 
 # (pred, gold, truth): hand-checked.
 AGREEMENT_CASES: list[tuple[str, str, bool]] = [
@@ -98,7 +98,7 @@ def _clear_caches() -> None:
 def _speed(rounds: int = 3) -> dict[str, Any]:
     pairs = speed_pairs()
     for pred, gold in pairs:  # untimed: imports, ANTLR and sympy code paths warmed up
-        grade(pred, gold)
+        judge_answer(pred, gold)
     time_by_path: dict[str, float] = {}
     count_by_path: dict[str, int] = {}
     round_rates = []
@@ -107,7 +107,7 @@ def _speed(rounds: int = 3) -> dict[str, Any]:
         round_start = time.perf_counter()
         for pred, gold in pairs:
             start = time.perf_counter()
-            _, path = grade(pred, gold)
+            path = judge_answer(pred, gold).method
             path = "fast" if path in ("fast", "string") else path
             time_by_path[path] = time_by_path.get(path, 0.0) + time.perf_counter() - start
             count_by_path[path] = count_by_path.get(path, 0) + 1
@@ -132,7 +132,7 @@ def _agreement() -> dict[str, Any]:
     disagreements, both_wrong = [], []
     agree = ours_right = default_right = 0
     for pred, gold, truth in AGREEMENT_CASES:
-        ours, default = grade(pred, gold)[0], _math_verify_default(pred, gold)
+        ours, default = judge_answer(pred, gold).correct, _math_verify_default(pred, gold)
         agree += ours == default
         ours_right += ours == truth
         default_right += default == truth

@@ -23,6 +23,7 @@ from retool.models import load_model
 from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox.spec import SandboxSpec
 from retool.seeds import derive_seed
+from retool.trajectory_stats import trajectory_stats
 
 PROBLEMS = [
     "What is the remainder when 2 to the power 100 is divided by 97?",
@@ -53,6 +54,7 @@ class RolloutBench:
     naive_wall_s: float
     naive_tokens_per_s: float
     speedup_vs_naive: float
+    tools: dict[str, object]  # how the trajectories used the interpreter (``retool.trajectory_stats``)
 
 
 # the benchmark's sampling: varied trajectories (temperature 0.7, top-p 0.95), seeded, fenced dialect
@@ -84,7 +86,8 @@ def run_rollout_bench(problems: int = 8, samples: int = 4, naive_trajectories: i
     naive = naive_tokens / naive_wall
     return RolloutBench(len(trajectories), model_tokens, tool_tokens, turns, rollout.stats.wall_s, ours,
                         stats.prefill_tokens, minimum, stats.prefill_tokens / minimum, rollout.stats.engine_idle_frac,
-                        naive_trajectories, naive_tokens, naive_wall, naive, ours / naive)
+                        naive_trajectories, naive_tokens, naive_wall, naive, ours / naive,
+                        trajectory_stats(trajectories).as_dict())
 
 
 def distinct_prefixes(prompts: list[list[int]]) -> int:

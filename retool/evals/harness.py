@@ -28,9 +28,9 @@ from typing import Any
 from retool.datasets import Problem, load_benchmark
 from retool.engines.base import Engine, SamplingParams
 from retool.engines.spec import EngineSpec
-from retool.evals.analytics import Sample, tool_analytics
+from retool.evals.analytics import tool_analytics
 from retool.evals.metrics import avg_at_k, majority_answer, mean, pass_at_k
-from retool.grading import extract_answer_from_trajectory, is_equivalent
+from retool.grading import ScoredSample, Verdict, is_equivalent, score
 from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox.spec import SandboxSpec
 from retool.trajectory import Trajectory
@@ -68,7 +68,7 @@ class EvalResult:
     metrics: dict[str, float]
     per_problem: list[dict[str, Any]]
     analytics: dict[str, Any]
-    samples: list[Sample] = field(repr=False, default_factory=list)
+    samples: list[ScoredSample] = field(repr=False, default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         config = asdict(self.config)
@@ -80,17 +80,20 @@ class EvalResult:
 # -- storage -------------------------------------------------------------------------------------
 
 
-def sample_to_json(s: Sample) -> dict[str, Any]:
+def sample_to_json(s: ScoredSample) -> dict[str, Any]:
     return {"problem_id": s.problem_id, "sample": s.sample, "answer": s.answer, "gold": s.gold,
-            "correct": s.correct, "trajectory": s.trajectory.to_dict()}
+            "correct": s.correct, "method": s.verdict.method, "reward": s.reward, "trajectory": s.trajectory.to_dict()}
 
 
-def sample_from_json(d: dict[str, Any]) -> Sample:
-    return Sample(d["problem_id"], int(d["sample"]), d["answer"], d["gold"], bool(d["correct"]),
-                  Trajectory.from_dict(d["trajectory"]))
+def sample_from_json(d: dict[str, Any], problems: dict[str, Problem] | None = None) -> ScoredSample:
+    """A stored sample; its problem is the benchmark's own when known (else one carrying the gold)."""
+    problem = (problems or {}).get(d["problem_id"]) or Problem(d["problem_id"], "", d["gold"])
+    verdict = Verdict(d["answer"], bool(d["correct"]), d.get("method", "stored"))
+    return ScoredSample(problem, int(d["sample"]), Trajectory.from_dict(d["trajectory"]), verdict,
+                        float(d.get("reward", 1.0 if verdict.correct else -1.0)))
 
 
-def load_samples(path: Path) -> list[Sample]:
+def load_samples(path: Path, problems: dict[str, Problem] | None = None) -> list[ScoredSample]:
     """Finished samples in ``path``; a broken line (a crash mid-write) is dropped, and the file
     rewritten without it, so appending continues cleanly."""
     if not path.exists():
@@ -98,7 +101,7 @@ def load_samples(path: Path) -> list[Sample]:
     samples, broken = [], 0
     for number, line in enumerate(path.read_text().splitlines(), 1):
         try:
-            samples.append(sample_from_json(json.loads(line)))
+            samples.append(sample_from_json(json.loads(line), problems))
         except (ValueError, KeyError, TypeError) as exc:
             broken += 1
             log.warning("%s line %d is unreadable (%s); that sample will be redone", path, number, exc)
@@ -153,10 +156,11 @@ def _exclusive(out: Path | None):
 
 def _run_locked(config: EvalConfig, engine: Engine | None, problems: list[Problem], out: Path | None,
                 show_progress: bool) -> EvalResult:
-    done: list[Sample] = []
+    done: list[ScoredSample] = []
     if out is not None:
         check_resumable(out, config)
-        done = [s for s in load_samples(out / "trajectories.jsonl") if s.sample < config.k]
+        by_id = {p.id: p for p in problems}
+        done = [s for s in load_samples(out / "trajectories.jsonl", by_id) if s.sample < config.k]
     owns_engine = engine is None
     if engine is None:
         engine = config.engine.build(max_batch=min(config.concurrency, 64))
@@ -179,7 +183,7 @@ def _run_locked(config: EvalConfig, engine: Engine | None, problems: list[Proble
     return result
 
 
-async def _sample_all(config, engine, pool, problems, done, out, show_progress) -> list[Sample]:
+async def _sample_all(config, engine, pool, problems, done, out, show_progress) -> tuple[list[ScoredSample], list[str]]:
     rollout = Rollout(engine, pool, config.rollout)
     finished = {(s.problem_id, s.sample) for s in done}
     todo = [(i, p, s) for i, p in enumerate(problems) for s in range(config.k) if (p.id, s) not in finished]
@@ -187,7 +191,7 @@ async def _sample_all(config, engine, pool, problems, done, out, show_progress) 
     sink = (out / "trajectories.jsonl").open("a") if out is not None else None
     infra: list[str] = []
     gate = asyncio.Semaphore(config.concurrency)
-    new: list[Sample] = []
+    new: list[ScoredSample] = []
     progress = _Progress(len(todo) + len(done), sum(s.correct for s in done), len(done), show_progress)
 
     async def one(index: int, problem: Problem, sample: int) -> None:
@@ -198,8 +202,7 @@ async def _sample_all(config, engine, pool, problems, done, out, show_progress) 
             infra.append(traj.finish_detail or "infra_error")
             progress.skip()
             return
-        answer = extract_answer_from_trajectory(traj, engine.tokenizer, rollout.dialect)
-        graded = Sample(problem.id, sample, answer, problem.answer, is_equivalent(answer, problem.answer), traj)
+        graded = score(problem, sample, traj, engine.tokenizer, rollout.dialect)
         new.append(graded)
         if sink is not None:
             sink.write(json.dumps(sample_to_json(graded)) + "\n")
@@ -256,8 +259,8 @@ class _Progress:
 # -- metrics ---------------------------------------------------------------------------------------
 
 
-def summarize(config: EvalConfig, problems: list[Problem], samples: list[Sample]) -> EvalResult:
-    by_problem: dict[str, list[Sample]] = {p.id: [] for p in problems}
+def summarize(config: EvalConfig, problems: list[Problem], samples: list[ScoredSample]) -> EvalResult:
+    by_problem: dict[str, list[ScoredSample]] = {p.id: [] for p in problems}
     for s in sorted(samples, key=lambda s: (s.problem_id, s.sample)):
         if s.problem_id in by_problem:
             by_problem[s.problem_id].append(s)

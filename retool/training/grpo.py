@@ -92,7 +92,7 @@ def make_rollout_func(recipe: RLRecipe, tokenizer, pool, problems: list[Problem]
         if run_log is not None and trainer.accelerator.is_main_process:
             run_log.scalars(step + 1, batch.metrics.as_scalars())
             if (step + 1) % recipe.sample_every == 0 or step == 0:
-                run_log.samples(step + 1, batch.samples(tokenizer, recipe.samples_per_log))
+                run_log.samples(step + 1, batch.records(tokenizer, recipe.samples_per_log))
         return {"prompt_ids": [t.prompt_ids for t in batch.trajectories], "completion_ids": completion_ids,
                 "logprobs": logprobs if recipe.vllm is not None else None,  # for TRL's vLLM importance sampling
                 "env_mask": env_mask, "retool_reward": batch.rewards}

@@ -121,7 +121,7 @@ class PPOTrainer:
             numbers["time/update_s"] = time.monotonic() - started
             self.run_log.scalars(self.step, {**batch.metrics.as_scalars(), **numbers})
             if self.step % recipe.sample_every == 0 or self.step == 1:
-                self.run_log.samples(self.step, batch.samples(self.tokenizer, recipe.samples_per_log))
+                self.run_log.samples(self.step, batch.records(self.tokenizer, recipe.samples_per_log))
             if self.step % recipe.save_steps == 0 or self.step == recipe.steps or (stop and stop.requested):
                 save_checkpoint(out / "checkpoints", self.step, self)
         return self.step

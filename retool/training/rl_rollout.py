@@ -29,37 +29,40 @@ import torch
 from retool.datasets import Problem
 from retool.engines.base import Engine
 from retool.engines.hf import HFEngine
-from retool.grading import RewardConfig, extract_answer_from_trajectory, is_equivalent, reward_for_answer
+from retool.grading import RewardConfig, ScoredSample, Verdict, score
 from retool.protocol import get_dialect
 from retool.rollout import Rollout, RolloutConfig
 from retool.seeds import derive_seed
 from retool.training.advantages import zero_advantage_group_share
 from retool.training.recipe import RLRecipe
 from retool.trajectory import Trajectory
+from retool.trajectory_stats import TrajectoryStats, trajectory_stats
+
+INFRA_VERDICT = Verdict(None, False, "infra_error")  # not graded: an infrastructure failure
 
 
 @dataclass(frozen=True)
 class RolloutMetrics:
-    """One step's rollout numbers, under the ``RunLog`` metric names (see ``as_scalars``)."""
+    """One step's rollout numbers, under the ``RunLog`` metric names (see ``as_scalars``); the tool
+    numbers are ``retool.trajectory_stats`` (the definitions ``retool eval`` reports)."""
 
     reward_mean: float  # these means are over scored samples: infrastructure failures are left out
     accuracy: float
-    calls_per_answer: float
-    failure_rate: float
-    model_tokens_mean: float
-    interpreter_tokens_mean: float
-    truncation_rate: float
+    stats: TrajectoryStats
     zero_adv_group_share: float
     rollout_s: float
     sandbox_s: float
     infra_failure_rate: float = 0.0
 
     def as_scalars(self) -> dict[str, float]:
+        st = self.stats
         return {
             "reward/mean": self.reward_mean, "accuracy": self.accuracy,
-            "tools/calls_per_answer": self.calls_per_answer, "tools/failure_rate": self.failure_rate,
-            "tokens/model_mean": self.model_tokens_mean, "tokens/interpreter_mean": self.interpreter_tokens_mean,
-            "truncation_rate": self.truncation_rate, "zero_adv_group_share": self.zero_adv_group_share,
+            "tools/calls_per_answer": st.tool_calls_per_answer, "tools/failure_rate": st.code_failure_rate,
+            "tools/code_ratio": st.code_ratio, "tools/first_call_position": st.first_code_position,
+            "tools/limit_rate": st.tool_limit_rate,
+            "tokens/model_mean": st.model_tokens_mean, "tokens/interpreter_mean": st.interpreter_tokens_mean,
+            "truncation_rate": st.truncation_rate, "zero_adv_group_share": self.zero_adv_group_share,
             "time/rollout_s": self.rollout_s, "time/sandbox_s": self.sandbox_s,
             "infra/failure_rate": self.infra_failure_rate,
         }
@@ -67,33 +70,30 @@ class RolloutMetrics:
 
 @dataclass(frozen=True)
 class RolloutBatch:
-    """``group_size`` consecutive trajectories per problem, with their rewards (``nan``: an
-    infrastructure failure, not scored)."""
+    """``group_size`` consecutive scored samples per problem (an infrastructure failure has reward
+    ``nan`` and the verdict ``infra_error``: it is not scored)."""
 
-    problems: list[Problem]
-    trajectories: list[Trajectory]
-    rewards: list[float]
-    correct: list[bool]
-    answers: list[str | None]
+    samples: list[ScoredSample]
     metrics: RolloutMetrics
 
-    def scored(self) -> "RolloutBatch":
-        """Only the trajectories that were scored (what a trainer without group structure updates on)."""
-        keep = [i for i, t in enumerate(self.trajectories) if not t.infra_failure]
-        return RolloutBatch(self.problems, [self.trajectories[i] for i in keep], [self.rewards[i] for i in keep],
-                            [self.correct[i] for i in keep], [self.answers[i] for i in keep], self.metrics)
+    @property
+    def trajectories(self) -> list[Trajectory]:
+        return [s.trajectory for s in self.samples]
 
-    def samples(self, tokenizer: Any, limit: int) -> list[dict[str, Any]]:
-        """A few trajectories as readable records for ``samples.jsonl``."""
-        out = []
-        for i, traj in enumerate(self.trajectories[:limit]):
-            out.append({
-                "problem_id": traj.meta.get("problem_id"), "gold": traj.meta.get("gold"),
-                "answer": self.answers[i], "reward": self.rewards[i], "finish_reason": traj.finish_reason,
-                "tool_calls": len(traj.tool_calls),
-                "text": tokenizer.decode(traj.ids, skip_special_tokens=False),
-            })
-        return out
+    @property
+    def rewards(self) -> list[float]:
+        return [s.reward for s in self.samples]
+
+    def scored(self) -> "RolloutBatch":
+        """Only the samples that were scored (what a trainer without group structure updates on)."""
+        return RolloutBatch([s for s in self.samples if not s.trajectory.infra_failure], self.metrics)
+
+    def records(self, tokenizer: Any, limit: int) -> list[dict[str, Any]]:
+        """A few samples as readable records for ``samples.jsonl``."""
+        return [{"problem_id": s.problem_id, "gold": s.gold, "answer": s.answer, "reward": s.reward,
+                 "finish_reason": s.trajectory.finish_reason, "tool_calls": len(s.trajectory.tool_calls),
+                 "text": tokenizer.decode(s.trajectory.ids, skip_special_tokens=False)}
+                for s in self.samples[:limit]]
 
 
 def rollout_config(recipe: RLRecipe, step: int) -> RolloutConfig:
@@ -105,12 +105,6 @@ def rollout_config(recipe: RLRecipe, step: int) -> RolloutConfig:
 def reward_config(recipe: RLRecipe) -> RewardConfig:
     r = recipe.reward
     return RewardConfig(r.correct, r.incorrect, r.no_answer)
-
-
-def score(traj: Trajectory, gold: str, tokenizer: Any, recipe: RLRecipe) -> tuple[float, bool, str | None]:
-    """The outcome reward from the model's own tokens (``retool.grading``): (reward, correct, answer)."""
-    answer = extract_answer_from_trajectory(traj, tokenizer, get_dialect(recipe.rollout.dialect))
-    return reward_for_answer(answer, gold, reward_config(recipe)), is_equivalent(answer, gold), answer
 
 
 def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe, step: int,
@@ -126,45 +120,37 @@ def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe
     started = time.monotonic()
     try:
         rollout = Rollout(engine, pool, config)
-        prompts, metas = [], []
+        prompts, metas, owners = [], [], []
         for problem in problems:
             ids = rollout.prompt_ids(problem.problem)
             for k in range(group):
                 prompts.append(ids)
-                metas.append({"problem_id": problem.id, "gold": problem.answer, "sample": k})
+                metas.append({"problem_id": problem.id, "sample": k})
+                owners.append((problem, k))
         trajectories = rollout.run(prompts, metas)
     finally:
         if own_engine:
             engine.close()
         model.train()
     rollout_s = time.monotonic() - started
-    scored = [(math.nan, False, None) if t.infra_failure else score(t, t.meta["gold"], tokenizer, recipe)
-              for t in trajectories]
-    rewards = [s[0] for s in scored]
-    for traj, r in zip(trajectories, rewards):
-        traj.reward = r
-    metrics = summarize(trajectories, rewards, [s[1] for s in scored], group, rollout_s, rollout.stats.sandbox_s)
-    return RolloutBatch(list(problems), trajectories, rewards, [s[1] for s in scored], [s[2] for s in scored], metrics)
+    dialect, rewards = get_dialect(recipe.rollout.dialect), reward_config(recipe)
+    samples = [ScoredSample(problem, k, t, INFRA_VERDICT, math.nan) if t.infra_failure
+               else score(problem, k, t, tokenizer, dialect, rewards)
+               for (problem, k), t in zip(owners, trajectories)]
+    for s in samples:
+        s.trajectory.reward = s.reward
+    return RolloutBatch(samples, summarize(samples, group, rollout_s, rollout.stats.sandbox_s))
 
 
-def summarize(trajectories: list[Trajectory], rewards: list[float], correct: list[bool], group: int,
-              rollout_s: float = 0.0, sandbox_s: float = 0.0) -> RolloutMetrics:
-    infra = sum(t.infra_failure for t in trajectories)
-    kept = [i for i, t in enumerate(trajectories) if not t.infra_failure]
+def summarize(samples: list[ScoredSample], group: int, rollout_s: float = 0.0, sandbox_s: float = 0.0) -> RolloutMetrics:
+    kept = [s for s in samples if not s.trajectory.infra_failure]
     scored = len(kept) or 1
-    trajectories_all, trajectories = trajectories, [trajectories[i] for i in kept]
-    n = len(trajectories) or 1
-    calls = [c for t in trajectories for c in t.tool_calls]
-    failed = sum(1 for c in calls if not c.result.ok)
     return RolloutMetrics(
-        reward_mean=sum(rewards[i] for i in kept) / scored,
-        accuracy=sum(correct[i] for i in kept) / scored,
-        calls_per_answer=len(calls) / n,
-        failure_rate=failed / len(calls) if calls else 0.0,
-        model_tokens_mean=sum(t.num_model_tokens for t in trajectories) / n,
-        interpreter_tokens_mean=sum(t.num_tool_tokens for t in trajectories) / n,
-        truncation_rate=sum(t.finish_reason == "length" for t in trajectories) / n,
-        zero_adv_group_share=zero_advantage_group_share(torch.tensor(rewards), group) if group > 1 else 0.0,
+        reward_mean=sum(s.reward for s in kept) / scored,
+        accuracy=sum(s.correct for s in kept) / scored,
+        stats=trajectory_stats([s.trajectory for s in samples], [s.correct for s in samples]),
+        zero_adv_group_share=(zero_advantage_group_share(torch.tensor([s.reward for s in samples]), group)
+                              if group > 1 else 0.0),
         rollout_s=rollout_s, sandbox_s=sandbox_s,
-        infra_failure_rate=infra / max(len(trajectories_all), 1),
+        infra_failure_rate=(len(samples) - len(kept)) / max(len(samples), 1),
     )
