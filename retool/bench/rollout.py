@@ -18,7 +18,6 @@ import time
 from dataclasses import asdict, dataclass
 
 from retool.engines.base import SamplingParams
-from retool.engines.hf import HFEngine
 from retool.models import load_model
 from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox.spec import SandboxSpec
@@ -64,6 +63,8 @@ BENCH_ROLLOUT = RolloutConfig(dialect="fenced", max_total_tokens=320, max_tool_c
 
 def run_rollout_bench(problems: int = 8, samples: int = 4, naive_trajectories: int = 4,
                       config: RolloutConfig = BENCH_ROLLOUT, sandbox: SandboxSpec = SandboxSpec()) -> RolloutBench:
+    from retool.engines.hf import HFEngine  # torch: imported when the benchmark runs, not for the CLI's --help
+
     model, tokenizer = load_model(None)
     chosen = PROBLEMS[:problems]
     with sandbox.pool(size=min(problems * samples, 16)) as pool:

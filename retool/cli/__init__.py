@@ -16,5 +16,23 @@ app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(coldstart.app, name="coldstart")
 app.add_typer(bench.app, name="bench")
 
-__all__ = ["app"]
+
+
+def main() -> None:
+    """The ``retool`` entry point: the app, with a missing optional install told as the
+    ``pip install`` that fixes it (``retool.extras``)."""
+    from retool.cli.common import err_console
+    from retool.extras import install_hint
+
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        hint = install_hint(exc)
+        if hint is None:
+            raise
+        err_console.print(f"error: {hint}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(4) from None
+
+
+__all__ = ["app", "main"]
 

@@ -1,5 +1,5 @@
 """``python -m retool.cli``: the ``retool`` command."""
 
-from retool.cli import app
+from retool.cli import main
 
-app()
+main()

@@ -47,13 +47,18 @@ class _Option:
         return f"_{self.group}__{'__'.join(self.path)}"
 
 
-def _options(group: str, cls: type, only_cli: bool, prefix: tuple[str, ...] = ()) -> list[_Option]:
+def _options(group: str, cls: type, only_cli: bool, prefix: tuple[str, ...] = (), base: Any = None) -> list[_Option]:
+    """The options of ``cls``'s fields; ``base``: the instance whose values are the defaults (a nested
+    dataclass takes its parent's default, ``RolloutConfig().sampling``, not its own class's)."""
     hints = typing.get_type_hints(cls)
     found = []
     for f in fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if base is not None:
+            default = getattr(base, f.name)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if is_dataclass(hints[f.name]):
-            found += _options(group, hints[f.name], True, (*prefix, f.name))
+            found += _options(group, hints[f.name], True, (*prefix, f.name), default)
             continue
         meta = f.metadata
         if only_cli and not meta.get("cli"):

@@ -131,7 +131,7 @@ def sandbox_reap() -> None:
 
     count = reap_orphans()
     try:
-        from retool.sandbox.docker import reap_orphans as reap_containers
+        from retool.sandbox.docker_engine import reap_orphans as reap_containers
 
         count += reap_containers()
     except (ImportError, SandboxUnavailable):

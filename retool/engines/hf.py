@@ -25,6 +25,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -35,7 +36,14 @@ from retool.engines.sampling import sample_token
 
 log = logging.getLogger(__name__)
 
-PARKED, DECODING, PENDING, FREE = "parked", "decoding", "pending", "free"
+class SlotState(Enum):
+    """Where a KV slot stands: free, holding a prompt still to prefill, decoding, or parked (its
+    cache kept for the trajectory's next turn until someone needs the slot)."""
+
+    FREE = "free"
+    PENDING = "pending"
+    DECODING = "decoding"
+    PARKED = "parked"
 
 
 @dataclass
@@ -54,7 +62,7 @@ class _Request:
 @dataclass
 class _Slot:
     index: int
-    state: str = FREE
+    state: SlotState = SlotState.FREE
     fed: list[int] = field(default_factory=list)  # tokens whose keys/values fill columns [0, len(fed))
     pending: list[int] = field(default_factory=list)  # tokens to feed next pass
     request: _Request | None = None
@@ -169,19 +177,19 @@ class HFEngine(Engine):
     def _loop(self) -> None:
         with torch.inference_mode():
             while not self._closed:
-                busy = any(s.state in (DECODING, PENDING) for s in self.slots)
+                busy = any(s.state in (SlotState.DECODING, SlotState.PENDING) for s in self.slots)
                 if not self._take_requests(block=not busy and not self._waiting):
                     return
                 self._admit_waiting()
                 try:
-                    if any(s.state == PENDING for s in self.slots):
-                        self._step([s for s in self.slots if s.state == PENDING])
-                    elif any(s.state == DECODING for s in self.slots):
-                        self._step([s for s in self.slots if s.state == DECODING])
+                    if any(s.state == SlotState.PENDING for s in self.slots):
+                        self._step([s for s in self.slots if s.state == SlotState.PENDING])
+                    elif any(s.state == SlotState.DECODING for s in self.slots):
+                        self._step([s for s in self.slots if s.state == SlotState.DECODING])
                 except Exception as exc:  # noqa: BLE001 - fail the requests in flight, keep serving
                     log.exception("hf engine step failed")
                     for slot in self.slots:
-                        if slot.state in (DECODING, PENDING):
+                        if slot.state in (SlotState.DECODING, SlotState.PENDING):
                             self._fail(slot, exc)
 
     def _take_requests(self, block: bool) -> bool:
@@ -208,11 +216,11 @@ class HFEngine(Engine):
             self.cache.grow(_next_pow2(len(prompt) + request.params.max_new_tokens + 2))
         # 1. a parked slot this prompt continues (the same trajectory after a tool call)
         for slot in self.slots:
-            if slot.state == PARKED and len(slot.fed) < len(prompt) and prompt[: len(slot.fed)] == slot.fed:
+            if slot.state == SlotState.PARKED and len(slot.fed) < len(prompt) and prompt[: len(slot.fed)] == slot.fed:
                 self._assign(slot, request, keep=len(slot.fed))
                 return True
         for other in self.slots:  # a slot about to compute this prompt's prefix: wait one pass, then copy it
-            if other.state == PENDING and _common_prefix(other.fed + other.pending, prompt) >= max(len(prompt) // 2, 16):
+            if other.state == SlotState.PENDING and _common_prefix(other.fed + other.pending, prompt) >= max(len(prompt) // 2, 16):
                 return False
         # 2. the longest prefix any slot holds, free slots included (their columns stay until reused)
         best, best_len = None, 0
@@ -230,7 +238,7 @@ class HFEngine(Engine):
                 self.cache.copy_prefix(best.index, slot.index, len(prompt))
             slot.fed = list(prompt)
             self._assign(slot, request, len(prompt))
-            slot.state, slot.prompt_logits = DECODING, logits
+            slot.state, slot.prompt_logits = SlotState.DECODING, logits
             self._sample(slot, logits[1])
             return True
         keep = min(best_len, len(prompt) - 1)
@@ -244,7 +252,7 @@ class HFEngine(Engine):
         slot.fed = slot.fed[:keep]
         slot.prompt_logits = None
         slot.pending = request.prompt[keep:]
-        slot.request, slot.state = request, PENDING
+        slot.request, slot.state = request, SlotState.PENDING
         slot.generated, slot.logprobs = [], []
         request.cached = keep
         self._stats.requests += 1
@@ -253,25 +261,25 @@ class HFEngine(Engine):
     def _free_slot(self, prefer: _Slot | None) -> _Slot | None:
         """A slot to take: ``prefer`` if it is free (its columns are reused in place), else the free
         slot holding the least, else the longest-parked one (its trajectory re-prefills if it returns)."""
-        free = [s for s in self.slots if s.state == FREE]
-        if prefer is not None and prefer.state == FREE:
+        free = [s for s in self.slots if s.state == SlotState.FREE]
+        if prefer is not None and prefer.state == SlotState.FREE:
             return prefer
         if free:
             return min(free, key=lambda s: len(s.fed))
-        parked = [s for s in self.slots if s.state == PARKED]
+        parked = [s for s in self.slots if s.state == SlotState.PARKED]
         if parked:
             oldest = min(parked, key=lambda s: s.parked_at)
-            oldest.state = FREE
+            oldest.state = SlotState.FREE
             return oldest
         return None
 
     # -- one forward pass ---------------------------------------------------------------------------
 
     def _step(self, active: list[_Slot]) -> None:
-        decoding = active[0].state == DECODING
+        decoding = active[0].state == SlotState.DECODING
         if decoding:  # all slots up to the highest active one, so the cache is read as a view
             rows = self.slots[: max(s.index for s in active) + 1]
-            feeds = [[s.generated[-1]] if s.state == DECODING else [] for s in rows]
+            feeds = [[s.generated[-1]] if s.state == SlotState.DECODING else [] for s in rows]
         else:
             rows = active
             feeds = [s.pending[: self.prefill_chunk] for s in rows]
@@ -299,7 +307,7 @@ class HFEngine(Engine):
                 slot.pending = slot.pending[len(feed):]
                 if slot.pending:
                     continue  # a long prompt takes several passes
-                slot.state = DECODING
+                slot.state = SlotState.DECODING
                 slot.prompt_logits = (len(slot.fed), logits[row].clone())
             self._sample(slot, logits[row])
 
@@ -330,12 +338,12 @@ class HFEngine(Engine):
         completion = Completion(list(slot.generated), list(slot.logprobs), reason, stop,
                                 prompt_tokens=len(request.prompt), cached_tokens=request.cached)
         slot.request = None  # a freed slot keeps its columns: a later prompt may share their prefix
-        slot.state, slot.parked_at = (PARKED, time.monotonic()) if park else (FREE, 0.0)
+        slot.state, slot.parked_at = (SlotState.PARKED, time.monotonic()) if park else (SlotState.FREE, 0.0)
         _tell(request, completion, None)
 
     def _fail(self, slot: _Slot, exc: BaseException) -> None:
         request = slot.request
-        slot.state, slot.fed, slot.pending, slot.request, slot.prompt_logits = FREE, [], [], None, None
+        slot.state, slot.fed, slot.pending, slot.request, slot.prompt_logits = SlotState.FREE, [], [], None, None
         if request is not None:
             _tell(request, None, exc)
 

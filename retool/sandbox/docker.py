@@ -23,7 +23,6 @@ goes away the call returns ``crashed`` and the next call tries a fresh container
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -33,21 +32,17 @@ import threading
 import time
 import weakref
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from retool.sandbox.base import ExecResult, ExecStatus, SandboxLimits, SandboxUnavailable, Session, Stopwatch
 from retool.sandbox.base import INTERRUPTED_ERROR, status_for_exception
+from retool.sandbox.docker_engine import BUILD_HINT, LABEL, connect, reap_orphans, remove_container, runner_sha
 from retool.sandbox.seccomp import docker_profile
 
-LABEL = "retool.sandbox"
 STARTUP_TIMEOUT_S = 30.0
 STATUS_WAIT_S = 2.0  # how long a runner with a thread that would not stop may take to say it is free
 SEND_TIMEOUT_S = 5.0
 POLL_S = 0.05  # how often a waiting cell checks for an interrupt request
-BUILD_HINT = ("build it with `sudo bash sandbox/build_offline_image.sh` (no registry needed) "
-              "or `docker build -t retool-sandbox:latest sandbox/`")
-ENGINE_HINT = "start the engine with `sudo dockerd &` (or point DOCKER_HOST at a reachable one)"
 
 _reap_lock = threading.Lock()
 _reaped = False
@@ -85,64 +80,6 @@ def _get(reply: dict[str, Any], name: str, kind: type, optional: bool = False) -
     return value
 
 
-def _connect(client: Any | None) -> Any:
-    """A Docker client that answers a ping, or ``SandboxUnavailable`` saying how to get one."""
-    try:
-        import docker
-    except ImportError:
-        raise SandboxUnavailable("the docker backend needs the Docker SDK: pip install 'retool[docker]'") from None
-    try:
-        client = client or docker.from_env()
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - whatever the cause, there is no engine to talk to
-        raise SandboxUnavailable(f"Docker engine not reachable ({exc}); {ENGINE_HINT}") from None
-    return client
-
-
-def reap_orphans(client: Any | None = None) -> int:
-    """Remove sandbox containers whose owner process on this host has died; return how many.
-
-    A host process killed with SIGKILL never runs its cleanup, and its containers would hold memory
-    forever. Containers owned by other hosts (a shared ``DOCKER_HOST``) are left alone.
-    """
-    client = _connect(client)
-    labels = [f"{LABEL}=1", f"retool.owner_host={socket.gethostname()}"]
-    removed = 0
-    for container in client.containers.list(all=True, filters={"label": labels}):
-        owner = container.labels.get("retool.owner_pid", "")
-        if not owner.isdigit() or _pid_alive(int(owner)):
-            continue
-        try:
-            container.remove(force=True)
-            removed += 1
-        except Exception:  # noqa: BLE001 - already removed by another reaper
-            pass
-    return removed
-
-
-def runner_sha() -> str | None:
-    """The hash the offline build stamps on the image, when this checkout has sandbox/runner.py."""
-    runner = Path(__file__).resolve().parents[2] / "sandbox" / "runner.py"
-    return hashlib.sha256(runner.read_bytes()).hexdigest()[:16] if runner.exists() else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        pass
-    return True
-
-
-def _remove_container(client: Any, container_id: str) -> None:
-    try:
-        client.api.remove_container(container_id, force=True)
-    except Exception:  # noqa: BLE001 - already gone
-        pass
-
-
 class DockerSession(Session):
     """A stateful Python interpreter in its own container."""
 
@@ -153,7 +90,7 @@ class DockerSession(Session):
         super().__init__(limits)
         self.image = image
         self.preload = preload
-        self._client = _connect(client)
+        self._client = connect(client)
         global _reaped
         with _reap_lock:
             if not _reaped:
@@ -200,7 +137,7 @@ class DockerSession(Session):
             log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
         )
         self._container = container
-        self._finalizer = weakref.finalize(self, _remove_container, self._client, container.id)
+        self._finalizer = weakref.finalize(self, remove_container, self._client, container.id)
         # Attach before start, so nothing the runner writes can be missed.
         self._stream = container.attach_socket(params={"stdin": 1, "stdout": 1, "stream": 1})
         self._sock = getattr(self._stream, "_sock", self._stream)  # the socket itself (unix, tcp or tls)

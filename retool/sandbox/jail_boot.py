@@ -1,6 +1,6 @@
 """The first Python that runs in every local jail: it becomes the jail's pid 1 program.
 
-This file is not imported by retool on the host. ``isolation.Jail`` copies its text into the jail
+This file is not imported by retool on the host. ``jail.Jail`` copies its text into the jail
 (read-only, ``/run/retool/retool_boot.py``) and runs it; it must therefore use the standard library
 only (ipykernel and jupyter_client are imported from the jail's interpreter when the mode needs them).
 

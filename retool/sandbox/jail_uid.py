@@ -12,7 +12,7 @@ slots free themselves. Whatever still runs under a uid when its slot is given ba
 that was not given back cleanly is taken again, is killed (``sweep``): nothing a jail started can
 outlive it, even if it left the jail's cgroup.
 
-Not here: starting the jail (``isolation.Jail``). Without root there is nothing to allocate: the
+Not here: starting the jail (``jail.Jail``). Without root there is nothing to allocate: the
 jail runs as the invoking user (see ``isolation``).
 """
 

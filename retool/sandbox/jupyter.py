@@ -3,7 +3,7 @@
 Why a kernel: it is the interpreter people already know (names persist across cells, the last
 expression is displayed, errors come back as structured ``ename``/``evalue``), and jupyter-client
 does the protocol for us. We launch the kernel ourselves rather than through ``KernelManager``
-because the process must start inside the jail (``isolation.Jail``) and be killed as a whole tree.
+because the process must start inside the jail (``jail.Jail``) and be killed as a whole tree.
 
 Transport is IPC only: the kernel binds Unix sockets inside the jail's private ``/run/ipc`` tmpfs.
 The host never connects by name (the jail could swap a socket for a symlink to one of the host's):
@@ -11,7 +11,7 @@ each socket is opened once, without following links (``Jail.open_inside``), and 
 ``/proc/self/fd/N``. No TCP port is opened anywhere. Only the shell, IOPub and control channels are
 used (stdin is refused, liveness is the process itself), and they pass through a ``ByteRelay``
 that lets each bring at most a budget of bytes from one cell's start to the next
-(``_wire_budgets``).
+(``jupyter_wire.wire_budgets``).
 
 Everything the kernel sends is untrusted (the cell runs inside it and can forge messages): a
 message that does not parse, is unsigned or has the wrong shape is dropped and counted; a cell
@@ -41,91 +41,26 @@ import logging
 import os
 import queue
 import signal
-import time
 import uuid
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 import psutil
-import zmq
-from jupyter_client.blocking import BlockingKernelClient
-from jupyter_client.connect import channel_socket_types
 from jupyter_core.utils import ensure_event_loop
 
-from retool.sandbox.base import (
-    INTERRUPTED_ERROR,
-    CappedText,
-    ExecResult,
-    ExecStatus,
-    SandboxLimits,
-    SandboxUnavailable,
-    Session,
-    Stopwatch,
-    status_for_exception,
-    summarize_error,
-)
-from retool.sandbox.isolation import CONFIG_DIR, IPC_DIR, Jail, boot_argv
+from retool.sandbox.base import (INTERRUPTED_ERROR, CappedText, ExecResult, ExecStatus, SandboxLimits,
+                                 SandboxUnavailable, Session, Stopwatch, status_for_exception, summarize_error)
+from retool.sandbox.isolation import CONFIG_DIR, IPC_DIR, boot_argv
+from retool.sandbox.jail import Jail
+from retool.sandbox.jupyter_wire import (CHANNELS, KERNEL_ARGS, MARK_THREADS, RELAYED, REAP_CHILDREN, STOP_THREADS,
+                                         CellOutput, PinnedClient, counts, discard_reply, drain, max_message_bytes,
+                                         open_kernel_sockets, parent_id, reply_arrived, silent, wire_budgets)
 from retool.sandbox.relay import ByteRelay
 
 log = logging.getLogger(__name__)
 
-CHANNELS = {"shell": 1, "iopub": 2, "stdin": 3, "control": 4, "hb": 5}
-RELAYED = ("shell", "iopub", "control")  # the host never opens stdin (no input) or hb (it watches the process)
-KERNEL_ARGS = [
-    "--HistoryManager.enabled=False",  # no sqlite history file, faster start
-    "--IPKernelApp.quiet=True",
-    "--InteractiveShell.colors=nocolor",
-    "--Application.log_level=WARN",
-    "--Session.packer=retool_boot.pack",  # ASCII JSON, size-capped (see jail_boot)
-]
-REAP_CHILDREN = """
-import os as _os
-try:
-    while _os.waitpid(-1, _os.WNOHANG)[0]:
-        pass
-except ChildProcessError:
-    pass
-del _os
-"""
-MARK_THREADS = "__import__('retool_boot').mark_threads()"  # no name is bound in the user's namespace
-STOP_THREADS = "__import__('retool_boot').stop_threads()"
 DEFAULT_PRELOAD = ("numpy", "sympy")
 POLL_S = 0.05  # how often a waiting cell checks the clock, the kernel and the shell channel
-IOPUB_QUEUE = 16  # messages the host holds between reads (ZeroMQ's receive high-water mark)
 REPLY_GRACE_S = 0.5  # after the execute_reply: how long to wait for the idle status before giving up on it
-DRAIN_S = 1.0  # the most a cell's start spends dropping what an earlier one left on IOPub
-
-
-class _PinnedClient(BlockingKernelClient):
-    """A kernel client whose channels connect to the relay (never to names the jail controls), with
-    bounded receive queues and message sizes. Messages are read from the channels themselves
-    (``iopub_channel.get_msg``: a plain ZeroMQ poll), not through the client's ``get_*_msg``, which
-    spin up an asyncio loop for every message."""
-
-    def setup(self, relay: ByteRelay, max_message_bytes: int) -> None:
-        self._relay, self._max_message_bytes = relay, max_message_bytes
-
-    def _make_url(self, channel: str) -> str:
-        return self._relay.url(channel)
-
-    def stop_channels(self) -> None:
-        """Only the relayed channels exist (the base class would make the others to stop them)."""
-        for name in RELAYED:
-            channel = getattr(self, f"_{name}_channel", None)
-            if channel is not None and channel.is_alive():
-                channel.stop()
-        if self._created_context and not self.context.closed:
-            self.context.destroy(linger=100)
-
-    def _create_connected_socket(self, channel: str, identity: bytes | None = None) -> zmq.Socket:
-        sock = self.context.socket(channel_socket_types[channel])
-        sock.linger = 0
-        sock.rcvhwm = IOPUB_QUEUE if channel == "iopub" else 4
-        sock.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)  # a bigger one drops the connection
-        if identity:
-            sock.identity = identity
-        sock.connect(self._make_url(channel))
-        return sock
 
 
 class JupyterSession(Session):
@@ -143,7 +78,7 @@ class JupyterSession(Session):
         self.startup_timeout = startup_timeout
         self.preload = preload
         self._jail: Jail | None = None
-        self._client: _PinnedClient | None = None
+        self._client: PinnedClient | None = None
         self._socket_fds: list[int] = []
         self._relay: ByteRelay | None = None
         # jupyter-client's blocking calls keep their event loop in a context variable; a private
@@ -163,14 +98,14 @@ class JupyterSession(Session):
         self._jail = jail
         try:
             jail.start()
-            self._socket_fds = self._open_sockets(jail)
+            self._socket_fds = open_kernel_sockets(jail, self.startup_timeout)
             if self._socket_fds:
                 targets = {c: f"/proc/self/fd/{fd}" for c, fd in zip(RELAYED, self._socket_fds)}
-                self._relay = ByteRelay(jail.runtime_dir, targets, self._wire_budgets())
+                self._relay = ByteRelay(jail.runtime_dir, targets, wire_budgets(self.limits))
                 self._relay.open()
-                client = _PinnedClient()
+                client = PinnedClient()
                 client.load_connection_info(conn)
-                client.setup(self._relay, self._max_message_bytes())
+                client.setup(self._relay, max_message_bytes(self.limits))
                 client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
                 self._client = client
             ready = self._wait_ready()
@@ -190,39 +125,6 @@ class JupyterSession(Session):
             self._stop()
             raise SandboxUnavailable(f"the jupyter kernel {how}: {detail}")
 
-    def _max_message_bytes(self) -> int:
-        # the kernel's packer cuts strings to the output cap; ASCII escapes take up to 6 bytes a character
-        return 6 * self.limits.max_output_bytes + (256 << 10)
-
-    def _wire_budgets(self) -> dict[str, int]:
-        """Bytes each channel may bring per cell: room for several of the largest messages (output
-        past the cap is stopped anyway), never what a forged multi-frame message asks for."""
-        cap = self.limits.max_output_bytes
-        return {"iopub": (4 << 20) + 16 * cap, "shell": (1 << 20) + 4 * cap, "control": 256 << 10}
-
-    def _open_sockets(self, jail: Jail) -> list[int]:
-        """Wait for the kernel to bind its sockets, then hold a descriptor of each relayed one (see
-        the module doc), in ``RELAYED`` order."""
-        watch = Stopwatch()
-        fds: list[int] = []
-        while len(fds) < len(RELAYED):
-            port = CHANNELS[RELAYED[len(fds)]]
-            try:
-                fds.append(jail.open_inside(f"{IPC_DIR}/kernel-{port}"))
-                continue
-            except FileNotFoundError:
-                pass
-            except OSError:
-                for fd in fds:
-                    os.close(fd)
-                raise
-            if not jail.alive or watch.elapsed > self.startup_timeout:
-                for fd in fds:
-                    os.close(fd)
-                return []
-            time.sleep(0.01)
-        return fds
-
     def _wait_ready(self) -> bool:
         """Ready means the shell answers *and* IOPub delivers: a SUB socket joins late, and output
         published before it joined is lost. So send kernel_info until its IOPub status arrives."""
@@ -234,12 +136,12 @@ class JupyterSession(Session):
             try:
                 while True:
                     msg = self._client.iopub_channel.get_msg(timeout=0.25)
-                    if _parent_id(msg) == msg_id:
+                    if parent_id(msg) == msg_id:
                         break
             except queue.Empty:
                 continue
-            self._discard_reply(msg_id)
-            self._drain_iopub()
+            discard_reply(self._client, msg_id)
+            drain(self._client, self._relay)
             self._preload()
             self._base_threads = self._jail.thread_count()
             self._unstoppable = False
@@ -251,34 +153,8 @@ class JupyterSession(Session):
         trajectory's first ``import sympy`` is a dictionary lookup. The user namespace stays empty.
         Then remember which threads are the kernel's own."""
         code = "\n".join(f"try:\n    __import__({m!r})\nexcept ImportError:\n    pass" for m in self.preload)
-        self._discard_reply(self._client.execute(f"{code}\n{MARK_THREADS}", silent=True, store_history=False),
+        discard_reply(self._client, self._client.execute(f"{code}\n{MARK_THREADS}", silent=True, store_history=False),
                             timeout=self.startup_timeout)
-
-    def _drain_iopub(self) -> tuple[int, bool]:
-        """Drop everything waiting on IOPub (and the control channel's replies). Returns the bytes
-        of output text dropped, and whether it would not end (``DRAIN_S`` passed, or more came than
-        a cell's budget): something in the kernel floods it."""
-        dropped, watch = 0, Stopwatch()
-        while watch.elapsed < DRAIN_S and "iopub" not in self._relay.exhausted:
-            try:
-                msg = self._client.iopub_channel.get_msg(timeout=0)
-            except queue.Empty:
-                break
-            except Exception:  # noqa: BLE001 - a message the kernel garbled: dropped all the same
-                continue
-            fields = _fields(msg)
-            if fields is not None and fields[1] == "stream":
-                dropped += len(str(fields[2].get("text", "")).encode("utf-8", "replace"))
-        else:
-            return dropped, True
-        for _ in range(16):
-            try:
-                self._client.control_channel.get_msg(timeout=0)
-            except queue.Empty:
-                break
-            except Exception:  # noqa: BLE001 - garbled: dropped
-                continue
-        return dropped, False
 
     def _stop(self) -> None:
         if self._client is not None:
@@ -337,7 +213,7 @@ class JupyterSession(Session):
     def _execute(self, code: str, timeout: float, watch: Stopwatch) -> ExecResult:
         notes, reset = [], False
         self._relay.open()
-        stale, flooded = self._drain_iopub()
+        stale, flooded = drain(self._client, self._relay)
         if flooded or (stale and self._unstoppable):  # something left running keeps writing: start clean
             failure = self._try_restart()
             if failure:
@@ -354,7 +230,7 @@ class JupyterSession(Session):
 
     def _execute_cell(self, code: str, timeout: float, watch: Stopwatch, notes: list[str]) -> ExecResult:
         client, jail = self._client, self._jail
-        cell = _CellOutput(msg_id="", out=CappedText(self.limits.max_output_bytes),
+        cell = CellOutput(msg_id="", out=CappedText(self.limits.max_output_bytes),
                            err=CappedText(self.limits.max_output_bytes))
         self._cpu_before = jail.cpu_seconds() if jail.could_reach_cpu_limit(timeout) else 0.0
         cell.msg_id = client.execute(code, silent=False, store_history=False, allow_stdin=False, stop_on_error=False)
@@ -382,7 +258,7 @@ class JupyterSession(Session):
             # once the idle came only the reply is missing: wait for it on the shell channel, and
             # just take what IOPub has (after a forged idle, the cell's output goes on)
             wait = min(POLL_S, max(watch.remaining(deadline), 0.001))
-            if idle and self._reply_arrived(cell.msg_id, wait):
+            if idle and reply_arrived(self._client, cell.msg_id, wait):
                 replied_at = watch.elapsed
                 continue
             try:
@@ -395,7 +271,7 @@ class JupyterSession(Session):
                 continue
             if msg is not None:
                 idle = cell.take(msg) or idle
-            if replied_at is None and (msg is None or idle) and self._reply_arrived(cell.msg_id):
+            if replied_at is None and (msg is None or idle) and reply_arrived(self._client, cell.msg_id):
                 replied_at = watch.elapsed
             if stopped_for is None and (cell.out.overflowed or cell.err.overflowed):
                 stopped_for, deadline = ExecStatus.OUTPUT_LIMIT, watch.elapsed + self.limits.interrupt_grace_s
@@ -413,7 +289,7 @@ class JupyterSession(Session):
             jail = self._jail
             threads, others = jail.census()
             if others and jail.kill_strays():
-                self._silent(REAP_CHILDREN)
+                silent(self._client, REAP_CHILDREN)
                 threads = jail.thread_count()
             return self._stop_leftover_threads(threads)
         except Exception:  # noqa: BLE001 - the kernel's answers are the cell's to forge
@@ -447,8 +323,8 @@ class JupyterSession(Session):
         one that will not stop is reported once. ``threads``: the kernel's thread count now."""
         if threads <= self._base_threads:
             return []
-        said = self._silent(STOP_THREADS, "__import__('retool_boot').last_stop")
-        stopped, running = _counts(said)
+        said = silent(self._client, STOP_THREADS, "__import__('retool_boot').last_stop")
+        stopped, running = counts(said)
         self._base_threads = self._jail.thread_count()  # native threads, and the ones that would not stop
         self._unstoppable = self._unstoppable or running > 0
         notes = []
@@ -458,61 +334,9 @@ class JupyterSession(Session):
             notes.append(f"{running} background thread(s) the cell left running could not be stopped")
         return notes
 
-    def _silent(self, code: str, expression: str | None = None, timeout: float = 2.0) -> str | None:
-        """Run bookkeeping code in the kernel; returns ``expression``'s repr, read from the
-        execute_reply on the shell channel (which no output of the cell's threads can pollute)."""
-        msg_id = self._client.execute(code, silent=True, store_history=False,
-                                      user_expressions={"r": expression} if expression else None)
-        watch = Stopwatch()
-        while watch.elapsed < timeout:
-            try:
-                msg = self._client.shell_channel.get_msg(timeout=max(watch.remaining(timeout), 0.001))
-            except queue.Empty:
-                return None
-            except Exception:  # noqa: BLE001 - garbled: dropped
-                continue
-            if _parent_id(msg) != msg_id:
-                continue
-            fields = _fields(msg)
-            expressions = fields[2].get("user_expressions") if fields else None
-            value = expressions.get("r") if isinstance(expressions, dict) else None
-            data = value.get("data") if isinstance(value, dict) else None
-            text = data.get("text/plain") if isinstance(data, dict) else None
-            return text if isinstance(text, str) else None
-        return None
-
-    # -- the wire ---------------------------------------------------------------------------------
-
     def _interrupt(self) -> None:
         """Ask the kernel to interrupt itself (SIGINT to its process group, sent from inside)."""
         self._client.control_channel.send(self._client.session.msg("interrupt_request", {}))
-
-    def _reply_arrived(self, msg_id: str, wait: float = 0.0) -> bool:
-        """Whether the shell channel has the execute_reply to ``msg_id`` (others are discarded),
-        waiting up to ``wait`` seconds for the first message."""
-        while True:
-            try:
-                msg = self._client.shell_channel.get_msg(timeout=wait)
-                wait = 0.0
-            except queue.Empty:
-                return False
-            except Exception:  # noqa: BLE001 - garbled: dropped
-                continue
-            if _parent_id(msg) == msg_id:
-                return True
-
-    def _discard_reply(self, msg_id: str, timeout: float = 1.0) -> None:
-        """Consume the execute_reply so replies never pile up in the shell queue."""
-        watch = Stopwatch()
-        while watch.elapsed < timeout:
-            try:
-                msg = self._client.shell_channel.get_msg(timeout=watch.remaining(timeout))
-            except queue.Empty:
-                return
-            except Exception:  # noqa: BLE001 - garbled: dropped
-                continue
-            if _parent_id(msg) == msg_id:
-                return
 
     # -- after a failure --------------------------------------------------------------------------
 
@@ -539,107 +363,32 @@ class JupyterSession(Session):
         else:
             how = f"killed by {signal.Signals(died_of).name}" if died_of else f"exit status {jail.exit_code()}"
             status, error = ExecStatus.CRASHED, f"the interpreter died ({how})"
-        failure = self._try_restart()
-        if failure:
-            error += f"; restart failed: {failure}"
-        return ExecResult(status, out.text(), err.text(), f"KernelDied: {error}", watch.elapsed, out.overflowed, True)
+        return self._replaced(status, f"KernelDied: {error}", out, err, watch, out.overflowed)
 
-    def _flooded(self, cell: _CellOutput, watch: Stopwatch, notes: list[str]) -> ExecResult:
+    def _flooded(self, cell: CellOutput, watch: Stopwatch, notes: list[str]) -> ExecResult:
         """The kernel sent more than a cell's budget on a channel (messages a cell forged: printed
-        output is stopped long before): what it queued would flood every later cell too, so the
-        kernel is replaced."""
-        channels = ", ".join(sorted(self._relay.exhausted))
-        failure = self._try_restart()
-        error = (f"OutputLimitError: the interpreter sent more than a cell may ({channels} channel); "
-                 "it was restarted")
-        if failure:
-            error += f"; restart failed: {failure}"
-        return ExecResult(ExecStatus.OUTPUT_LIMIT, cell.out.text(), cell.err.text(), error, watch.elapsed, True, True,
-                          tuple(notes))
+        output is stopped long before): what it queued would flood every later cell, so it goes."""
+        error = (f"OutputLimitError: the interpreter sent more than a cell may ({', '.join(sorted(self._relay.exhausted))}"
+                 " channel); it was restarted")
+        return self._replaced(ExecStatus.OUTPUT_LIMIT, error, cell.out, cell.err, watch, True, notes)
 
     def _broken_wire(self, out: CappedText, err: CappedText, watch: Stopwatch) -> ExecResult:
-        failure = self._try_restart()
         error = "KernelProtocolError: the interpreter stopped publishing its output and was restarted"
-        if failure:
-            error += f"; restart failed: {failure}"
-        return ExecResult(ExecStatus.CRASHED, out.text(), err.text(), error, watch.elapsed, False, True)
+        return self._replaced(ExecStatus.CRASHED, error, out, err, watch, False)
 
     def _replace_after(self, status: ExecStatus, out: CappedText, err: CappedText, watch: Stopwatch) -> ExecResult:
         """The interrupt was ignored (SIGINT masked, stuck in C): replace the kernel."""
+        error = {ExecStatus.TIMEOUT: "TimeoutError: the cell ran past its time limit, ignored the interrupt, and the "
+                                     "interpreter was restarted",
+                 ExecStatus.INTERRUPTED: f"{INTERRUPTED_ERROR}; it ignored the interrupt and the interpreter was restarted"
+                 }.get(status, f"OutputLimitError: the cell printed more than {self.limits.max_output_bytes:,} bytes; "
+                               "the interpreter was restarted")
+        return self._replaced(status, error, out, err, watch, out.overflowed or err.overflowed)
+
+    def _replaced(self, status: ExecStatus, error: str, out: CappedText, err: CappedText, watch: Stopwatch,
+                  truncated: bool, notes: list[str] | tuple[str, ...] = ()) -> ExecResult:
+        """A fresh kernel for the next cell; this one's result says so (and if the restart failed)."""
         failure = self._try_restart()
-        error = (
-            "TimeoutError: the cell ran past its time limit, ignored the interrupt, and the interpreter was restarted"
-            if status is ExecStatus.TIMEOUT
-            else f"{INTERRUPTED_ERROR}; it ignored the interrupt and the interpreter was restarted"
-            if status is ExecStatus.INTERRUPTED
-            else f"OutputLimitError: the cell printed more than {self.limits.max_output_bytes:,} bytes; "
-            "the interpreter was restarted"
-        )
         if failure:
             error += f"; restart failed: {failure}"
-        return ExecResult(status, out.text(), err.text(), error, watch.elapsed, out.overflowed or err.overflowed, True)
-
-
-@dataclass
-class _CellOutput:
-    """What one cell's IOPub messages said so far."""
-
-    msg_id: str
-    out: CappedText
-    err: CappedText
-    ename: str | None = None
-    evalue: str | None = None
-    published: bool = False  # any IOPub message for this cell at all
-
-    def take(self, msg: Any) -> bool:
-        """Record ``msg`` if it belongs to this cell; whether it was the cell's idle status."""
-        fields = _fields(msg)
-        if fields is None or fields[0] != self.msg_id:
-            return False
-        self.published = True
-        _, kind, content = fields
-        if kind == "stream":
-            target = self.out if content.get("name") == "stdout" else self.err
-            target.write(str(content.get("text", "")))
-            target.dropped += _int(content.get("retool_dropped"))
-        elif kind in ("execute_result", "display_data"):
-            data = content.get("data")
-            text = data.get("text/plain") if isinstance(data, dict) else None
-            if text is not None:
-                self.out.write(str(text) + "\n")
-                self.out.dropped += _int(content.get("retool_dropped"))
-        elif kind == "error":
-            self.ename, self.evalue = str(content.get("ename", "Error")), str(content.get("evalue", ""))
-        return kind == "status" and content.get("execution_state") == "idle"
-
-
-def _counts(said: str | None) -> tuple[int, int]:
-    """``(stopped, still running)`` from the kernel's repr of ``retool_boot.last_stop`` (a JSON
-    pair); (0, 0) for anything else (the cell can replace what the kernel answers)."""
-    try:
-        pair = json.loads(said.strip("'\"")) if isinstance(said, str) and len(said) < 100 else None
-    except ValueError:
-        pair = None
-    if not isinstance(pair, list) or len(pair) != 2:
-        return 0, 0
-    return _int(pair[0]), _int(pair[1])
-
-
-def _fields(msg: Any) -> tuple[str | None, str, dict] | None:
-    """``(parent msg_id, msg_type, content)`` of a message, or None if it is not shaped like one."""
-    if not isinstance(msg, dict):
-        return None
-    kind, content = msg.get("msg_type"), msg.get("content")
-    if not isinstance(kind, str) or not isinstance(content, dict):
-        return None
-    return _parent_id(msg), kind, content
-
-
-def _parent_id(msg: Any) -> str | None:
-    parent = msg.get("parent_header") if isinstance(msg, dict) else None
-    value = parent.get("msg_id") if isinstance(parent, dict) else None
-    return value if isinstance(value, str) else None
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 62 else 0
+        return ExecResult(status, out.text(), err.text(), error, watch.elapsed, truncated, True, tuple(notes))

@@ -3,7 +3,7 @@
 Stateless on purpose: nothing survives between calls (``run`` is one whole program), which makes
 it the right backend for single-shot checks such as cold-start trace verification and graders,
 and the wrong one for multi-turn rollouts (use ``jupyter``). It shares the jail of the Jupyter
-backend (``isolation.Jail``): no network, read-only root, size-capped tmpfs, prlimit, cgroups.
+backend (``jail.Jail``): no network, read-only root, size-capped tmpfs, prlimit, cgroups.
 
 The code travels as a read-only file in the jail's config directory, not on the command line
 (argv is limited to 128 KiB per argument and shows in ``ps``); ``retool_boot.py`` runs it like a
@@ -17,7 +17,8 @@ import signal
 
 from retool.sandbox.base import INTERRUPTED_ERROR, ExecResult, ExecStatus, SandboxLimits, Session, Stopwatch
 from retool.sandbox.base import SandboxUnavailable, status_for_exception
-from retool.sandbox.isolation import Jail, boot_argv, find_bwrap
+from retool.sandbox.isolation import boot_argv, find_bwrap
+from retool.sandbox.jail import Jail
 
 # the last line of a Python traceback: "ZeroDivisionError: division by zero" (or a bare name)
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)?)(?::\s?(.*))?$")

@@ -14,7 +14,8 @@ Files under ``run_dir``:
 * ``tb/``           — TensorBoard event files (``report_to`` contains ``"tensorboard"``).
 
 Metric names (the contract between the trainers, this log and the plots; a trainer logs the ones
-that apply to it, and any other name is accepted and plotted under "other"):
+that apply to it, and any other name is accepted and plotted under "other"; the tool and token
+numbers are ``retool.trajectory_stats``, the definitions ``retool eval`` reports):
 
 ==========================  =====================================================================
 ``reward/mean``             mean outcome reward of the step's samples
@@ -24,6 +25,9 @@ that apply to it, and any other name is accepted and plotted under "other"):
 ``clip_frac``               share of model tokens whose ratio was clipped
 ``tools/calls_per_answer``  mean interpreter calls per sample
 ``tools/failure_rate``      share of interpreter calls that errored or timed out
+``tools/code_ratio``        share of samples that called the interpreter at least once
+``tools/first_call_position`` where the first call ended, as a share of the sample's tokens
+``tools/limit_rate``        share of samples ended by ``max_tool_calls``
 ``tokens/model_mean``       mean model-generated tokens per sample
 ``tokens/interpreter_mean`` mean interpreter-output tokens per sample (masked from the loss)
 ``truncation_rate``         share of samples cut at ``max_total_tokens``
@@ -63,7 +67,7 @@ logger = logging.getLogger(__name__)
 
 METRIC_NAMES: tuple[str, ...] = (
     "reward/mean", "accuracy", "entropy", "kl", "clip_frac",
-    "tools/calls_per_answer", "tools/failure_rate",
+    "tools/calls_per_answer", "tools/failure_rate", "tools/code_ratio", "tools/first_call_position", "tools/limit_rate",
     "tokens/model_mean", "tokens/interpreter_mean",
     "truncation_rate", "zero_adv_group_share",
     "time/rollout_s", "time/sandbox_s", "time/update_s", "infra/failure_rate",
