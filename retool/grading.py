@@ -218,11 +218,6 @@ def grade_trajectory(traj: Trajectory, tokenizer: Any, dialect: Dialect, gold: s
     return judge_answer(extract_answer_from_trajectory(traj, tokenizer, dialect), gold)
 
 
-def grade_text(text: str, gold: str, dialect: Dialect = RETOOL) -> Verdict:
-    """The verdict on a whole transcript written as text (interpreter outputs in it never count)."""
-    return judge_answer(extract_answer(text, dialect), gold)
-
-
 # -- reward and the scored record ----------------------------------------------------------------
 
 

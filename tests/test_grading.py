@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from retool.grading import (RewardConfig, Verdict, extract_answer, extract_answer_from_trajectory, grade_text,
+from retool.grading import (RewardConfig, Verdict, extract_answer, extract_answer_from_trajectory,
                             grade_trajectory, is_equivalent, judge_answer, reward)
 from retool.protocol import FENCED, RETOOL
 from retool.trajectory import Trajectory
@@ -188,8 +188,11 @@ def test_is_equivalent_from_8_threads_matches_main_thread():
 
 
 def test_reward_is_a_pure_rule_on_the_verdict():
-    right, wrong = grade_text("So\n<answer>\n\\boxed{025}\n</answer>", "25"), grade_text("<answer>\\boxed{24}</answer>", "25")
-    missing = grade_text("no answer at all", "25")
+    def grade_text(text: str) -> Verdict:
+        return judge_answer(extract_answer(text), "25")
+
+    right, wrong = grade_text("So\n<answer>\n\\boxed{025}\n</answer>"), grade_text("<answer>\\boxed{24}</answer>")
+    missing = grade_text("no answer at all")
     assert (right.correct, wrong.correct, missing.answer) == (True, False, None)
     assert [reward(v) for v in (right, wrong, missing)] == [1.0, -1.0, -1.0]
     scaled = RewardConfig(correct=2.0, incorrect=0.0)

@@ -62,8 +62,8 @@ def test_answer_prefers_the_answer_section_and_ignores_code():
 
 
 def test_open_block_detection_and_dialect_lookup():
-    assert RETOOL.has_open_code("text <code>\n```python\nprint(1")
-    assert not RETOOL.has_open_code("<code>\nprint(1)\n</code>")
+    assert RETOOL.parse("text <code>\n```python\nprint(1")[-1].closed is False  # cut by the budget: never run
+    assert RETOOL.parse("<code>\nprint(1)\n</code>")[-1].closed
     assert get_dialect("fenced") is FENCED
     with pytest.raises(ValueError, match="unknown dialect"):
         get_dialect("nope")
@@ -135,7 +135,7 @@ def test_a_fenced_block_shown_but_not_run_is_code_that_never_ran():
     code = [s for s in FENCED.parse(text, outputs=False) if s.kind == "code"]
     assert [(c.body, c.closed) for c in code] == [("x = 1", False), ("print(x)", True)]
     assert FENCED.extract_code(text) == "print(x)"
-    assert not FENCED.has_open_code(text) and FENCED.has_open_code("```python\nprint(1")
+    assert FENCED.parse("```python\nprint(1", outputs=False)[-1].closed is False
 
 
 def test_a_dialect_owns_its_prompts_and_answer_format():

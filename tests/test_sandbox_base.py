@@ -1,6 +1,6 @@
 """The backend-independent pieces: output capping, error summaries, result serialisation."""
 
-from retool.sandbox.base import CappedText, ExecResult, ExecStatus, SandboxLimits, status_for_exception, summarize_error
+from retool.sandbox.base import CappedText, ExecResult, ExecStatus, status_for_exception, summarize_error
 from retool.sandbox.subprocess import exception_from_stderr
 
 
@@ -45,11 +45,6 @@ def test_exec_result_round_trips_through_json_types():
     data = result.to_dict()
     assert data["status"] == "timeout"
     assert ExecResult.from_dict(data) == result
-
-
-def test_limits_overrides_ignore_none():
-    limits = SandboxLimits().with_overrides(timeout_s=3.0, memory_mb=None)
-    assert limits.timeout_s == 3.0 and limits.memory_mb == SandboxLimits.memory_mb
 
 
 def test_exception_parsed_from_a_python_traceback():

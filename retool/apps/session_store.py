@@ -71,9 +71,6 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def owned_by(self, owner: str) -> int:
-        return sum(1 for o, _ in self._entries if o == owner)
-
     @contextlib.asynccontextmanager
     async def use(self, owner: str, session_id: str) -> AsyncIterator[Lease]:
         """The session of (owner, id), made if needed; held exclusively inside the block."""

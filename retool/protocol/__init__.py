@@ -112,12 +112,6 @@ class Dialect:
             return last_boxed(sections[-1].body)
         return last_boxed("".join(s.body for s in segments if s.kind == "text"))
 
-    def has_open_code(self, text: str) -> bool:
-        """A block was opened but not closed (the token budget cut it): it must not run."""
-        parser = TranscriptParser(self, outputs=False)
-        parser.text = text
-        return parser.open_mode() == "code"
-
     def example_turns(self) -> list[dict[str, str]]:
         """A one-shot demonstration of the dialect, as a user/assistant exchange."""
         reply = (f"{_EXAMPLE_REASONING}\n{self.render_code(_EXAMPLE_CODE)}{self.output_open}{_EXAMPLE_OUTPUT}"

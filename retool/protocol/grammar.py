@@ -69,11 +69,6 @@ class TranscriptParser:
         self._kind = self._peek_kind()
         return "code" if "code" in (before, self._kind) else self._kind
 
-    def open_mode(self) -> str:
-        """What the text so far leaves open, read to its end: ``code`` is a block the budget cut."""
-        self._advance(final=True)
-        return self._state.mode
-
     def close(self) -> list[Segment]:
         self._advance(final=True)
         self._finish()

@@ -107,9 +107,6 @@ class SandboxLimits:
         if bad or self.interrupt_grace_s < 0:
             raise ValueError(f"sandbox limits must be positive: {', '.join(bad) or 'interrupt_grace_s'}")
 
-    def with_overrides(self, **changes: Any) -> "SandboxLimits":
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
 
 _TRUNCATION_MARK = "\n…[{n} bytes of output truncated]…\n"
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
