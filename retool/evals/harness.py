@@ -33,6 +33,7 @@ from retool.evals.metrics import avg_at_k, majority_answer, mean, pass_at_k
 from retool.grading import ScoredSample, Verdict, is_equivalent, score
 from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox.spec import SandboxSpec
+from retool.seeds import derive_seed
 from retool.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def _run_locked(config: EvalConfig, engine: Engine | None, problems: list[Proble
 async def _sample_all(config, engine, pool, problems, done, out, show_progress) -> tuple[list[ScoredSample], list[str]]:
     rollout = Rollout(engine, pool, config.rollout)
     finished = {(s.problem_id, s.sample) for s in done}
-    todo = [(i, p, s) for i, p in enumerate(problems) for s in range(config.k) if (p.id, s) not in finished]
+    todo = [(p, s) for p in problems for s in range(config.k) if (p.id, s) not in finished]
     prompts = {p.id: rollout.prompt_ids(p.problem) for p in problems}
     sink = (out / "trajectories.jsonl").open("a") if out is not None else None
     infra: list[str] = []
@@ -194,10 +195,10 @@ async def _sample_all(config, engine, pool, problems, done, out, show_progress) 
     new: list[ScoredSample] = []
     progress = _Progress(len(todo) + len(done), sum(s.correct for s in done), len(done), show_progress)
 
-    async def one(index: int, problem: Problem, sample: int) -> None:
+    async def one(problem: Problem, sample: int) -> None:
         async with gate:
             traj = await rollout.run_one(prompts[problem.id], {"problem_id": problem.id, "sample": sample},
-                                         index=index * 100_003 + sample)
+                                         index=derive_seed("eval", problem.id, sample))  # a sample keeps its seed whatever --limit
         if traj.infra_failure:  # not the model's doing: not scored, not kept, retried on resume
             infra.append(traj.finish_detail or "infra_error")
             progress.skip()
@@ -211,7 +212,7 @@ async def _sample_all(config, engine, pool, problems, done, out, show_progress) 
 
     try:
         with progress:
-            await asyncio.gather(*(one(i, p, s) for i, p, s in todo))
+            await asyncio.gather(*(one(p, s) for p, s in todo))
     finally:
         if sink is not None:
             sink.close()

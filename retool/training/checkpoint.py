@@ -17,6 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from retool.seeds import derive_seed
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -32,7 +34,7 @@ class DataCursor:
 
     def _permutation(self) -> list[int]:
         order = list(range(self.size))
-        random.Random(self.seed * 7919 + self.epoch).shuffle(order)
+        random.Random(derive_seed(self.seed, "data-order", self.epoch)).shuffle(order)
         return order
 
     def take(self, n: int) -> list[int]:
