@@ -24,6 +24,7 @@ from typing import Any
 from retool.coldstart.records import write_jsonl
 from retool.coldstart.verify import TraceCheck, verify_trace
 from retool.protocol import DIALECTS, Dialect, Segment, detect_dialect, last_boxed
+from retool.protocol.render import last_boxed_span
 from retool.sandbox.base import Session
 from retool.sandbox.spec import SandboxSpec
 
@@ -87,16 +88,11 @@ def convert_trace(text: str, source: Dialect, target: Dialect) -> str:
 
 
 def _wrap_last_box(text: str, target: Dialect) -> str:
-    at = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    value = last_boxed(text[at:]) if at >= 0 else None
-    if value is None:
+    span = last_boxed_span(text)
+    if span is None:
         raise ValueError("no \\boxed{} answer to carry over")
-    depth, end = 0, at
-    for end in range(text.index("{", at), len(text)):
-        depth += {"{": 1, "}": -1}.get(text[end], 0)
-        if depth == 0:
-            break
-    return text[:at] + target.format_answer(value) + text[end + 1:]
+    start, end, value = span
+    return text[:start] + target.format_answer(value) + text[end:]
 
 
 def verify_as(text: str, gold: str, written_in: Dialect, target: Dialect, session: Session,

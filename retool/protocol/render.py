@@ -10,8 +10,9 @@ import re
 from retool.sandbox.base import ExecResult, ExecStatus
 
 
-def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{…}`` (or ``\\fbox{…}``), braces matched, or None."""
+def last_boxed_span(text: str) -> tuple[int, int, str] | None:
+    """Where the last closed ``\\boxed{…}`` (or ``\\fbox{…}``) is, braces matched: (start of the
+    command, end after its closing brace, its content stripped); None without one."""
     best = None
     for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
         depth, start = 1, match.end()
@@ -21,9 +22,15 @@ def last_boxed(text: str) -> str | None:
             elif text[i] == "}":
                 depth -= 1
                 if depth == 0:
-                    best = text[start:i]
+                    best = (match.start(), i + 1, text[start:i].strip())
                     break
-    return best.strip() if best is not None else None
+    return best
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{…}`` (or ``\\fbox{…}``), braces matched, or None."""
+    span = last_boxed_span(text)
+    return span[2] if span is not None else None
 
 
 def truncate_middle(text: str, head: int, tail: int) -> str:
