@@ -57,7 +57,6 @@ class Trajectory:
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     finish_detail: str | None = None  # for "infra_error": what failed, in one line
-    reward: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # problem id, sample index, timings: reporting only
 
     # -- the two writers of the mask ----------------------------------------------------------
@@ -155,7 +154,6 @@ class Trajectory:
             "tool_calls": [c.to_dict() for c in self.tool_calls],
             "finish_reason": self.finish_reason,
             "finish_detail": self.finish_detail,
-            "reward": self.reward,
             "meta": self.meta,
         }
 
@@ -163,7 +161,7 @@ class Trajectory:
     def from_dict(cls, data: dict[str, Any]) -> "Trajectory":
         traj = cls(list(data["prompt_ids"]), list(data["ids"]), list(data["loss_mask"]), list(data["logprobs"]),
                    [ToolCall.from_dict(c) for c in data.get("tool_calls", [])], data.get("finish_reason"),
-                   data.get("finish_detail"), data.get("reward"), dict(data.get("meta", {})))
+                   data.get("finish_detail"), dict(data.get("meta", {})))  # a "reward" of older files: ignored
         traj.check()
         return traj
 

@@ -36,6 +36,7 @@ BUILD_ONLY_PACKAGES="python3-pythran python3-beniget python3-gast python3-ply py
 CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/retool"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 RUNNER="$HERE/runner.py"
+BOOT="$HERE/../retool/sandbox/jail_boot.py"  # the runner imports its thread stopping from it
 
 FORCE=0
 REFRESH=0
@@ -55,9 +56,11 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 command -v docker >/dev/null || die "docker CLI not found (apt-get install docker.io)"
 docker info >/dev/null 2>&1 || die "Docker engine not reachable: start it with 'sudo dockerd &' (or set DOCKER_HOST)"
 [ -f "$RUNNER" ] || die "missing $RUNNER"
+[ -f "$BOOT" ] || die "missing $BOOT"
 
-# The image carries the hash of the runner it was built with; a changed runner means a rebuild.
-RUNNER_SHA="$(sha256sum "$RUNNER" | cut -c1-16)"
+# The image carries the hash of the runner (and the boot module it imports) it was built with; a
+# change to either means a rebuild (retool.sandbox.docker_engine.runner_sha computes the same).
+RUNNER_SHA="$(cat "$RUNNER" "$BOOT" | sha256sum | cut -c1-16)"
 if [ "$FORCE" -eq 0 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
     BUILT_SHA="$(docker image inspect -f '{{ index .Config.Labels "retool.runner" }}' "$IMAGE" 2>/dev/null || true)"
     if [ "$BUILT_SHA" = "$RUNNER_SHA" ]; then
@@ -112,9 +115,10 @@ else
     tar -C "$ROOTFS" --numeric-owner -xf "$TARBALL"
 fi
 
-step "installing runner.py into /opt/retool"
+step "installing runner.py and retool_boot.py into /opt/retool"
 install -d -m 0755 "$ROOTFS/opt/retool"
 install -m 0644 "$RUNNER" "$ROOTFS/opt/retool/runner.py"
+install -m 0644 "$BOOT" "$ROOTFS/opt/retool/retool_boot.py"
 
 step "docker import -> $IMAGE"
 tar -C "$ROOTFS" --numeric-owner -c . | docker import \

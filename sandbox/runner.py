@@ -2,7 +2,8 @@
 
 Why a runner of our own instead of a Jupyter kernel: the container talks to the host over nothing
 but its stdin/stdout (no network, read-only root), and a kernel needs sockets and ~60 MB of
-dependencies. This file is the whole server: stdlib only, Python >= 3.9.
+dependencies. This file is the whole server, with the jails' boot module beside it for stopping a
+cell's stray threads (``retool_boot.py``, from ``retool/sandbox/jail_boot.py``): stdlib only, Python >= 3.9.
 
 Protocol, one JSON object per line in each direction:
 
@@ -37,14 +38,14 @@ from __future__ import annotations
 
 import ast
 import codecs
-import ctypes
 import json
 import os
 import signal
 import sys
 import threading
-import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from retool_boot import stop_strays  # retool/sandbox/jail_boot.py, installed beside this file by the image build
 
 TRUNCATION_MARK = "\n…[{n} bytes of output truncated]…\n"
 SYNC_TIMEOUT_S = 5.0  # how long to wait for the pipes to drain after a cell
@@ -250,15 +251,7 @@ class Runner:
     def stop_threads(self, wait_s: float = 0.2) -> Tuple[int, int]:
         """Raise SystemExit in the threads the cell started that still run; (stopped, still running).
         One that will not stop (blocked in C, or catching everything) is reported once."""
-        strays = [t for t in threading.enumerate() if t.ident not in self.own_threads and t.is_alive()]
-        for t in strays:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(SystemExit))
-        deadline = time.monotonic() + wait_s
-        for t in strays:
-            t.join(max(deadline - time.monotonic(), 0))
-        running = [t for t in strays if t.is_alive()]
-        self.own_threads.update(t.ident for t in running)
-        return len(strays) - len(running), len(running)
+        return stop_strays(self.own_threads, wait_s)
 
     def _execute(self, code: str) -> None:
         tree = ast.parse(code, "<cell>", "exec")

@@ -144,19 +144,18 @@ def test_eval_does_not_score_infra_failures_and_a_resume_retries_them(tmp_path):
     assert sorted(keys) == sorted({(p.id, s) for p in problems for s in range(2)})  # nothing lost, nothing doubled
 
 
-def _traj(reward: float, infra: bool = False) -> Trajectory:
+def _traj(infra: bool = False) -> Trajectory:
     t = Trajectory([1, 2])
     t.append_model([3, 4, 5], [-0.1] * 3)
     t.finish("infra_error", "sandbox: SandboxFailure: gone") if infra else t.finish("answer")
-    t.reward = reward
     return t
 
 
 def test_rl_leaves_infra_failures_out_of_group_statistics_and_logs_the_rate():
     from retool.grading import ScoredSample, Verdict
 
-    trajs = [_traj(1.0), _traj(math.nan, infra=True), _traj(-1.0), _traj(1.0)]
-    rewards = [t.reward for t in trajs]
+    trajs = [_traj(), _traj(infra=True), _traj(), _traj()]
+    rewards = [1.0, math.nan, -1.0, 1.0]
     problem = Problem("p", "q", "7")
     samples = [ScoredSample(problem, k, t, Verdict("7" if r == 1.0 else None, r == 1.0, "string"), r)
                for k, (t, r) in enumerate(zip(trajs, rewards))]

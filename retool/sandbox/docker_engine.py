@@ -16,7 +16,7 @@ from retool.sandbox.base import SandboxUnavailable
 
 LABEL = "retool.sandbox"
 BUILD_HINT = ("build it with `sudo bash sandbox/build_offline_image.sh` (no registry needed) "
-              "or `docker build -t retool-sandbox:latest sandbox/`")
+              "or, from the repository root, `docker build -f sandbox/Dockerfile -t retool-sandbox:latest .`")
 ENGINE_HINT = "start the engine with `sudo dockerd &` (or point DOCKER_HOST at a reachable one)"
 
 
@@ -56,9 +56,12 @@ def reap_orphans(client: Any | None = None) -> int:
 
 
 def runner_sha() -> str | None:
-    """The hash the offline build stamps on the image, when this checkout has sandbox/runner.py."""
+    """The hash the offline build stamps on the image (runner.py, then the boot module it imports),
+    when this checkout has sandbox/runner.py."""
     runner = Path(__file__).resolve().parents[2] / "sandbox" / "runner.py"
-    return hashlib.sha256(runner.read_bytes()).hexdigest()[:16] if runner.exists() else None
+    if not runner.exists():
+        return None
+    return hashlib.sha256(runner.read_bytes() + Path(__file__).with_name("jail_boot.py").read_bytes()).hexdigest()[:16]
 
 
 def _pid_alive(pid: int) -> bool:

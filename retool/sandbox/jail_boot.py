@@ -74,22 +74,29 @@ def mark_threads() -> None:
     _BASELINE.update(t.ident for t in threading.enumerate())
 
 
-def stop_threads(wait_s: float = 0.2) -> None:
-    """Raise SystemExit in every thread a cell started that still runs; wait briefly for them.
-    Threads blocked in C (a sleep, a lock) only see it when they return to Python."""
+def stop_strays(known: set, wait_s: float = 0.2) -> tuple:
+    """Raise SystemExit in every live thread not in ``known``; wait briefly for them; (stopped,
+    still running). Threads blocked in C (a sleep, a lock) only see it when they return to Python;
+    those that will not stop join ``known``, so they are reported once, not after every cell. The
+    Docker runner (``sandbox/runner.py``) imports this too: the image carries this file."""
     import ctypes
     import time
 
-    global last_stop
-    strays = [t for t in threading.enumerate() if t.ident not in _BASELINE and t.is_alive()]
+    strays = [t for t in threading.enumerate() if t.ident not in known and t.is_alive()]
     for t in strays:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(SystemExit))
     deadline = time.monotonic() + wait_s
     for t in strays:
         t.join(max(deadline - time.monotonic(), 0))
     running = [t for t in strays if t.is_alive()]
-    _BASELINE.update(t.ident for t in running)  # reported once, not after every cell
-    last_stop = json.dumps([len(strays) - len(running), len(running)])
+    known.update(t.ident for t in running)
+    return len(strays) - len(running), len(running)
+
+
+def stop_threads(wait_s: float = 0.2) -> None:
+    """Stop the threads the cell started (see ``stop_strays``); the host reads ``last_stop``."""
+    global last_stop
+    last_stop = json.dumps(list(stop_strays(_BASELINE, wait_s)))
 
 
 def _max_chars() -> int:

@@ -146,10 +146,10 @@ class PPOTrainer:
         old_logprobs, old_values = torch.cat(old_logprobs), torch.cat(old_values)
         rewards = torch.zeros_like(mask)
         lengths = packed.loss_mask.sum(1)
-        for row, traj in enumerate(batch.trajectories):
+        for row, reward in enumerate(batch.rewards):
             last = _last_index(packed.loss_mask[row])
             if last is not None:
-                rewards[row, last] = traj.reward
+                rewards[row, last] = reward
         if settings.length_adaptive_alpha is not None:
             lam_actor = length_adaptive_lambda(lengths.to(device), settings.length_adaptive_alpha)
         else:

@@ -137,8 +137,6 @@ def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe
     samples = [ScoredSample(problem, k, t, INFRA_VERDICT, math.nan) if t.infra_failure
                else score(problem, k, t, tokenizer, dialect, rewards)
                for (problem, k), t in zip(owners, trajectories)]
-    for s in samples:
-        s.trajectory.reward = s.reward
     return RolloutBatch(samples, summarize(samples, group, rollout_s, rollout.stats.sandbox_s))
 
 
