@@ -8,6 +8,8 @@ import json
 import re
 
 import datasets
+from pathlib import Path
+
 import pytest
 from fastapi import FastAPI
 
@@ -178,6 +180,27 @@ def test_synth_writes_fenced_data_verified_in_that_dialect(tmp_path):
     assert stats["train"] == len(code) > 0 and not stats["dropped"]
     assert all("```output" in c and "<code>" not in c and "<answer>" not in c for c in code)
     assert all("\\boxed{" in t and "<answer>" not in t for t in text)
+
+
+def test_the_general_families_all_verify_with_real_execution_and_none_uses_the_probe_sets_wording(tmp_path):
+    """Every general family's program runs in a sandbox and prints the generator's own answer; no
+    generated question repeats a hand-written probe problem's wording (that set measures transfer)."""
+    from retool.coldstart.synth_general import GENERAL_FAMILIES
+
+    stats = run_synth(SynthConfig(2 * len(GENERAL_FAMILIES), str(tmp_path / "g"), seed=4, heldout=0.0,
+                                  families="general"))
+    assert stats["generator_version"] == "general-1" and not stats["dropped"]
+    assert set(stats["families"]) == set(GENERAL_FAMILIES)
+    probe = [json.loads(line)["problem"].lower() for line in
+             (Path(__file__).resolve().parents[1] / "evals" / "benchmarks" / "novel20.jsonl").read_text().splitlines()]
+    generated = [e.question.lower() for families in (FAMILIES, GENERAL_FAMILIES)
+                 for e in generate(500, seed=0, families=families)]
+    for question in probe:  # no probe problem shares a run of 6 words with a generated question
+        words = question.split()
+        grams = {" ".join(words[i:i + 6]) for i in range(len(words) - 5)}
+        assert not any(g in q for g in grams for q in generated), question
+    with pytest.raises(ValueError, match="unknown families"):
+        run_synth(SynthConfig(1, str(tmp_path / "x"), families="nope"))
 
 
 # -- rewrite, end to end over HTTP ---------------------------------------------------------------

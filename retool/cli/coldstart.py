@@ -24,6 +24,8 @@ def coldstart_synth(
     seed: int = typer.Option(0, help="Generator seed: the same seed gives the same data."),
     split_heldout: float = typer.Option(0.1, help="Fraction held out (never for training)."),
     dialect: str = typer.Option("retool", help=DIALECT_HELP),
+    families: str = typer.Option("synth", help="Which generator: synth (seven tight families) or general "
+                                              "(eighteen broad kinds of computation, varied wording)."),
     sandbox: SandboxSpec = None,
 ) -> None:
     """Tool-necessary problems with code-integrated and text-only solutions, all verified."""
@@ -34,7 +36,7 @@ def coldstart_synth(
     with Progress(console=err_console) as bar:
         task = bar.add_task("verifying", total=n)
         try:
-            stats = run_synth(SynthConfig(n, out, seed, split_heldout, sandbox, dialect),
+            stats = run_synth(SynthConfig(n, out, seed, split_heldout, sandbox, dialect, families),
                               progress=lambda done, total: bar.update(task, completed=done))
         except USER_ERRORS as exc:
             raise fail(exc, 3) from None

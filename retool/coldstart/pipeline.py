@@ -44,6 +44,17 @@ class SynthConfig:
     heldout: float = 0.1
     sandbox: SandboxSpec = SandboxSpec(limits=SandboxLimits(timeout_s=30))  # one session runs every trace
     dialect: str = "retool"  # the data's dialect (traces are written in ReTool's, then converted)
+    families: str = "synth"  # a key of GENERATORS: the seven tight families, or the broad general ones
+
+
+def _generators() -> dict[str, tuple[str, dict]]:
+    from retool.coldstart.synth import FAMILIES
+    from retool.coldstart.synth_general import GENERAL_FAMILIES, GENERAL_VERSION
+
+    return {"synth": (GENERATOR_VERSION, FAMILIES), "general": (GENERAL_VERSION, GENERAL_FAMILIES)}
+
+
+GENERATORS = ("synth", "general")
 
 
 def run_synth(config: SynthConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -52,7 +63,10 @@ def run_synth(config: SynthConfig, progress: Callable[[int, int], None] | None =
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     written_in, dialect = get_dialect("retool"), get_dialect(config.dialect)
-    examples = generate(config.n, config.seed)
+    if config.families not in GENERATORS:
+        raise ValueError(f"unknown families {config.families!r}; known: {', '.join(GENERATORS)}")
+    version, families = _generators()[config.families]
+    examples = generate(config.n, config.seed, families)
     code_rows, text_rows, heldout_rows = [], [], []
     dropped: Counter[str] = Counter()
     reasons: list[dict[str, str]] = []
@@ -78,7 +92,7 @@ def run_synth(config: SynthConfig, progress: Callable[[int, int], None] | None =
     write_jsonl(out / "text.jsonl", text_rows)
     write_jsonl(out / "heldout.jsonl", heldout_rows)
     stats = {
-        "generator_version": GENERATOR_VERSION, "seed": config.seed, "generated": len(examples),
+        "generator_version": version, "seed": config.seed, "generated": len(examples),
         "heldout_fraction": config.heldout, "train": len(code_rows), "heldout": len(heldout_rows),
         "dropped": dict(dropped), "acceptance_rate": round((len(code_rows) + len(heldout_rows)) / max(len(examples), 1), 4),
         "families": dict(Counter(r["family"] for r in code_rows)),

@@ -223,10 +223,12 @@ def make_example(steps: _Steps, family: str) -> Example:
     return Example(f"{family}-{digest}", family, steps.question, str(steps.answer), code_solution, text_solution)
 
 
-def generate(n: int, seed: int = 0) -> list[Example]:
-    """``n`` distinct examples, families in rotation; the same ``(n, seed)`` gives the same list."""
+def generate(n: int, seed: int = 0, families: dict[str, Callable[[random.Random], _Steps]] | None = None) -> list[Example]:
+    """``n`` distinct examples, families in rotation (``FAMILIES`` unless given); the same
+    ``(n, seed, families)`` gives the same list."""
     rng = random.Random(seed)
-    names = list(FAMILIES)
+    families = FAMILIES if families is None else families
+    names = list(families)
     examples, seen = [], set()
     attempts = 0
     while len(examples) < n:
@@ -234,7 +236,7 @@ def generate(n: int, seed: int = 0) -> list[Example]:
         if attempts > 20 * n + 100:
             raise RuntimeError(f"could not make {n} distinct problems")
         family = names[len(examples) % len(names)]
-        steps = FAMILIES[family](rng)
+        steps = families[family](rng)
         if steps.question in seen:
             continue
         seen.add(steps.question)
