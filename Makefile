@@ -3,7 +3,7 @@ VENV := .venv
 STAMP := $(VENV)/.retool-installed
 PYTEST_ARGS ?= -m "not slow and not gpu"
 
-.PHONY: setup demo test test-all docker-image bench check clean
+.PHONY: setup demo test test-all docker-image bench check clean embedded-adapter
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -11,9 +11,14 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 setup: $(STAMP)
 
-# The main job: a tool-integrated solve of a sample problem by the embedded model, in the sandbox.
+# The main job: a tool-integrated solve of a sample problem by the embedded model (SmolLM2-135M with
+# retool's tool-integrated adapter), in the sandbox.
 demo: $(STAMP)
-	$(VENV)/bin/retool solve --dialect fenced "What is the remainder when 2 to the power 100 is divided by 97?"
+	$(VENV)/bin/retool solve "What is the remainder when 2 to the power 100 is divided by 97?"
+
+# Rebuild the embedded adapter from the recipes (SFT, probe, RL, evaluations; ~90 min on 2 CPU cores).
+embedded-adapter: $(STAMP)
+	$(VENV)/bin/python -m retool.training.embedded
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

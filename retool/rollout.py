@@ -80,6 +80,9 @@ class RolloutConfig:
     output_tail_chars: int = 1024
     few_shot: bool = field(default=True, metadata={
         "cli": True, "help": "Show the dialect's one worked example (--no-few-shot for models trained without it)."})
+    # None: the dialect's own (its text-only one when max_tool_calls is 0). A retool-trained model
+    # records the one it was trained under in its prompt card (``retool.models.PromptCard``).
+    system_prompt: str | None = None
 
     def __post_init__(self) -> None:
         get_dialect(self.dialect)  # an unknown name fails here, with the known ones
@@ -138,7 +141,8 @@ class Rollout:
     def prompt_ids(self, problem: str) -> list[int]:
         """The chat-templated prompt that opens a trajectory (system prompt, example, problem)."""
         return render_prompt(self.tokenizer, self.dialect.messages(problem, few_shot=self.config.few_shot,
-                                                                         tools=self.config.tools))
+                                                                         tools=self.config.tools,
+                                                                         system_prompt=self.config.system_prompt))
 
     # -- running ------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "retool"
 # lower first; a module may import its own layer and the ones below it, never one above
 LAYERS = [
     {"protocol", "trajectory", "engines", "sandbox", "rollout", "grading", "datasets", "models", "seeds",
-     "terminal", "transcript", "trajectory_stats", "extras"},
+     "terminal", "transcript", "trajectory_stats", "extras", "model_card"},
     {"coldstart", "evals", "training"},
     {"apps", "bench"},
     {"cli"},

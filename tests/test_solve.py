@@ -16,15 +16,27 @@ from tiny import tiny_model
 SAMPLE = "What is the remainder when 2 to the power 100 is divided by 97?"
 
 
-def test_the_embedded_model_calls_the_interpreter_on_a_sample_problem():
-    report = run_solve(SAMPLE, EngineSpec(), SandboxSpec(), RolloutConfig(dialect="fenced", max_total_tokens=256))
+def test_the_embedded_default_solves_the_demo_problem_with_the_interpreter():
+    """What `make demo` runs: the shipped adapter, prompted by its card, writes code, reads the
+    interpreter's 16 and boxes it."""
+    result = CliRunner().invoke(app, ["solve", SAMPLE, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
     calls = report["tool_calls"]
     assert calls, report["text"]
     assert calls[0]["result"]["status"] == "ok" and calls[0]["result"]["stdout"].strip() == str(pow(2, 100, 97))
     # the interpreter's tokens are masked, the model's are not
     start, end = calls[0]["output_span"]
     assert set(report["loss_mask"][start:end]) == {0} and report["loss_mask"][0] == 1
-    assert "16" in report["text"][report["text"].index("```output"):]
+    assert report["answer"] == "16" and report["finish_reason"] == "answer"
+    assert report["config"]["rollout"]["few_shot"] is False  # the card's prompt, not the library default
+
+
+def test_the_bare_base_stays_reachable_and_follows_the_fenced_demonstration():
+    report = run_solve(SAMPLE, EngineSpec(model="smollm2-135m-instruct"), SandboxSpec(),
+                       RolloutConfig(dialect="fenced", max_total_tokens=256))
+    calls = report["tool_calls"]
+    assert calls and calls[0]["result"]["stdout"].strip() == str(pow(2, 100, 97)), report["text"]
 
 
 def test_cli_solve_json_with_a_local_model(tmp_path):

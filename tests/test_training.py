@@ -250,6 +250,26 @@ def test_one_grpo_step_changes_the_parameters(tmp_path, sharpened, algorithm):
     assert any("loss/policy" in x for x in lines)
 
 
+def test_dapo_on_an_adapter_trains_only_the_lora_weights_and_saves_an_adapter(tmp_path, sharpened):
+    """The embedded build's RL stage: a peft model in, LoRA weights changed, base weights untouched,
+    an adapter folder (naming its base, carrying the prompt card) out."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = _model_from(sharpened)
+    base_dir = tmp_path / "base"
+    model.save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
+    recipe = _rl_recipe(tmp_path, "dapo", model=str(base_dir), **{k: v for k, v in VARIED.items() if k != "ppo"})
+    result = run_rl(recipe, model=peft_model, tokenizer=tok)
+    changed = {n for n, p in peft_model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed and all("lora_" in n for n in changed), sorted(changed)[:5]
+    config = json.loads((result.final_dir / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(base_dir.resolve())
+    assert (result.final_dir / "retool_prompt.json").is_file() and not (result.final_dir / "config.json").exists()
+
+
 # -- Ctrl-C and exact resume ---------------------------------------------------------------------------
 
 

@@ -83,7 +83,7 @@ RESET_NOTE = ("Note: the Python interpreter was restarted since the earlier turn
 
 
 def prompt_messages(messages: list[dict[str, str]], dialect: Dialect, few_shot: bool = True,
-                    reset: str | None = None) -> list[dict[str, str]]:
+                    reset: str | None = None, system_prompt: str | None = None) -> list[dict[str, str]]:
     """The dialect's system prompt (a caller's system message is appended to it), the one-shot
     example, then the conversation. ``reset`` (why the interpreter is fresh although the
     conversation has earlier turns) adds ``RESET_NOTE`` to the system prompt, so the model knows."""
@@ -93,7 +93,7 @@ def prompt_messages(messages: list[dict[str, str]], dialect: Dialect, few_shot: 
         raise ValueError("the conversation must end with a user message")
     if rest[0]["role"] != "user":
         raise ValueError("the conversation must start with a user message (after any system messages)")
-    opening = dialect.messages(rest[0]["content"], few_shot=few_shot)
+    opening = dialect.messages(rest[0]["content"], few_shot=few_shot, system_prompt=system_prompt)
     if reset:
         system = [*system, RESET_NOTE.format(why=reset)]
     if system:
@@ -110,7 +110,8 @@ class TurnCollector:
                  on_chunk: Callable[[Chunk], None] | None = None, reset: str | None = None) -> None:
         self.rollout = rollout
         self.on_chunk = on_chunk
-        conversation = prompt_messages(messages, rollout.dialect, rollout.config.few_shot, reset)
+        conversation = prompt_messages(messages, rollout.dialect, rollout.config.few_shot, reset,
+                                       rollout.config.system_prompt)
         self.user = conversation[-1]["content"]
         self.trajectory = Trajectory(render_prompt(rollout.tokenizer, conversation), meta={"user": self.user})
         self.stream = TextStream(rollout.tokenizer)

@@ -10,6 +10,17 @@ from retool.cli import bench, coldstart, run, sandbox, training
 
 app = typer.Typer(help="Tool-integrated reasoning: models that think in text and run Python in a sandbox.",
                   no_args_is_help=True)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", envvar="RETOOL_VERBOSE",
+                                       help="Show the libraries' warnings and loading progress bars too.")) -> None:
+    if not verbose:
+        from retool.cli.common import quiet_libraries
+
+        quiet_libraries()
+
+
 run.register(app)
 training.register(app)
 app.add_typer(sandbox.app, name="sandbox")

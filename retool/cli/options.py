@@ -138,18 +138,44 @@ def with_settings(*groups: str, defaults: dict[str, Any] | None = None) -> Calla
         @functools.wraps(command)
         def run(**kwargs: Any) -> Any:
             settings = {}
+            explicit = _explicit(options, kwargs.pop(_CONTEXT, None))
             try:
                 for group in groups:
                     cls = GROUPS[group][0]
                     settings[group] = build(cls, {o.path: kwargs.pop(o.param) for o in options if o.group == group})
+                if "engine" in settings and "rollout" in settings:
+                    settings["rollout"] = with_model_prompt(settings["rollout"], settings["engine"], explicit)
             except ValueError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from None
             return command(**kwargs, **settings)
 
-        parameters = [*own, *generated]
+        context = inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        parameters = [*own, *generated, context]
         run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         run.__annotations__ = {p.name: p.annotation for p in parameters}  # what typer reads the types from
         return run
 
     return decorate
+
+
+_CONTEXT = "_retool_context"  # the generated parameter typer fills with the command's context
+
+
+def _explicit(options: list[_Option], ctx: Any) -> frozenset[str]:
+    """The option names the user gave on the command line (or by environment), not defaults."""
+    if ctx is None:
+        return frozenset(o.name for o in options)  # called from Python: every value is the caller's
+    given = {"COMMANDLINE", "ENVIRONMENT", "PROMPT"}
+    return frozenset(o.name for o in options if getattr(ctx.get_parameter_source(o.param), "name", None) in given)
+
+
+def with_model_prompt(rollout: RolloutConfig, engine: EngineSpec, explicit: frozenset[str]) -> RolloutConfig:
+    """The rollout with the prompt the model was trained under (its prompt card), where the user
+    did not choose otherwise; unchanged for a model without a card."""
+    from retool.model_card import read_card
+    from retool.models import model_folder
+
+    card = read_card(model_folder(engine.model))
+    return rollout if card is None else card.apply(rollout, explicit)
+

@@ -118,12 +118,16 @@ class Dialect:
                  f"{self.output_close}{_EXAMPLE_CONCLUSION}\n{self.format_answer(_EXAMPLE_OUTPUT)}")
         return [{"role": "user", "content": _EXAMPLE_PROBLEM}, {"role": "assistant", "content": reply}]
 
-    def messages(self, problem: str, few_shot: bool = True, tools: bool = True) -> list[dict[str, str]]:
+    def messages(self, problem: str, few_shot: bool = True, tools: bool = True,
+                 system_prompt: str | None = None) -> list[dict[str, str]]:
         """The chat messages that open a trajectory: system prompt, optional demonstration, problem.
-        ``tools=False`` is the text-only prompt (no interpreter, no demonstration of one)."""
+        ``tools=False`` is the text-only prompt (no interpreter, no demonstration of one);
+        ``system_prompt`` replaces the dialect's (a model trained under another keeps its own)."""
         if not tools:
-            return [{"role": "system", "content": self.text_system_prompt}, {"role": "user", "content": problem}]
-        return [{"role": "system", "content": self.system_prompt}, *(self.example_turns() if few_shot else []),
+            system = system_prompt if system_prompt is not None else self.text_system_prompt
+            return [{"role": "system", "content": system}, {"role": "user", "content": problem}]
+        system = system_prompt if system_prompt is not None else self.system_prompt
+        return [{"role": "system", "content": system}, *(self.example_turns() if few_shot else []),
                 {"role": "user", "content": problem}]
 
 

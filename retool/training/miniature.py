@@ -35,6 +35,7 @@ from pathlib import Path
 from retool.engines.base import SamplingParams
 from retool.engines.spec import EngineSpec
 from retool.evals.harness import EvalConfig, run_eval
+from retool.models import BASE_MODEL
 from retool.rollout import RolloutConfig
 from retool.training.plot import compare_runs
 from retool.training.recipe import RLRecipe, SFTRecipe, load_recipe
@@ -106,19 +107,25 @@ def train_stages(root: Path, max_tokens: int, max_tool_calls: int) -> dict[str, 
                 minutes["probe"] = probe_minutes
             overrides["model"] = str(root / ("sft_code" if name == "rl_tool" else "sft_text") / "final")
             overrides["data"] = [str(problems)]
-        recipe = load_recipe(RECIPES / recipe_file, kind, **overrides)
-        started = time.monotonic()
-        result = run_sft(recipe) if kind is SFTRecipe else run_rl(recipe)
-        minutes[name] = (time.monotonic() - started) / 60
-        if result.interrupted:
-            raise KeyboardInterrupt(f"stopped during {name}; run the command again to resume")
+        minutes[name] = run_stage(name, RECIPES / recipe_file, kind, overrides)
     return minutes
+
+
+def run_stage(name: str, recipe_file: Path, kind: type[SFTRecipe] | type[RLRecipe], overrides: dict) -> float:
+    """One training stage of an experiment, from its recipe with ``overrides``; its minutes. A stage
+    stopped by Ctrl-C raises ``KeyboardInterrupt`` (its checkpoint is saved: rerunning resumes)."""
+    recipe = load_recipe(recipe_file, kind, **overrides)
+    started = time.monotonic()
+    result = run_sft(recipe) if kind is SFTRecipe else run_rl(recipe)
+    if result.interrupted:
+        raise KeyboardInterrupt(f"stopped during {name}; run the command again to resume")
+    return (time.monotonic() - started) / 60
 
 
 def evaluate(root: Path, limit: int, max_tokens: int, max_tool_calls: int) -> tuple[dict[str, float], dict[str, float]]:
     accuracy, minutes = {}, {}
     for name, (stage, tools, few_shot) in EVALS.items():
-        model = "embedded" if stage is None else str(root / stage / "final")
+        model = BASE_MODEL if stage is None else str(root / stage / "final")
         config = greedy_eval(HELDOUT, model, root / "eval" / name, max_tokens, max_tool_calls if tools else 0,
                              few_shot=few_shot, limit=limit)
         started = time.monotonic()

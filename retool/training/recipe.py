@@ -70,7 +70,7 @@ class LoraSettings(_Strict):
 class SFTRecipe(_Strict):
     """``retool sft``: supervised fine-tuning on code-integrated (or text) traces."""
 
-    model: str = "embedded"
+    model: str = "smollm2-135m-instruct"  # the untrained base, by name (not the shipped adapter)
     data: list[str]  # jsonl files of {"messages": [user, assistant], ...} (coldstart format)
     output_dir: str
     # the prompt each trace is rendered under, as the rollout will write it: dialect, few-shot (off:
@@ -140,7 +140,7 @@ class RLRecipe(_Strict):
     """``retool rl``: outcome-reward RL with the interpreter in the loop."""
 
     algorithm: Literal["grpo", "dapo", "ppo"] = "dapo"
-    model: str = "embedded"
+    model: str = "smollm2-135m-instruct"  # the untrained base, by name (not the shipped adapter)
     data: list[str]  # problems: any file ``retool.datasets`` reads (id, problem, answer)
     output_dir: str
     max_problems: int | None = Field(None, gt=0)

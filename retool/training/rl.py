@@ -14,12 +14,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from retool.datasets import Problem, load_benchmark
-from retool.models import load_model, load_tokenizer, training_device
+from retool.models import load_tokenizer, load_trainable, training_device
 from retool.sandbox.pool import SandboxPool
 from retool.training.interrupt import StopRequest
 from retool.training.recipe import RLRecipe
 from retool.training.run_log import RunLog
-from retool.training.sft import resume_point, save_plain
+from retool.training.sft import resume_point, save_model
 from retool.training.vllm_rollouts import check_vllm_usable
 
 @dataclass(frozen=True)
@@ -53,8 +53,11 @@ def run_rl(recipe: RLRecipe, model=None, tokenizer=None, pool: SandboxPool | Non
     problems = load_problems(recipe)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(recipe.model)
     if model is None:
-        model, _ = load_model(recipe.model, device=training_device())
+        model = load_trainable(recipe.model, device=training_device())
         model.train()
+    if recipe.algorithm == "ppo" and hasattr(model, "peft_config"):
+        raise ValueError(f"{recipe.model} is an adapter; PPO trains full weights (its critic copies the backbone): "
+                         "use algorithm dapo or grpo, or a plain checkpoint")
     own_pool = pool is None
     pool = pool if pool is not None else open_pool(recipe)
     run_log = RunLog(out, report_to=recipe.report_to if recipe.algorithm == "ppo" else (),
@@ -83,5 +86,5 @@ def run_rl(recipe: RLRecipe, model=None, tokenizer=None, pool: SandboxPool | Non
     if stop.requested:
         return RLResult(out, None, steps, True)
     final = out / "final"
-    save_plain(policy, tokenizer, final)
+    save_model(policy, tokenizer, final, recipe.model, recipe.rollout)
     return RLResult(out, final, steps, False)

@@ -2,8 +2,10 @@
 
 The dataset is pre-tokenized (``sft_data``: ``input_ids`` + ``labels`` with −100 on the prompt and
 on interpreter output), so TRL applies no chat template and no masking of its own — our
-``Trajectory`` rendering is the single source of truth. LoRA (peft) is optional; the final model
-is saved merged, as a plain checkpoint that ``retool rl`` / ``retool eval --model`` load directly.
+``Trajectory`` rendering is the single source of truth. LoRA (peft) is optional: with ``lora:``
+(or when ``model`` is already an adapter, which is then trained further) the final model is saved
+as an adapter folder naming its base, else as a plain checkpoint; ``retool rl`` / ``retool eval
+--model`` take either. Both carry the prompt card (``retool.model_card``) of the recipe's rollout.
 
 Layout of ``output_dir``: ``checkpoints/checkpoint-N`` (Trainer checkpoints: weights, optimizer,
 scheduler, RNG, step, data position), ``final/`` (model + tokenizer), ``metrics.jsonl``, ``tb/``.
@@ -18,7 +20,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from retool.models import load_model, load_tokenizer, training_device
+from retool.model_card import write_card
+from retool.models import ADAPTER_CONFIG, BASE_MODEL, EMBEDDED_ALIASES, adapter_base, load_tokenizer, load_trainable, model_folder, training_device
 from retool.training.interrupt import StopOnRequestCallback, StopRequest
 from retool.training.recipe import SFTRecipe
 from retool.training.run_log import RunLog
@@ -63,8 +66,10 @@ def run_sft(recipe: SFTRecipe, model=None, tokenizer=None) -> SFTResult:
                                   max_examples=recipe.max_examples))
     dataset = build_dataset(iter(examples))
     if model is None:
-        model, _ = load_model(recipe.model, device=training_device())
+        model = load_trainable(recipe.model, device=training_device())
         model.train()
+    if recipe.lora is not None and hasattr(model, "peft_config"):
+        raise ValueError(f"{recipe.model} is an adapter, which SFT trains further as it is; drop `lora:` from the recipe")
     if recipe.lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -108,14 +113,31 @@ def run_sft(recipe: SFTRecipe, model=None, tokenizer=None) -> SFTResult:
     if stop.requested:
         return SFTResult(out, None, trainer.state.global_step, len(examples), trained, True)
     final = out / "final"
-    save_plain(trainer.model, tokenizer, final)
+    save_model(trainer.model, tokenizer, final, recipe.model, recipe.rollout)
     return SFTResult(out, final, trainer.state.global_step, len(examples), trained, False)
 
 
-def save_plain(model, tokenizer, path: Path) -> None:
-    """A plain transformers checkpoint (LoRA merged in) that every loader of ours reads."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+def base_name(model_name: str | None) -> str:
+    """What a trained adapter names as its base: the base of an adapter trained further, else the
+    model it was trained from (a local path made absolute, so the adapter loads from anywhere)."""
+    folder = model_folder(model_name)
+    if folder is not None and (folder / ADAPTER_CONFIG).is_file():
+        return adapter_base(folder)
+    if model_name is None or model_name in EMBEDDED_ALIASES:
+        return BASE_MODEL
+    return str(Path(model_name).expanduser().resolve()) if Path(model_name).expanduser().exists() else model_name
+
+
+def save_model(model, tokenizer, path: Path, trained_from: str | None, rollout) -> None:
+    """An adapter folder (peft model) or a plain checkpoint, with the tokenizer and the prompt card."""
+    import json
+
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), safe_serialization=True)
+    if hasattr(model, "peft_config"):  # point the adapter at its base by name, not at this machine's cache
+        config_file = path / ADAPTER_CONFIG
+        config = json.loads(config_file.read_text())
+        config["base_model_name_or_path"] = base_name(trained_from)
+        config_file.write_text(json.dumps(config, indent=2) + "\n")
     tokenizer.save_pretrained(str(path))
+    write_card(path, rollout)

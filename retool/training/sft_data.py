@@ -47,7 +47,8 @@ class SFTExample:
 def render_trajectory(problem: str, reply: str, tokenizer: Any, rollout: RolloutConfig) -> Trajectory:
     """The trajectory a perfect rollout under ``rollout`` would have produced for ``reply``."""
     dialect, tools = get_dialect(rollout.dialect), rollout.tools
-    prompt = render_prompt(tokenizer, dialect.messages(problem, few_shot=rollout.few_shot, tools=tools))
+    prompt = render_prompt(tokenizer, dialect.messages(problem, few_shot=rollout.few_shot, tools=tools,
+                                                     system_prompt=rollout.system_prompt))
     traj = Trajectory(prompt)
     cursor = 0
     reply = in_dialect(reply, dialect)  # one data set serves every dialect: a trace in another is converted
