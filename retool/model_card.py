@@ -72,11 +72,13 @@ def read_card(folder: str | Path | None) -> PromptCard | None:
     return card
 
 
-def rollout_for(model: str | None, rollout: RolloutConfig | None = None) -> RolloutConfig:
-    """For library users: ``rollout`` (default ``RolloutConfig()``) prompted the way ``model`` was
-    trained, when it has a card (``rollout_for(None)`` is the embedded default's prompt)."""
+def rollout_for(model: str | None, rollout: RolloutConfig | None = None,
+                explicit: frozenset[str] = frozenset()) -> RolloutConfig:
+    """``rollout`` (default ``RolloutConfig()``) prompted the way ``model`` was trained, when it has
+    a card, except where ``explicit`` (the options a user set) says otherwise; the CLI and library
+    users alike (``rollout_for(None)`` is the embedded default's prompt)."""
     from retool.models import model_folder
 
     rollout = rollout if rollout is not None else RolloutConfig()
     card = read_card(model_folder(model))
-    return rollout if card is None else card.apply(rollout)
+    return rollout if card is None else card.apply(rollout, explicit)

@@ -313,7 +313,8 @@ def load_trainable(name: str | None = None, device: str = "cpu", dtype=None):
     from peft import PeftModel
 
     base_name = adapter_base(spec_adapter)
-    if model_folder(base_name) is not None and (model_folder(base_name) / ADAPTER_CONFIG).is_file():
+    base_folder = model_folder(base_name)
+    if base_folder is not None and (base_folder / ADAPTER_CONFIG).is_file():
         raise ModelNotFound(f"{spec_adapter}: its base {base_name} is itself an adapter; merge it first")
     base, _ = load_model(base_name, device=device, dtype=dtype)
     return PeftModel.from_pretrained(base, str(spec_adapter), is_trainable=True).to(device)

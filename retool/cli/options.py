@@ -143,8 +143,10 @@ def with_settings(*groups: str, defaults: dict[str, Any] | None = None) -> Calla
                 for group in groups:
                     cls = GROUPS[group][0]
                     settings[group] = build(cls, {o.path: kwargs.pop(o.param) for o in options if o.group == group})
-                if "engine" in settings and "rollout" in settings:
-                    settings["rollout"] = with_model_prompt(settings["rollout"], settings["engine"], explicit)
+                if "engine" in settings and "rollout" in settings:  # the model's own prompt (its card)
+                    from retool.model_card import rollout_for
+
+                    settings["rollout"] = rollout_for(settings["engine"].model, settings["rollout"], explicit)
             except ValueError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from None
@@ -168,14 +170,3 @@ def _explicit(options: list[_Option], ctx: Any) -> frozenset[str]:
         return frozenset(o.name for o in options)  # called from Python: every value is the caller's
     given = {"COMMANDLINE", "ENVIRONMENT", "PROMPT"}
     return frozenset(o.name for o in options if getattr(ctx.get_parameter_source(o.param), "name", None) in given)
-
-
-def with_model_prompt(rollout: RolloutConfig, engine: EngineSpec, explicit: frozenset[str]) -> RolloutConfig:
-    """The rollout with the prompt the model was trained under (its prompt card), where the user
-    did not choose otherwise; unchanged for a model without a card."""
-    from retool.model_card import read_card
-    from retool.models import model_folder
-
-    card = read_card(model_folder(engine.model))
-    return rollout if card is None else card.apply(rollout, explicit)
-
