@@ -77,7 +77,12 @@ def extract_answer(text: str, dialect: Dialect = RETOOL, *, outputs: bool = True
 
 
 def extract_answer_from_trajectory(traj: Trajectory, tokenizer: Any, dialect: Dialect) -> str | None:
-    """Decode only the model's tokens (mask 1) and extract the answer with the dialect's rules."""
+    """Decode only the model's tokens (mask 1) and extract the answer with the dialect's rules.
+    Chat dialect: each model turn is read on its own (a call left unclosed ends with its turn, so
+    it cannot swallow the answer of a later one)."""
+    if dialect.structured:
+        turns = [tokenizer.decode(ids, skip_special_tokens=True) for mask, ids in traj.segments() if mask]
+        return dialect.answer_in([s for turn in turns for s in dialect.parse(turn, outputs=False)])
     text = tokenizer.decode(traj.model_ids(), skip_special_tokens=True)
     return extract_answer(text, dialect, outputs=False)
 

@@ -34,8 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from retool.engines.base import Completion, Engine, SamplingParams, TokenDelta
+from retool.grading import extract_answer_from_trajectory
 from retool.protocol import Dialect, get_dialect
-from retool.sandbox.base import ExecResult, SandboxUnavailable, Session
+from retool.protocol.chat import TOOL_NAME, ChatFormat, load_template
+from retool.protocol.render import output_text
+from retool.sandbox.base import ExecResult, ExecStatus, SandboxUnavailable, Session
 from retool.seeds import derive_seed
 from retool.trajectory import ToolCall, Trajectory, TrajectoryError
 
@@ -71,7 +74,8 @@ class RolloutConfig:
     otherwise (``retool eval`` uses ReTool's temperature 1.0 and top-p 0.7, RL its recipe's)."""
 
     dialect: str = field(default="retool", metadata={"cli": True, "help": "Protocol dialect: retool "
-                                                                          "(<code>…</code>) or fenced (```python)."})
+                                                                          "(<code>…</code>), fenced (```python), or chat "
+                                                                          "(tool calls in the model's chat template)."})
     max_tool_calls: int = field(default=8, metadata={"cli": True, "help": "Most code executions per answer."})
     max_total_tokens: int = field(default=1024, metadata={
         "cli": True, "help": "Most tokens after the prompt, model and interpreter together."})
@@ -83,11 +87,30 @@ class RolloutConfig:
     # None: the dialect's own (its text-only one when max_tool_calls is 0). A retool-trained model
     # records the one it was trained under in its prompt card (``retool.models.PromptCard``).
     system_prompt: str | None = None
+    # the chat dialect (``retool.protocol.chat``): which template, which call format, the tool's text
+    chat_template: str | None = field(default=None, metadata={
+        "cli": True, "help": "Chat dialect: a Jinja chat template file to use instead of the tokenizer's own."})
+    tool_format: str = field(default="auto", metadata={
+        "cli": True, "help": "Chat dialect: how calls are written: auto (from the template), hermes (JSON) or xml."})
+    tool_description: str | None = field(default=None, metadata={
+        "cli": True, "help": "Chat dialect: the python tool's description shown to the model."})
+    thinking: str = field(default="auto", metadata={
+        "cli": True, "help": "Chat dialect, Qwen3-style templates: on / off sets enable_thinking; auto keeps the "
+                             "template's default."})
 
     def __post_init__(self) -> None:
         get_dialect(self.dialect)  # an unknown name fails here, with the known ones
         if self.max_tool_calls < 0 or self.max_total_tokens <= 0:
             raise ValueError("max_tool_calls must be >= 0 and max_total_tokens > 0")
+        if self.tool_format not in ("auto", "hermes", "xml") or self.thinking not in ("auto", "on", "off"):
+            raise ValueError(f"tool_format must be auto, hermes or xml and thinking auto, on or off: "
+                             f"{self.tool_format!r}, {self.thinking!r}")
+
+    def chat_format(self, tokenizer) -> "ChatFormat":
+        """The chat dialect's template for ``tokenizer``, checked (``ChatTemplateError`` if unusable)."""
+        options = {} if self.thinking == "auto" else {"enable_thinking": self.thinking == "on"}
+        return ChatFormat.of(tokenizer, template=load_template(self.chat_template), syntax=self.tool_format,
+                             description=self.tool_description, options=options)
 
     @property
     def tools(self) -> bool:
@@ -136,13 +159,20 @@ class Rollout:
         self.config = config or RolloutConfig()
         self.dialect: Dialect = get_dialect(self.config.dialect)
         self.tokenizer = engine.tokenizer
+        # the chat dialect: the tokenizer's template, checked here so a bad one fails before any work
+        self.chat: ChatFormat | None = self.config.chat_format(self.tokenizer) if self.dialect.structured else None
         self.stats = RolloutStats()
 
     def prompt_ids(self, problem: str) -> list[int]:
         """The chat-templated prompt that opens a trajectory (system prompt, example, problem)."""
-        return render_prompt(self.tokenizer, self.dialect.messages(problem, few_shot=self.config.few_shot,
-                                                                         tools=self.config.tools,
-                                                                         system_prompt=self.config.system_prompt))
+        return self.messages_ids(self.dialect.messages(problem, few_shot=self.config.few_shot, tools=self.config.tools,
+                                                       system_prompt=self.config.system_prompt))
+
+    def messages_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Messages as the ids that open an assistant turn (chat dialect: the python tool declared)."""
+        if self.chat is not None:
+            return self.chat.encode(self.chat.render(messages, generation_prompt=True, tools=self.config.tools))
+        return render_prompt(self.tokenizer, messages)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -202,14 +232,17 @@ class Rollout:
             return Step(start, start)
         seed = None if cfg.sampling.seed is None else derive_seed(cfg.sampling.seed, index, start)
         params = cfg.sampling.with_(max_new_tokens=remaining, seed=seed)
+        stops = (self.chat.end_of_turn,) if self.chat is not None else dialect.stop_strings
         try:
-            completion = await self._generate(traj.input_ids, params, dialect.stop_strings, listener)
+            completion = await self._generate(traj.input_ids, params, stops, listener)
         except (TrajectoryError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - the engine failed, not the model
             traj.finish("infra_error", f"engine {self.engine.name}: {type(exc).__name__}: {exc}".splitlines()[0])
             return Step(start, start)
         traj.append_model(completion.ids, completion.logprobs)
+        if self.chat is not None:
+            return await self._chat_turn(traj, session, completion, start, listener)
         if completion.end == "stop" and completion.stop == dialect.stop:
             code = dialect.extract_code(self.tokenizer.decode(completion.ids, skip_special_tokens=False))
             if code is None:
@@ -226,6 +259,56 @@ class Rollout:
         else:  # out of tokens; an unclosed code block is not executed
             traj.finish("length")
         return Step(start, len(traj.ids))
+
+    async def _chat_turn(self, traj: Trajectory, session: Session, completion: Completion, start: int,
+                         listener: Listener | None) -> Step:
+        """The chat dialect after a model turn: its calls run in order in the session, each
+        answered in the template's tool message (an unreadable call is answered with what is wrong
+        with it); no call ends the trajectory."""
+        chat, cfg = self.chat, self.config
+        assert chat is not None
+        ended = completion.end == "eos" or (completion.end == "stop" and completion.stop == chat.end_of_turn)
+        if not ended:  # out of tokens: a call cut off is not run
+            traj.finish("length")
+            return Step(start, len(traj.ids))
+        text = chat.turn_text(completion.ids)
+        calls = chat.calls(text) if cfg.tools else []
+        if not calls:
+            if completion.end == "stop":  # the template's own end of turn: its trailing text closes the transcript
+                traj.append_tool(chat.encode(chat.after_turn))
+            answer = extract_answer_from_trajectory(traj, self.tokenizer, self.dialect)
+            traj.finish("answer" if answer is not None else "eos")
+            return Step(start, len(traj.ids))
+        if len(traj.tool_calls) + len(calls) > cfg.max_tool_calls:
+            traj.finish("max_tool_calls")
+            return Step(start, len(traj.ids))
+        code_end = len(traj.ids)
+        ran: list[tuple[str, ExecResult, str | None, str]] = []  # code, result, invalid, response
+        for call in calls:
+            code, invalid = _call_code(call)
+            if invalid is not None:
+                result = ExecResult(ExecStatus.ERROR, error=invalid)
+                ran.append((code, result, invalid, f"Error: {invalid}"))
+                continue
+            result = await self._execute(session, code)
+            if result.infra_failure:
+                traj.record_tool_call(code, result, code_end, (code_end, code_end))
+                traj.finish("infra_error", f"sandbox: {result.error}")
+                return Step(start, code_end, traj.tool_calls[-1])
+            ran.append((code, result, None, output_text(result, cfg.output_head_chars, cfg.output_tail_chars)))
+        reply = chat.tool_reply([response for *_, response in ran])
+        output_ids, bounds = _encode_spans(self.tokenizer, reply, [response for *_, response in ran])
+        room = cfg.max_total_tokens - code_end
+        span_start, span_end = traj.append_tool(output_ids[:room])
+        last = None
+        for (code, result, invalid, response), (lo, hi) in zip(ran, bounds):
+            span = (min(span_start + lo, span_end), min(span_start + hi, span_end))
+            last = traj.record_tool_call(code, result, code_end, span, response=response, invalid=invalid)
+            if listener is not None:
+                listener(ToolCallDone(last, response, tuple(traj.ids[span[0]:span[1]])))
+        if len(output_ids) > room:
+            traj.finish("length")
+        return Step(start, len(traj.ids), last)
 
     async def _run_cell(self, traj: Trajectory, session: Session, code: str, start: int,
                         listener: Listener | None) -> Step:
@@ -293,3 +376,32 @@ class Rollout:
     def _leave(self, counter: str) -> None:
         self.stats._tick()
         setattr(self.stats, counter, getattr(self.stats, counter) - 1)
+
+
+def _call_code(call) -> tuple[str, str | None]:
+    """A parsed chat call's code, or why it cannot run (the model's mistake, answered in one line)."""
+    if call.error is not None:
+        return "", call.error
+    if call.name != TOOL_NAME:
+        return "", f"unknown function {call.name!r}; the only tool is {TOOL_NAME}"
+    code = call.arguments.get("code")
+    if not isinstance(code, str):
+        return "", f"the {TOOL_NAME} tool needs a string argument 'code'"
+    return code, None
+
+
+def _encode_spans(tokenizer, text: str, pieces: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
+    """``text`` tokenized once (never piece by piece: the ids must be the template's), and for each
+    of ``pieces`` (in order in ``text``) the token range from where it starts to where the next one
+    starts, the first from 0 and the last to the end: the calls' output spans partition the reply."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
+    starts, at = [], 0
+    for piece in pieces:
+        found = text.find(piece, at)
+        at = found + len(piece) if found >= 0 else at
+        starts.append(max(found, 0))
+    token_at = [sum(1 for lo, _ in offsets if lo < c) for c in starts]
+    token_at[0] = 0
+    bounds = [(token_at[i], token_at[i + 1] if i + 1 < len(pieces) else len(ids)) for i in range(len(pieces))]
+    return ids, bounds

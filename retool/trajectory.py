@@ -34,14 +34,19 @@ class ToolCall:
     result: ExecResult
     code_end: int  # index in ids just past the model token that closed the block
     output_span: tuple[int, int]  # [start, end) of the appended interpreter tokens in ids
+    response: str | None = None  # chat dialect: the tool message's content as the model read it
+    invalid: str | None = None  # chat dialect: the call could not run (bad JSON, unknown function): why
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "result": self.result.to_dict(), "code_end": self.code_end,
+        data = {"code": self.code, "result": self.result.to_dict(), "code_end": self.code_end,
                 "output_span": list(self.output_span)}
+        data.update({k: v for k, v in (("response", self.response), ("invalid", self.invalid)) if v is not None})
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ToolCall":
-        return cls(data["code"], ExecResult.from_dict(data["result"]), data["code_end"], tuple(data["output_span"]))
+        return cls(data["code"], ExecResult.from_dict(data["result"]), data["code_end"], tuple(data["output_span"]),
+                   data.get("response"), data.get("invalid"))
 
 
 class TrajectoryError(ValueError):
@@ -88,8 +93,9 @@ class Trajectory:
 
     # -- the rest --------------------------------------------------------------------------------
 
-    def record_tool_call(self, code: str, result: ExecResult, code_end: int, output_span: tuple[int, int]) -> "ToolCall":
-        call = ToolCall(code, result, code_end, output_span)
+    def record_tool_call(self, code: str, result: ExecResult, code_end: int, output_span: tuple[int, int], *,
+                         response: str | None = None, invalid: str | None = None) -> "ToolCall":
+        call = ToolCall(code, result, code_end, output_span, response, invalid)
         start, end = output_span
         if not (0 < code_end <= start <= end <= len(self.ids)) or any(self.loss_mask[start:end]):
             raise TrajectoryError(f"tool call spans {code_end}, {output_span} do not fit the trajectory")

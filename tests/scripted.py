@@ -22,8 +22,8 @@ class ScriptedEngine(Engine):
     name = "scripted"
 
     def __init__(self, turns: list[str | None] = (), delay: float = 0.0,
-                 respond: Callable[[str], str | None] | None = None):
-        self.tokenizer = tiny_tokenizer()
+                 respond: Callable[[str], str | None] | None = None, tokenizer=None):
+        self.tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
         self.turns = list(turns)
         self.delay = delay
         self.respond = respond

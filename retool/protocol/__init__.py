@@ -37,9 +37,11 @@ from dataclasses import dataclass
 
 from retool.protocol.grammar import LOOKAHEAD, Segment, SegmentKind, TranscriptError, TranscriptParser
 from retool.protocol.render import last_boxed, output_text, truncate_middle
+from retool.protocol.tool_calls import call_source
 from retool.sandbox.base import ExecResult
+from typing import Any, Callable
 
-__all__ = ["DIALECTS", "FENCED", "LOOKAHEAD", "RETOOL", "Dialect", "Segment", "SegmentKind", "TranscriptError",
+__all__ = ["CHAT", "DIALECTS", "FENCED", "LOOKAHEAD", "RETOOL", "Dialect", "Segment", "SegmentKind", "TranscriptError",
            "TranscriptParser", "detect_dialect", "get_dialect", "last_boxed", "output_text", "truncate_middle"]
 
 
@@ -59,6 +61,10 @@ class Dialect:
     tokens: re.Pattern[str]  # every marker, one named group per role
     system_prompt: str
     text_system_prompt: str  # text-only reasoning (no interpreter): the baseline tool RL is measured against
+    # chat: calls and outputs are chat messages rendered by the tokenizer's template
+    # (``retool.protocol.chat``), not tags the loop writes; the markers above only read transcripts
+    structured: bool = False
+    source_reader: Callable[[str], str] | None = None  # a block's body → its source, where not a fence
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -77,6 +83,8 @@ class Dialect:
 
     def code_source(self, inner: str) -> str:
         """The source inside a block's markers (ReTool's optional ```` ```python ```` fence dropped)."""
+        if self.source_reader is not None:
+            return self.source_reader(inner)
         if self.stop_opens_output:
             return inner.strip("\n")
         fenced = re.fullmatch(r"\s*(?:```(?:python|py)?[ \t]*\n)?(?P<code>.*?)(?:\n?```\s*)?", inner, re.DOTALL)
@@ -112,14 +120,21 @@ class Dialect:
             return last_boxed(sections[-1].body)
         return last_boxed("".join(s.body for s in segments if s.kind == "text"))
 
-    def example_turns(self) -> list[dict[str, str]]:
-        """A one-shot demonstration of the dialect, as a user/assistant exchange."""
+    def example_turns(self) -> list[dict[str, Any]]:
+        """A one-shot demonstration of the dialect, as a user/assistant exchange (chat: with a
+        tool call and the tool's message, for the template to render)."""
+        if self.structured:
+            call = {"type": "function", "function": {"name": "python", "arguments": {"code": _EXAMPLE_CODE}}}
+            return [{"role": "user", "content": _EXAMPLE_PROBLEM},
+                    {"role": "assistant", "content": _EXAMPLE_REASONING, "tool_calls": [call]},
+                    {"role": "tool", "content": _EXAMPLE_OUTPUT},
+                    {"role": "assistant", "content": f"{_EXAMPLE_CONCLUSION}\n{self.format_answer(_EXAMPLE_OUTPUT)}"}]
         reply = (f"{_EXAMPLE_REASONING}\n{self.render_code(_EXAMPLE_CODE)}{self.output_open}{_EXAMPLE_OUTPUT}"
                  f"{self.output_close}{_EXAMPLE_CONCLUSION}\n{self.format_answer(_EXAMPLE_OUTPUT)}")
         return [{"role": "user", "content": _EXAMPLE_PROBLEM}, {"role": "assistant", "content": reply}]
 
     def messages(self, problem: str, few_shot: bool = True, tools: bool = True,
-                 system_prompt: str | None = None) -> list[dict[str, str]]:
+                 system_prompt: str | None = None) -> list[dict[str, Any]]:
         """The chat messages that open a trajectory: system prompt, optional demonstration, problem.
         ``tools=False`` is the text-only prompt (no interpreter, no demonstration of one);
         ``system_prompt`` replaces the dialect's (a model trained under another keeps its own)."""
@@ -211,7 +226,32 @@ When you are sure, put the final answer in \\boxed{{}}, for example \\boxed{{102
 When you are sure, put the final answer in \\boxed{{}}, for example \\boxed{{1023}}.""",
 )
 
-DIALECTS = {d.name: d for d in (RETOOL, FENCED)}
+CHAT = Dialect(
+    name="chat",
+    code_open="<tool_call>\n",
+    code_close="\n</tool_call>",
+    stop="</tool_call>",
+    output_open="<tool_response>\n",
+    output_close="\n</tool_response>",
+    answer_open="",
+    answer_close="",
+    answer_stop=None,
+    tokens=re.compile(r"(?P<code_open><tool_call>)|(?P<stop></tool_call>)|(?P<output_open><tool_response>)"
+                      r"|(?P<output_close></tool_response>)"),
+    system_prompt=f"""{_TOOLS}
+
+To run code, call the python tool; it replies with what the code printed. Variables persist between \
+calls. Print every value you need to see.
+
+When you are sure, put the final answer in \\boxed{{}}, for example \\boxed{{1023}}.""",
+    text_system_prompt=f"""{_TEXT_ONLY}
+
+When you are sure, put the final answer in \\boxed{{}}, for example \\boxed{{1023}}.""",
+    structured=True,
+    source_reader=call_source,
+)
+
+DIALECTS = {d.name: d for d in (RETOOL, FENCED, CHAT)}
 
 
 def get_dialect(name: str) -> Dialect:

@@ -60,7 +60,7 @@ class RolloutMetrics:
             "reward/mean": self.reward_mean, "accuracy": self.accuracy,
             "tools/calls_per_answer": st.tool_calls_per_answer, "tools/failure_rate": st.code_failure_rate,
             "tools/code_ratio": st.code_ratio, "tools/first_call_position": st.first_code_position,
-            "tools/limit_rate": st.tool_limit_rate,
+            "tools/limit_rate": st.tool_limit_rate, "tools/invalid_call_rate": st.invalid_call_rate,
             "tokens/model_mean": st.model_tokens_mean, "tokens/interpreter_mean": st.interpreter_tokens_mean,
             "truncation_rate": st.truncation_rate, "zero_adv_group_share": self.zero_adv_group_share,
             "time/rollout_s": self.rollout_s, "time/sandbox_s": self.sandbox_s,
