@@ -51,7 +51,7 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_EOS = "<|im_end|>"
 _MARKER = "retool-conversion.json"  # written last into the temp dir: its presence = a complete cache
 
-Source = Literal["embedded", "local", "hub", "adapter"]
+Source = Literal["embedded", "local", "hub", "adapter", "tokenizer"]
 
 
 class ModelNotFound(RuntimeError):
@@ -234,6 +234,9 @@ def resolve_model(name: str | None) -> ModelSpec:
         ggufs = sorted(f.name for f in p.glob("*.gguf"))
         if len(ggufs) == 1:
             return ModelSpec(name, str(p.resolve()), "local", gguf_file=ggufs[0])
+        if not ggufs and any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            # a served model's tokenizer alone: all a client-side engine (openai) or a converter needs
+            return ModelSpec(name, str(p.resolve()), "tokenizer")
         what = f"several .gguf files {ggufs}; pass one of them" if ggufs else "no config.json and no .gguf file"
         raise ModelNotFound(f"model directory {str(p)!r} has {what}")
     if _looks_like_path(name):
@@ -291,6 +294,9 @@ def load_model(name: str | None = None, device: str = "cpu", dtype=None):
     from transformers import AutoModelForCausalLM
 
     spec = resolve_model(name)
+    if spec.source == "tokenizer":
+        raise ModelNotFound(f"model directory {spec.path!r} holds only a tokenizer (no config.json, no weights): "
+                            "enough for --engine openai against a served model, not for loading the model here")
     tokenizer = load_tokenizer(name)
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32

@@ -94,6 +94,8 @@ class RolloutConfig:
         "cli": True, "help": "Chat dialect: how calls are written: auto (from the template), hermes (JSON) or xml."})
     tool_description: str | None = field(default=None, metadata={
         "cli": True, "help": "Chat dialect: the python tool's description shown to the model."})
+    # functions a client declared (OpenAI tool dicts, ``retool serve``): a call to one ends the turn
+    client_tools: tuple[dict[str, Any], ...] = ()
     thinking: str = field(default="auto", metadata={
         "cli": True, "help": "Chat dialect, Qwen3-style templates: on / off sets enable_thinking; auto keeps the "
                              "template's default."})
@@ -110,7 +112,11 @@ class RolloutConfig:
         """The chat dialect's template for ``tokenizer``, checked (``ChatTemplateError`` if unusable)."""
         options = {} if self.thinking == "auto" else {"enable_thinking": self.thinking == "on"}
         return ChatFormat.of(tokenizer, template=load_template(self.chat_template), syntax=self.tool_format,
-                             description=self.tool_description, options=options)
+                             description=self.tool_description, options=options, extra_tools=self.client_tools)
+
+    @property
+    def client_tool_names(self) -> frozenset[str]:
+        return frozenset(t.get("function", {}).get("name", "") for t in self.client_tools)
 
     @property
     def tools(self) -> bool:
@@ -283,8 +289,11 @@ class Rollout:
             traj.finish("max_tool_calls")
             return Step(start, len(traj.ids))
         code_end = len(traj.ids)
+        client = cfg.client_tool_names
         ran: list[tuple[str, ExecResult, str | None, str]] = []  # code, result, invalid, response
         for call in calls:
+            if call.name in client:  # the client runs it: the turn ends after this turn's own python calls
+                continue
             code, invalid = _call_code(call)
             if invalid is not None:
                 result = ExecResult(ExecStatus.ERROR, error=invalid)
@@ -296,6 +305,15 @@ class Rollout:
                 traj.finish("infra_error", f"sandbox: {result.error}")
                 return Step(start, code_end, traj.tool_calls[-1])
             ran.append((code, result, None, output_text(result, cfg.output_head_chars, cfg.output_tail_chars)))
+        if any(call.name in client for call in calls):
+            # python calls of this turn ran here (their replies wait in the trajectory); the client gets
+            # its own calls and, in its next request, sends their results back (``retool serve``)
+            for code, result, invalid, response in ran:
+                traj.record_tool_call(code, result, code_end, (code_end, code_end), response=response, invalid=invalid)
+            traj.meta["client_calls"] = [{"index": i, "name": c.name, "arguments": c.arguments}
+                                         for i, c in enumerate(calls) if c.name in client]
+            traj.finish("tool_calls")
+            return Step(start, len(traj.ids))
         reply = chat.tool_reply([response for *_, response in ran])
         output_ids, bounds = _encode_spans(self.tokenizer, reply, [response for *_, response in ran])
         room = cfg.max_total_tokens - code_end

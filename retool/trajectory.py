@@ -21,8 +21,10 @@ from typing import Any, Literal
 
 from retool.sandbox.base import ExecResult
 
-FinishReason = Literal["answer", "eos", "length", "max_tool_calls", "infra_error"]
-FINISH_REASONS = ("answer", "eos", "length", "max_tool_calls", "infra_error")
+FinishReason = Literal["answer", "eos", "length", "max_tool_calls", "infra_error", "tool_calls"]
+FINISH_REASONS = ("answer", "eos", "length", "max_tool_calls", "infra_error", "tool_calls")
+# "tool_calls" (chat dialect, ``retool serve``): the model called a function the client runs; the
+# calls are in ``meta["client_calls"]`` and the client's next request carries their results
 # "infra_error": the sandbox, the engine or the host failed (not the model): never scored, never trained on
 
 

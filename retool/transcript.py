@@ -36,6 +36,11 @@ def pieces(traj: Trajectory, tokenizer, dialect: Dialect) -> list[Piece]:
     for mask, ids in traj.segments():
         text = tokenizer.decode(ids, skip_special_tokens=True)
         if mask == 0:
+            if dialect.structured:  # chat: the tool messages' contents, not the template's scaffolding
+                shown = "\n".join(s.body for s in dialect.parse(text) if s.kind == "output")
+                if shown:
+                    out.append(Piece("output", f"\n{shown}\n"))
+                continue
             out.append(Piece("output", text))
             continue
         for segment in dialect.parse(text, outputs=False):

@@ -186,3 +186,163 @@ def test_call_parsers():
     # escapes where valid, bare quotes kept
     (loose,) = parse_calls('<tool_call>{"name": "python", "arguments": {"code": "s = "a\\tb"\nprint(s)"}}</tool_call>', "hermes")
     assert loose.arguments["code"] == 's = "a\tb"\nprint(s)'
+
+
+def test_a_chat_conversation_keeps_calls_and_tool_messages_as_history(pool, tmp_path):
+    """Two user turns in one session: the second prompt is the template's rendering of the history
+    (calls and tool messages, not a flattened transcript) and extends the first trajectory exactly."""
+    import asyncio
+
+    from retool.apps.conversation import Conversation
+
+    tok = tiny_chat_tokenizer("qwen2_5")
+    fmt = ChatFormat.of(tok)
+    turns = [fmt.model_turn(assistant("Storing.", "x = 41\nprint(x)")), fmt.model_turn(assistant("Stored \\boxed{41}.")),
+             fmt.model_turn(assistant("Adding.", "print(x + 1)")), fmt.model_turn(assistant("So \\boxed{42}."))]
+    engine = ScriptedEngine(turns, tokenizer=tok)
+    rollout = Rollout(engine, pool, RolloutConfig(dialect="chat", few_shot=False, sampling=SamplingParams(temperature=0)))
+    session = pool.acquire()
+    try:
+        chat = Conversation(rollout, session)
+        shown = []
+        first = asyncio.run(chat.send("Store 41 in x.", shown.append))
+        second = asyncio.run(chat.send("Now add one."))
+    finally:
+        pool.release(session)
+    assert (first.answer, second.answer) == ("41", "42")
+    assert second.tool_calls[0].result.stdout == "42\n"  # x survived: one session for the conversation
+    assert [m["role"] for m in chat.messages] == ["user", "assistant", "tool", "assistant"] * 2
+    history = CHAT.messages("Store 41 in x.", few_shot=False) + chat.messages[1:5]
+    assert second.trajectory.prompt_ids == tok.apply_chat_template(history, tools=list(fmt.tools),
+                                                                   add_generation_prompt=True)["input_ids"]
+    assert second.trajectory.prompt_ids[:len(first.trajectory.input_ids)] == first.trajectory.input_ids
+    # what the chat showed: the code and the tool's output, not the template around them
+    output = "".join(c.text for c in shown if c.kind == "output")
+    assert output.strip() == "41" and "<|im_start|>" not in "".join(c.text for c in shown)
+    assert chat.save_jsonl(tmp_path / "chat.jsonl") == 8
+
+
+SYNTH_TRACE = ("I will compute it.\n<code>\n```python\nx = 2**10\nprint(x)\n```\n</code>\n<interpreter>\n1024\n"
+               "</interpreter>\nThen one more.\n<code>\n```python\nprint(x + 1)\n```\n</code>\n<interpreter>\n1025\n"
+               "</interpreter>\nSo it is 1025.\n<answer>\n\\boxed{1025}\n</answer>")
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_sft_renders_a_converted_trace_as_the_templates_ids_with_exact_masks(template):
+    from retool.coldstart.convert import trace_messages
+    from retool.training.sft_data import render_trajectory, to_example, IGNORE_INDEX
+
+    tok = tiny_chat_tokenizer(template)
+    rollout = RolloutConfig(dialect="chat", few_shot=False)
+    messages = trace_messages(SYNTH_TRACE)
+    assert [m["role"] for m in messages] == ["assistant", "tool", "assistant", "tool", "assistant"]
+    assert messages[0]["tool_calls"][0]["function"]["arguments"] == {"code": "x = 2**10\nprint(x)"}
+    assert messages[0]["content"] == "I will compute it." and messages[-1]["content"] == "So it is 1025.\n\\boxed{1025}"
+    traj = render_trajectory("What is 2**10 + 1?", SYNTH_TRACE, tok, rollout)
+    fmt = ChatFormat.of(tok)
+    full = CHAT.messages("What is 2**10 + 1?", few_shot=False) + messages
+    assert traj.input_ids == tok.apply_chat_template(full, tools=list(fmt.tools))["input_ids"]
+    # trained on: exactly the model's turns (end-of-turn included), not the tool messages nor the scaffolding
+    turns = [fmt.model_turn(m) for m in messages if m["role"] == "assistant"]
+    assert traj.model_ids() == [t for turn in turns for t in tok.encode(turn, add_special_tokens=False)]
+    example = to_example(traj)
+    assert [t for t in example.labels if t != IGNORE_INDEX] == traj.model_ids()
+    # a chat record (the converter's output) renders the same
+    assert render_trajectory("What is 2**10 + 1?", messages, tok, rollout).ids == traj.ids
+
+
+def test_coldstart_convert_to_chat_verifies_and_writes_conversations(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from retool.cli import app
+
+    tok = tiny_chat_tokenizer("qwen2_5")
+    tok.save_pretrained(tmp_path / "tokenizer")
+    source = tmp_path / "code.jsonl"
+    wrong = SYNTH_TRACE.replace("1025\n</interpreter>", "1026\n</interpreter>")
+    rows = [{"id": "a", "messages": [{"role": "user", "content": "What is 2**10 + 1?"},
+                                     {"role": "assistant", "content": SYNTH_TRACE}], "answer": "1025"},
+            {"id": "b", "messages": [{"role": "user", "content": "What is 2**10 + 1?"},
+                                     {"role": "assistant", "content": wrong}], "answer": "1025"}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["coldstart", "convert", "--input", str(source), "--to", "chat", "--out",
+                                      str(tmp_path / "chat"), "--model", str(tmp_path / "tokenizer"),
+                                      "--sandbox", "jupyter"])
+    assert result.exit_code == 0, result.output
+    kept = [json.loads(line) for line in (tmp_path / "chat" / "code.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in kept] == ["a"] and kept[0]["dialect"] == "chat"
+    assert [m["role"] for m in kept[0]["messages"]] == ["user", "assistant", "tool", "assistant", "tool", "assistant"]
+    rejects = (tmp_path / "chat" / "code.rejects.jsonl").read_text()
+    assert "execution" in rejects  # the trace that claims an output its code does not print
+    missing = CliRunner().invoke(app, ["coldstart", "convert", "--input", str(source), "--to", "chat", "--out",
+                                       str(tmp_path / "x"), "--sandbox", "subprocess"])
+    assert missing.exit_code != 0 and "--model" in missing.output
+
+
+def test_an_rl_step_with_a_scripted_policy_writing_hermes_calls(tmp_path):
+    """Sampling (loop, sandbox, grading) in the chat dialect with a policy whose words are given,
+    then a real PPO update of a tiny model: the parameters move, the interpreter's and the
+    template's tokens carry no gradient, the numbers count the calls (one of them invalid)."""
+    import json
+
+    import torch
+
+    from retool.datasets import Problem
+    from retool.training.ppo import PPOTrainer
+    from retool.training.recipe import RLRecipe
+    from retool.training.rl_rollout import sample
+    from tiny import tiny_model
+
+    tok = tiny_chat_tokenizer("qwen2_5")
+    fmt = ChatFormat.of(tok)
+    scripts = {"What is 3 plus 4?": [fmt.model_turn(assistant("Compute.", "print(3 + 4)")),
+                                     fmt.model_turn(assistant("\\boxed{7}"))],
+               "What is 2 plus 5?": ['<tool_call>\n{"name": "calc", "arguments": {}}\n</tool_call><|im_end|>',
+                                     fmt.model_turn(assistant("Compute.", "print(2 + 5)")),
+                                     fmt.model_turn(assistant("\\boxed{8}"))]}
+
+    def respond(text: str) -> str:
+        problem = next(p for p in scripts if p in text)
+        return scripts[problem][text.split(problem)[-1].count("<tool_response>")]  # one turn per tool reply so far
+
+    model, _ = tiny_model(tokenizer=tok)
+    data = tmp_path / "problems.jsonl"
+    data.write_text(json.dumps({"id": "a", "problem": "What is 3 plus 4?", "answer": "7"}) + "\n")
+    recipe = RLRecipe(algorithm="ppo", data=[str(data)], output_dir=str(tmp_path / "ppo"), steps=1, prompts_per_step=2,
+                      group_size=1, rollout={"dialect": "chat", "few_shot": False, "max_total_tokens": 600},
+                      micro_batch_size=2, learning_rate=1e-3, sandbox={"backend": "jupyter"}, report_to=[],
+                      ppo={"minibatch_size": 2, "ppo_epochs": 1})
+    problems = [Problem("a", "What is 3 plus 4?", "7"), Problem("b", "What is 2 plus 5?", "7")]
+    with recipe.sandbox.pool(size=2) as pool:
+        batch = sample(model, tok, pool, problems, recipe, step=0,
+                       engine=ScriptedEngine(respond=respond, tokenizer=tok))
+    assert [(s.problem_id, s.answer, s.correct) for s in batch.samples] == [("a", "7", True), ("b", "8", False)]
+    scalars = batch.metrics.as_scalars()
+    assert scalars["tools/calls_per_answer"] == 1.5 and scalars["tools/invalid_call_rate"] == pytest.approx(1 / 3)
+    for traj in batch.trajectories:  # the template's rendering of the conversation, as in inference
+        assert tok.decode(traj.input_ids, skip_special_tokens=False).count("<tool_response>") == len(traj.tool_calls)
+
+    trainer = PPOTrainer(recipe, model, tok, problems, pool=None, run_log=None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads: list[torch.Tensor] = []
+
+    def keep(module, args, kwargs, output):
+        if torch.is_grad_enabled():
+            output.logits.retain_grad()
+            grads.append((kwargs["input_ids"], output.logits))
+
+    handle = trainer.policy.register_forward_hook(keep, with_kwargs=True)
+    try:
+        trainer.update(batch)
+    finally:
+        handle.remove()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    (ids, logits), = grads
+    for row in range(len(ids)):
+        traj = next(t for t in batch.trajectories if torch.equal(torch.tensor(t.input_ids), ids[row][:len(t.input_ids)]))
+        start = len(traj.prompt_ids)
+        for i, m in enumerate(traj.loss_mask):  # logits[t - 1] predicts token t
+            nonzero = torch.count_nonzero(logits.grad[row, start + i - 1])
+            assert (nonzero > 0) if m else (nonzero == 0)

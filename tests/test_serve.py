@@ -358,3 +358,57 @@ def test_an_engine_failure_is_a_503_not_an_answer():
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
             events = [line for line in response.iter_lines() if line]
         assert "infrastructure_failure" in events[-2] and events[-1] == "data: [DONE]"
+
+
+def test_function_calling_in_the_chat_dialect_with_the_python_tool_built_in():
+    """One conversation through the official client: the model runs python server-side, then calls
+    the client's function (finish_reason "tool_calls"); the client sends the result back as a tool
+    message and the model answers. The last prompt is the template's rendering of everything the
+    model saw — the server-side call and its output included — and extends the first exactly."""
+    from retool.protocol import CHAT
+    from retool.protocol.chat import ChatFormat, call_item
+    from tiny import tiny_chat_tokenizer
+
+    tok = tiny_chat_tokenizer("qwen2_5")
+    lookup = {"type": "function", "function": {"name": "lookup", "description": "Look a constant up.",
+                                               "parameters": {"type": "object", "properties": {"key": {"type": "string"}}}}}
+    fmt = ChatFormat.of(tok, extra_tools=(lookup,))
+    turns = [fmt.model_turn({"role": "assistant", "content": "First python.", "tool_calls": [call_item("python", {"code": "x = 6 * 7\nprint(x)"})]}),
+             fmt.model_turn({"role": "assistant", "content": "Now the table.", "tool_calls": [call_item("lookup", {"key": "offset"})]}),
+             fmt.model_turn({"role": "assistant", "content": "So \\boxed{45}."})]
+    engine = ScriptedEngine(turns, tokenizer=tok)
+    config = ServeConfig(rollout=RolloutConfig(dialect="chat", few_shot=False, max_total_tokens=400), max_request_tokens=512)
+    with live_server(config, engine, MODEL) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        asked = [{"role": "user", "content": "What is 6 * 7 plus the offset?"}]
+        first = client.chat.completions.create(model=MODEL, messages=asked, tools=[lookup])
+        choice = first.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        (called,) = choice.message.tool_calls
+        assert called.function.name == "lookup" and json.loads(called.function.arguments) == {"key": "offset"}
+        assert first.model_extra["retool"]["tool_calls"][0]["result"]["stdout"] == "42\n"  # python ran server-side
+        session = first.session_id if hasattr(first, "session_id") else first.model_extra["session_id"]
+        history = asked + [choice.message.model_dump(exclude_none=True),
+                           {"role": "tool", "tool_call_id": called.id, "content": "3"}]
+        second = client.chat.completions.create(model=MODEL, messages=history, tools=[lookup],
+                                                extra_headers={"X-Session-Id": session})
+        assert second.choices[0].finish_reason == "stop" and "\\boxed{45}" in second.choices[0].message.content
+
+        # a request the server cannot honour still gets a clear 400
+        with pytest.raises(openai.BadRequestError, match="server's own"):
+            client.chat.completions.create(model=MODEL, messages=asked,
+                                           tools=[{"type": "function", "function": {"name": "python"}}])
+    seen = CHAT.messages("What is 6 * 7 plus the offset?", few_shot=False) + [
+        {"role": "assistant", "content": "First python.", "tool_calls": [call_item("python", {"code": "x = 6 * 7\nprint(x)"})]},
+        {"role": "tool", "content": "42"},
+        {"role": "assistant", "content": "Now the table.", "tool_calls": [call_item("lookup", {"key": "offset"})]},
+        {"role": "tool", "content": "3"}]
+    expected = tok.apply_chat_template(seen, tools=list(fmt.tools), add_generation_prompt=True)["input_ids"]
+    assert engine.calls[-1] == expected
+    assert engine.calls[-1][:len(engine.calls[1])] == engine.calls[1]  # the prefix cache would hit
+
+
+def test_tools_need_the_chat_dialect(client):
+    with pytest.raises(openai.BadRequestError, match="chat dialect"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "square 2"}],
+                                       tools=[{"type": "function", "function": {"name": "lookup"}}])

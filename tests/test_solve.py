@@ -57,3 +57,25 @@ def test_cli_solve_reports_a_missing_model_clearly(tmp_path):
     result = CliRunner().invoke(app, ["solve", "1+1", "--model", str(tmp_path / "nowhere")])
     assert result.exit_code == 3
     assert "nowhere" in result.output
+
+
+def test_cli_solve_in_the_chat_dialect_with_a_tool_calling_template(tmp_path):
+    from tiny import tiny_chat_tokenizer
+
+    tokenizer = tiny_chat_tokenizer("qwen2_5")
+    model, _ = tiny_model(tokenizer=tokenizer)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    result = CliRunner().invoke(app, ["solve", "What is 2+2?", "--model", str(tmp_path), "--dialect", "chat",
+                                      "--max-total-tokens", "24", "--sandbox", "subprocess", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["config"]["rollout"]["dialect"] == "chat"
+    prompt = tokenizer.decode(report["prompt_ids"], skip_special_tokens=False)
+    assert '"name": "python"' in prompt and prompt.endswith("<|im_start|>assistant\n")  # the tool, declared by the template
+
+
+def test_cli_solve_refuses_a_template_without_tools_and_names_the_fix():
+    result = CliRunner().invoke(app, ["solve", "1+1", "--dialect", "chat"])  # SmolLM2's template has no tools
+    assert result.exit_code == 3, result.output  # a user error, like a missing model
+    assert "does not render tools" in result.output and "--chat-template" in result.output

@@ -7,7 +7,8 @@ receives ``Chunk``s of readable text tagged ``text`` / ``code`` / ``output``: th
 them, the server sends them as SSE deltas.
 
 The history is kept as messages (the assistant's content is the whole transcript, interpreter
-output included), as an OpenAI client would send it back; each turn re-renders it with the chat
+output included, as an OpenAI client would send it back; in the chat dialect, the assistant's
+calls and the tool messages, as the template renders them back exactly); each turn re-renders it with the chat
 template, and the engine's prefix cache makes that cheap.
 
 Not here: terminals (``retool.apps.chat``), HTTP (``retool.apps.serve``), who owns the sandbox session.
@@ -24,7 +25,7 @@ from typing import Any, Callable, Literal
 from retool.engines.base import TokenDelta
 from retool.grading import extract_answer_from_trajectory
 from retool.protocol import Dialect, TranscriptParser
-from retool.rollout import Rollout, ToolCallDone, render_prompt
+from retool.rollout import Rollout, ToolCallDone
 from retool.sandbox.base import Session
 from retool.trajectory import ToolCall, Trajectory
 
@@ -89,8 +90,10 @@ def prompt_messages(messages: list[dict[str, str]], dialect: Dialect, few_shot: 
     conversation has earlier turns) adds ``RESET_NOTE`` to the system prompt, so the model knows."""
     system = [m["content"] for m in messages if m["role"] == "system"]
     rest = [m for m in messages if m["role"] != "system"]
-    if not rest or rest[-1]["role"] != "user":
-        raise ValueError("the conversation must end with a user message")
+    if not rest or rest[-1]["role"] not in ("user", "tool"):
+        raise ValueError("the conversation must end with a user message (or, in the chat dialect, a tool result)")
+    if rest[-1]["role"] == "tool" and not dialect.structured:
+        raise ValueError("tool messages need the chat dialect")
     if rest[0]["role"] != "user":
         raise ValueError("the conversation must start with a user message (after any system messages)")
     opening = dialect.messages(rest[0]["content"], few_shot=few_shot, system_prompt=system_prompt)
@@ -113,7 +116,7 @@ class TurnCollector:
         conversation = prompt_messages(messages, rollout.dialect, rollout.config.few_shot, reset,
                                        rollout.config.system_prompt)
         self.user = conversation[-1]["content"]
-        self.trajectory = Trajectory(render_prompt(rollout.tokenizer, conversation), meta={"user": self.user})
+        self.trajectory = Trajectory(rollout.messages_ids(conversation), meta={"user": self.user})
         self.stream = TextStream(rollout.tokenizer)
         self.tracker = TranscriptParser(rollout.dialect, outputs=False)
         self.parts: list[str] = []
@@ -138,7 +141,10 @@ class TurnCollector:
             self._emit_model_text(self.stream.feed(event.ids))
             return
         self._emit_model_text(self.stream.flush())
-        self._emit("output", self.rollout.tokenizer.decode(list(event.output_ids), skip_special_tokens=True))
+        if self.rollout.chat is not None:  # the tool message's content, not the template around it
+            self._emit("output", f"\n{event.rendered}\n")
+        else:
+            self._emit("output", self.rollout.tokenizer.decode(list(event.output_ids), skip_special_tokens=True))
         self.stream = TextStream(self.rollout.tokenizer)  # the parser reads on: it knows the output is not in its text
 
     async def run(self, session: Session) -> Turn:
@@ -182,7 +188,11 @@ class Conversation:
         return turn
 
     def _record(self, asked: list[dict[str, str]], turn: Turn) -> None:
-        self.messages = asked + [{"role": "assistant", "content": turn.text}]
+        chat = self.rollout.chat
+        if chat is not None and turn.finish_reason != "interrupted":  # calls and tool messages, as the template renders them
+            self.messages = asked + chat.messages_of(turn.trajectory)
+        else:
+            self.messages = asked + [{"role": "assistant", "content": turn.text}]
         self.turns.append(turn)
 
     def reset(self) -> None:
@@ -197,9 +207,10 @@ class Conversation:
         path.parent.mkdir(parents=True, exist_ok=True)
         turns = iter(self.turns)
         lines = []
-        for message in self.messages:
+        for i, message in enumerate(self.messages):
             record: dict[str, Any] = dict(message)
-            if message["role"] == "assistant":
+            following = self.messages[i + 1]["role"] if i + 1 < len(self.messages) else None
+            if message["role"] == "assistant" and following not in ("assistant", "tool"):  # a turn's last message
                 turn = next(turns)
                 record.update(
                     finish_reason=turn.finish_reason,

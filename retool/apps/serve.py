@@ -28,8 +28,13 @@ names a host path, a model to load or a command.
 This module holds the settings and the state behind the routes; the routes, the streaming and the
 middleware are in ``retool.apps.serve_app``, the request schema in ``retool.apps.serve_schema``.
 
-Not here: the loop itself (``retool.rollout``), conversation prompts (``retool.apps.conversation``),
-function calling (the tool is Python, run server-side).
+Function calling (chat dialect only): a request may declare OpenAI function tools; the python tool
+stays the server's (run in the sandbox), and a call to one of the client's functions ends the
+turn with ``tool_calls`` and ``finish_reason: "tool_calls"``; the client's next request carries
+the ``tool`` messages back. What the model saw of the server-side calls is kept here
+(``retool.apps.chat_history``) so the conversation is re-rendered exactly.
+
+Not here: the loop itself (``retool.rollout``), conversation prompts (``retool.apps.conversation``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import time
 import uuid
@@ -46,7 +52,9 @@ from typing import Any
 
 from fastapi import Request
 
+from retool.apps.chat_history import ChatHistory, Remembered
 from retool.apps.conversation import Turn, TurnCollector
+from retool.protocol.chat import ChatTemplateError
 from retool.engines.base import Engine
 from retool.engines.spec import EngineSpec
 from retool.rollout import Rollout, RolloutConfig
@@ -82,7 +90,8 @@ class ServeConfig:
     tokens: tuple[str, ...] = ()  # bearer tokens clients must send; empty: no authentication
 
 
-FINISH = {"answer": "stop", "eos": "stop", "length": "length", "max_tool_calls": "length", "interrupted": "stop"}
+FINISH = {"answer": "stop", "eos": "stop", "length": "length", "max_tool_calls": "length", "interrupted": "stop",
+          "tool_calls": "tool_calls"}
 
 
 @dataclass
@@ -94,6 +103,7 @@ class Prepared:
     session_id: str
     reset: str | None
     stack: contextlib.AsyncExitStack
+    owner: str = ""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -116,6 +126,7 @@ class Server:
         self.running = 0
         self.served = 0
         self.started = time.time()
+        self.history = ChatHistory()  # the chat dialect's structured history behind returned messages
         self._janitor: asyncio.Task | None = None
         self.background: set[asyncio.Task] = set()  # cancelled turns still stopping their cells
 
@@ -152,7 +163,8 @@ class Server:
             return "token:" + hashlib.sha256(given).hexdigest()[:16]
         return "client:" + (http.client.host if http.client else "unknown")
 
-    def check(self, request: ChatRequest, header_session: str | None) -> tuple[str, Rollout, list[dict[str, str]]]:
+    def check(self, request: ChatRequest, header_session: str | None,
+              owner: str = "") -> tuple[str, Rollout, list[dict[str, Any]]]:
         """Everything that can be refused before any work: returns (session id, rollout, messages)."""
         cfg = self.config
         if request.model != self.model_name:
@@ -164,11 +176,23 @@ class Server:
         if header_session and request.session_id and header_session != request.session_id:
             raise APIError(400, f"the {SESSION_HEADER} header and the session_id field disagree", param="session_id")
         session_id = request.session_id or header_session or f"sess-{uuid.uuid4().hex}"
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in request.messages]
-        if messages[-1]["role"] != "user":
-            raise APIError(400, "the last message must be the user's", param="messages")
         defaults = cfg.rollout
+        chat = defaults.dialect == "chat"
+        if request.tools and not chat:
+            raise APIError(400, "function tools need a server in the chat dialect (retool serve --dialect chat): "
+                                f"this one writes tool calls in the {defaults.dialect!r} dialect, run server-side",
+                           param="tools")
+        messages = [m.as_dict() for m in request.messages]
+        if not chat and any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
+            raise APIError(400, "tool messages and tool calls need a server in the chat dialect", param="messages")
+        if messages[-1]["role"] not in (("user", "tool") if chat else ("user",)):
+            raise APIError(400, "the last message must be the user's" + (" or a tool result" if chat else ""),
+                           param="messages")
+        if chat:
+            try:
+                messages = self.history.restore(owner, messages)
+            except ValueError as exc:
+                raise APIError(400, str(exc), param="messages") from None
         max_tokens = request.max_completion_tokens or request.max_tokens or defaults.max_total_tokens
         if max_tokens > cfg.max_request_tokens:
             raise APIError(400, f"max_tokens {max_tokens} is over this server's limit of {cfg.max_request_tokens}",
@@ -185,15 +209,19 @@ class Server:
             top_p=defaults.sampling.top_p if request.top_p is None else request.top_p,
             seed=request.seed,
         )
-        rollout = Rollout(self.engine, self.pool, replace(defaults, max_tool_calls=tool_calls,
-                                                          max_total_tokens=max_tokens, sampling=sampling))
+        client_tools = tuple(t.model_dump(exclude_none=True) for t in request.tools or ())
+        try:
+            rollout = Rollout(self.engine, self.pool, replace(defaults, max_tool_calls=tool_calls, max_total_tokens=max_tokens,
+                                                              sampling=sampling, client_tools=client_tools))
+        except ChatTemplateError as exc:
+            raise APIError(400, str(exc), param="tools") from None
         return session_id, rollout, messages
 
     async def prepare(self, request: ChatRequest, http: Request) -> Prepared:
         """Check the request, then wait for its conversation's session, then for a slot. Raises an
         ``APIError`` (nothing held) for anything refused on the way."""
         owner = self.owner_of(http)
-        session_id, rollout, messages = self.check(request, http.headers.get(SESSION_HEADER))
+        session_id, rollout, messages = self.check(request, http.headers.get(SESSION_HEADER), owner)
         stack = contextlib.AsyncExitStack()
         self.waiting += 1
         try:
@@ -216,7 +244,7 @@ class Server:
             self.waiting -= 1
         self.running += 1
         stack.callback(self._turn_done)
-        return Prepared(collector, lease.session, session_id, reset, stack)
+        return Prepared(collector, lease.session, session_id, reset, stack, owner)
 
     def _turn_done(self) -> None:
         self.running -= 1
@@ -250,6 +278,28 @@ class Server:
         closer.add_done_callback(self.background.discard)
         with contextlib.suppress(BaseException):
             await asyncio.shield(closer)
+
+
+def reply_message(server: "Server", turn: Turn, prepared: Prepared) -> dict[str, Any]:
+    """The assistant message returned for ``turn``: the transcript as content and, when the model
+    called the client's functions, OpenAI's ``tool_calls``. In the chat dialect the server remembers
+    what the model really saw behind it (``retool.apps.chat_history``)."""
+    message: dict[str, Any] = {"role": "assistant", "content": turn.text}
+    traj, rollout = turn.trajectory, prepared.collector.rollout
+    client_calls = traj.meta.get("client_calls") or []
+    if client_calls:
+        message["tool_calls"] = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                                  "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
+                                 for c in client_calls]
+    if rollout.chat is not None and turn.finish_reason != "interrupted":
+        seen = rollout.chat.messages_of(traj)
+        client_at = {c["index"] for c in client_calls}
+        ran = iter(c for c in traj.tool_calls if c.output_span == (len(traj.ids), len(traj.ids)))
+        pending = tuple((i, next(ran).response or "") for i in range(len(seen[-1].get("tool_calls", ())))
+                        if client_calls and i not in client_at)
+        ids = tuple(c["id"] for c in message.get("tool_calls", ()))
+        server.history.remember(prepared.owner, turn.text, Remembered(tuple(seen), pending, ids))
+    return message
 
 
 def infra_error(turn: Turn) -> APIError | None:

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from retool.apps.conversation import Chunk, Turn
 from retool.engines.base import Engine
 from retool.sandbox.base import SandboxUnavailable
-from retool.apps.serve import FINISH, Prepared, Server, ServeConfig, default_name, infra_error
+from retool.apps.serve import FINISH, Prepared, Server, ServeConfig, default_name, infra_error, reply_message
 from retool.apps.serve_schema import APIError, ChatRequest, error_for_status
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None, model_name: st
             return JSONResponse(failure.body(), status_code=failure.status, headers=prepared.headers)
         payload = {
             "id": completion_id, "object": "chat.completion", "created": created, "model": server.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": turn.text},
+            "choices": [{"index": 0, "message": reply_message(server, turn, prepared),
                          "finish_reason": FINISH.get(turn.finish_reason, "stop"), "logprobs": None}],
             "usage": _usage(turn), "session_id": prepared.session_id, "retool": _extension(turn, prepared),
         }
@@ -224,6 +224,9 @@ async def _stream(server: Server, prepared: Prepared, completion_id: str, create
         if (failure := infra_error(turn)) is not None:
             yield error_event(failure)
             return
+        message = reply_message(server, turn, prepared)
+        if message.get("tool_calls"):
+            yield event({"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]})
         yield event({}, FINISH.get(turn.finish_reason, "stop"), retool=_extension(turn, prepared))
         if include_usage:
             yield sse([], usage=_usage(turn))

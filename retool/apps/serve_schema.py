@@ -1,7 +1,9 @@
 """What ``retool serve`` accepts and how it says no: the request schema and OpenAI's error shape.
 
 The request is OpenAI's chat request, with the fields that mean something here; others are ignored,
-and the few that cannot be honoured (``n`` > 1, ``tools``, ``stop``) are refused, not ignored. Every
+and the few that cannot be honoured (``n`` > 1, ``stop``) are refused, not ignored. ``tools``
+(function tools the client runs) are taken by a server in the chat dialect (``retool.apps.serve``
+says where else they are refused); ``python`` is the server's own and cannot be declared. Every
 string must be valid Unicode (a lone surrogate, which JSON's ``\\ud800`` escape can carry, is a 400
 rather than a failure later), and ``seed`` is any 64-bit integer.
 
@@ -29,11 +31,48 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON, as OpenAI writes it
+
+
+class ToolCallItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallItem] | None = None  # assistant: the calls it made (function calling)
+    tool_call_id: str | None = None  # tool: the call this message answers
+
+    def as_dict(self) -> dict[str, Any]:
+        """The message as the conversation keeps it (``developer`` is a system message)."""
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
     def text(self) -> str:
         if self.content is None:
@@ -57,7 +96,8 @@ class ChatRequest(BaseModel):
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     n: int = 1
     stop: str | list[str] | None = None
-    tools: list[Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Any = None  # "auto" is what is honoured: the model decides
     session_id: str | None = None
     max_tool_calls: int | None = Field(None, ge=0)
 
@@ -77,10 +117,20 @@ class ChatRequest(BaseModel):
 
     @field_validator("tools")
     @classmethod
-    def _no_tools(cls, tools: list[Any] | None) -> list[Any] | None:
-        if tools:
-            raise ValueError("function tools are not supported: the model's tool is Python, run by the server")
+    def _not_python(cls, tools: list[Tool] | None) -> list[Tool] | None:
+        names = [t.function.name for t in tools or ()]
+        if "python" in names:
+            raise ValueError("the python tool is the server's own (it runs the code in its sandbox); do not declare it")
+        if len(set(names)) != len(names):
+            raise ValueError("two tools with the same name")
         return tools
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _auto(cls, choice: Any) -> Any:
+        if choice not in (None, "auto"):
+            raise ValueError("only tool_choice 'auto' is supported: the model decides which tool to call")
+        return choice
 
     @field_validator("stop")
     @classmethod

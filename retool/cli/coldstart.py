@@ -84,8 +84,10 @@ def coldstart_rewrite(
 @with_settings("sandbox")
 def coldstart_convert(
     input: str = typer.Option(..., "--input", help="A cold-start jsonl file (any dialect; each trace's is detected)."),
-    to: str = typer.Option(..., "--to", help="The dialect to write: retool or fenced."),
+    to: str = typer.Option(..., "--to", help="The dialect to write: retool, fenced, or chat (tool-call conversations)."),
     out: str = typer.Option(..., "--out", help="Directory: OUT/<input's name> gets the converted traces."),
+    model: str = typer.Option(None, "--model", help="--to chat: the model (or tokenizer folder) whose chat "
+                                                   "template must render the conversations exactly."),
     sandbox: SandboxSpec = None,
 ) -> None:
     """Write verified traces in another dialect; every converted trace is run and verified again."""
@@ -96,7 +98,7 @@ def coldstart_convert(
     with Progress(console=err_console) as bar:
         task = bar.add_task("converting", total=None)
         try:
-            stats = convert_file(ConvertConfig(input, to, out, sandbox),
+            stats = convert_file(ConvertConfig(input, to, out, sandbox, model),
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
         except USER_ERRORS as exc:
             raise fail(exc, 3) from None

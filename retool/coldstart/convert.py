@@ -8,6 +8,12 @@ target's wrapper, the answer in the target's answer format. Prose a fenced trace
 block's closing fence and its output fence moves before the block (ReTool's tags allow nothing
 there). ``convert_file`` re-verifies every converted trace in a sandbox before it keeps it.
 
+The ``chat`` dialect is not tags but messages: ``trace_messages`` turns a trace into the
+conversation a tool-calling chat template renders (an assistant message with ``tool_calls`` per
+block, a ``tool`` message per output, the answer in a last assistant message); ``convert_file``
+with ``to="chat"`` verifies the source trace by running it, then checks that the model's template
+(``model``: its tokenizer) renders the conversation exactly (``retool.protocol.chat``).
+
 Not here: deciding whether the source trace was right (``verify``), making traces (``synth``,
 ``pipeline``).
 """
@@ -87,6 +93,58 @@ def convert_trace(text: str, source: Dialect, target: Dialect) -> str:
     return converted
 
 
+def trace_messages(text: str) -> list[dict[str, Any]]:
+    """A complete tag trace (any tag dialect, detected) as chat messages after the user's:
+    ``[assistant + tool_calls, tool, ..., assistant]``; raises ``ValueError`` like ``convert_trace``."""
+    source = detect_dialect(text)
+    if source.structured:
+        raise ValueError("not a tag trace")
+    messages: list[dict[str, Any]] = []
+    content: list[str] = []
+    calls: list[dict[str, Any]] = []
+    answered = False
+
+    def flush_assistant() -> None:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(content).strip()}
+        if calls:
+            message["tool_calls"] = list(calls)
+        messages.append(message)
+        content.clear()
+        calls.clear()
+
+    segments = source.parse(text, strict=True)
+    for index, segment in enumerate(segments):
+        previous = segments[index - 1] if index else None
+        if segment.kind == "text":
+            if calls and not segment.body.strip():
+                continue  # between a block and its output
+            if calls:  # prose after a block but before its output (fenced): it goes before the call
+                content.insert(0, segment.body)
+                continue
+            body = segment.body.removeprefix(_output_tail(source)) if previous is not None and previous.kind == "output" else segment.body
+            content.append(body)
+        elif segment.kind == "code":
+            ahead = (s.kind for s in segments[index + 1:] if s.kind != "text" or s.body.strip())
+            if next(ahead, None) != "output":
+                raise ValueError(f"a code block without its output at character {segment.start}: was it ever run?")
+            prose = _prose_before_stop(text, segment, source)
+            if prose:
+                content.append("\n" + prose)
+            calls.append({"type": "function", "function": {"name": "python", "arguments": {"code": segment.body}}})
+        elif segment.kind == "output":
+            if calls:
+                flush_assistant()
+            messages.append({"role": "tool", "content": segment.body})
+        else:
+            answered = True
+            boxed = last_boxed(segment.body)
+            content.append(f"\\boxed{{{boxed}}}" if boxed is not None else segment.body.strip())
+    if not answered and last_boxed("".join(content)) is None:
+        raise ValueError("no \\boxed{} answer to carry over")
+    flush_assistant()
+    return messages
+
+
 def _wrap_last_box(text: str, target: Dialect) -> str:
     span = last_boxed_span(text)
     if span is None:
@@ -115,6 +173,7 @@ class ConvertConfig:
     to: str
     out: str
     sandbox: SandboxSpec = SandboxSpec()
+    model: str | None = None  # to="chat": whose chat template the conversations are checked against
 
 
 def convert_file(config: ConvertConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -126,6 +185,14 @@ def convert_file(config: ConvertConfig, progress: Callable[[int, int], None] | N
         raise ValueError(f"unknown dialect {config.to!r}; choose one of {', '.join(DIALECTS)}")
     if not source_path.is_file():
         raise FileNotFoundError(f"no cold-start data at {source_path}")
+    chat = None
+    if target.structured:
+        if config.model is None:
+            raise ValueError("converting to chat needs --model: the tokenizer whose chat template renders the calls")
+        from retool.models import load_tokenizer
+        from retool.protocol.chat import ChatFormat
+
+        chat = ChatFormat.of(load_tokenizer(config.model))
     lines = [line for line in source_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     out_dir = Path(config.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,19 +203,42 @@ def convert_file(config: ConvertConfig, progress: Callable[[int, int], None] | N
             try:
                 record = json.loads(line)
                 reply = record["messages"][-1]["content"]
-                converted = in_dialect(reply, target)
+                converted = reply if chat is not None else in_dialect(reply, target)
             except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
                 rejected.append({"where": where, "stage": "convert", "reason": str(exc)[:300]})
             else:
-                check = verify_trace(converted, str(record.get("answer", "")), target, session)
-                if check.ok:
-                    messages = [*record["messages"][:-1], {"role": "assistant", "content": check.text}]
-                    kept.append({**record, "messages": messages, "dialect": target.name})
+                if chat is not None:
+                    _to_chat(record, reply, chat, session, kept, rejected, where)
                 else:
-                    rejected.append({"where": where, "stage": check.stage, "reason": check.reason})
+                    check = verify_trace(converted, str(record.get("answer", "")), target, session)
+                    if check.ok:
+                        messages = [*record["messages"][:-1], {"role": "assistant", "content": check.text}]
+                        kept.append({**record, "messages": messages, "dialect": target.name})
+                    else:
+                        rejected.append({"where": where, "stage": check.stage, "reason": check.reason})
             if progress:
                 progress(number, len(lines))
     write_jsonl(out_dir / source_path.name, kept)
     write_jsonl(out_dir / f"{source_path.stem}.rejects.jsonl", rejected)
+    if chat is not None:
+        (out_dir / "chat_template.jinja").write_text(chat.template or str(chat.tokenizer.chat_template))
     return {"input": str(source_path), "to": target.name, "kept": len(kept),
             "dropped": dict(Counter(r["stage"] for r in rejected))}
+
+
+def _to_chat(record: dict[str, Any], reply: str, chat, session: Session, kept: list, rejected: list, where: str) -> None:
+    """One record as a verified tool-call conversation, or a rejection saying which stage failed."""
+    from retool.protocol.chat import ChatTemplateError
+
+    source = detect_dialect(reply)
+    check = verify_trace(reply, str(record.get("answer", "")), source, session)
+    if not check.ok:
+        rejected.append({"where": where, "stage": check.stage, "reason": check.reason})
+        return
+    try:
+        messages = [*record["messages"][:-1], *trace_messages(check.text)]
+        chat.render(messages, generation_prompt=False)  # the template renders it (or says why not)
+    except (ValueError, ChatTemplateError) as exc:
+        rejected.append({"where": where, "stage": "convert", "reason": str(exc)[:300]})
+        return
+    kept.append({**record, "messages": messages, "dialect": "chat"})

@@ -64,6 +64,24 @@ def call_item(name: str, arguments: dict[str, Any], call_id: str | None = None) 
     return item
 
 
+def template_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as templates read it: OpenAI writes a call's arguments as a JSON string, templates
+    render a dict."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    fixed = []
+    for item in calls:
+        function = dict(item.get("function", item))
+        if isinstance(function.get("arguments"), str):
+            try:
+                function["arguments"] = json.loads(function["arguments"] or "{}")
+            except json.JSONDecodeError:
+                raise ValueError(f"the arguments of tool call {item.get('id', '?')} are not JSON") from None
+        fixed.append({**item, "function": function})
+    return {**message, "tool_calls": fixed}
+
+
 def load_template(path: str | None) -> str | None:
     """The text of a ``--chat-template FILE`` (None: the tokenizer's own)."""
     if path is None:
@@ -175,6 +193,20 @@ class ChatFormat:
             return {"role": "assistant", "content": text}
         items = [call_item(c.name or "", c.arguments) for c in calls]
         return {"role": "assistant", "content": text[:calls[0].start].rstrip("\n"), "tool_calls": items}
+
+    def messages_of(self, traj) -> list[dict[str, Any]]:
+        """A trajectory's side of the conversation as messages (assistant turns with their calls,
+        the tool messages the model read): what a chat records as history, and what the template
+        renders back to exactly the trajectory (``trajectory_text == render(prompt + these)``)."""
+        messages: list[dict[str, Any]] = []
+        at = 0
+        for mask, ids in traj.segments():
+            if mask:
+                messages.append(self.assistant_message(self.turn_text(ids)))
+            else:
+                messages += [{"role": "tool", "content": c.response or ""} for c in traj.tool_calls if c.code_end == at]
+            at += len(ids)
+        return messages
 
     # -- the start-up check -----------------------------------------------------------------------------
 

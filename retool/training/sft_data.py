@@ -8,6 +8,12 @@ A cold-start record (``{"messages": [user, assistant], ...}``) becomes:
   stop string (``</code>``) is ``append_model``, the interpreter span after it is ``append_tool``,
   each piece tokenized on its own — as the rollout does (it never re-tokenizes the history).
 
+The chat dialect renders a tool-call conversation (a record of ``coldstart convert --to chat``, or
+a tag trace converted on the fly) turn by turn through the template: each assistant message as the
+text the model writes for it, end-of-turn token included (mask 1), each group of tool messages as
+the template's reply (mask 0) — the same pieces the rollout appends, so the ids are the template's
+rendering of the whole conversation.
+
 ``labels`` are the ids where the loss mask is 1 and −100 elsewhere (prompt and interpreter output).
 
 Not here: training (``sft.py``); checking that traces are right (``retool.coldstart.verify`` did).
@@ -15,14 +21,16 @@ Not here: training (``sft.py``); checking that traces are right (``retool.coldst
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from retool.coldstart.convert import in_dialect
+from retool.coldstart.convert import in_dialect, trace_messages
 from retool.coldstart.verify import parse_blocks
 from retool.protocol import get_dialect
+from retool.protocol.chat import template_message
 from retool.rollout import RolloutConfig, render_prompt
 from retool.trajectory import Trajectory
 
@@ -44,9 +52,15 @@ class SFTExample:
         return sum(1 for t in self.labels if t != IGNORE_INDEX)
 
 
-def render_trajectory(problem: str, reply: str, tokenizer: Any, rollout: RolloutConfig) -> Trajectory:
-    """The trajectory a perfect rollout under ``rollout`` would have produced for ``reply``."""
+def render_trajectory(problem: str, reply: str | list[dict[str, Any]], tokenizer: Any,
+                      rollout: RolloutConfig) -> Trajectory:
+    """The trajectory a perfect rollout under ``rollout`` would have produced for ``reply`` (a
+    trace, or the messages after the user's in a tool-call conversation)."""
     dialect, tools = get_dialect(rollout.dialect), rollout.tools
+    if dialect.structured:
+        return _render_chat(problem, reply if isinstance(reply, list) else trace_messages(reply), tokenizer, rollout)
+    if isinstance(reply, list):
+        raise ValueError("a tool-call conversation (a chat record): train it with the chat dialect")
     prompt = render_prompt(tokenizer, dialect.messages(problem, few_shot=rollout.few_shot, tools=tools,
                                                      system_prompt=rollout.system_prompt))
     traj = Trajectory(prompt)
@@ -66,6 +80,40 @@ def render_trajectory(problem: str, reply: str, tokenizer: Any, rollout: Rollout
         cursor = end
     if cursor < len(reply):
         traj.append_model(_encode(tokenizer, reply[cursor:]))
+    traj.finish("answer")
+    return traj
+
+
+@functools.lru_cache(maxsize=4)
+def _chat_format(tokenizer: Any, rollout: RolloutConfig):
+    return rollout.chat_format(tokenizer)  # checked once per tokenizer and settings, not per example
+
+
+def _render_chat(problem: str, messages: list[dict[str, Any]], tokenizer: Any, rollout: RolloutConfig) -> Trajectory:
+    dialect, chat = get_dialect(rollout.dialect), _chat_format(tokenizer, rollout)
+    opening = dialect.messages(problem, few_shot=rollout.few_shot, tools=rollout.tools, system_prompt=rollout.system_prompt)
+    traj = Trajectory(chat.encode(chat.render(opening, generation_prompt=True, tools=rollout.tools)))
+    i = 0
+    while i < len(messages):
+        message = template_message(messages[i])
+        if message.get("role") != "assistant":
+            raise ValueError(f"message {i + 2}: expected the assistant's, got {message.get('role')!r}")
+        calls = message.get("tool_calls") or []
+        if calls and not rollout.tools:
+            raise ValueError("a text-only trace contains a tool call")
+        traj.append_model(chat.encode(chat.model_turn(message)))
+        replies = []
+        i += 1
+        while i < len(messages) and messages[i].get("role") == "tool":
+            replies.append(str(messages[i].get("content") or ""))
+            i += 1
+        if len(replies) != len(calls):
+            raise ValueError(f"an assistant message with {len(calls)} tool calls is followed by {len(replies)} tool messages")
+        if not calls and i < len(messages):
+            raise ValueError("an assistant message without tool calls before the end of the conversation")
+        if replies:
+            traj.append_tool(chat.encode(chat.tool_reply(replies)))
+    traj.append_tool(chat.encode(chat.after_turn))
     traj.finish("answer")
     return traj
 
@@ -114,13 +162,20 @@ def build_dataset(examples: Iterator[SFTExample]):
     return Dataset.from_list(rows)
 
 
-def _exchange(record: Any) -> tuple[str, str]:
+def _exchange(record: Any) -> tuple[str, str | list[dict[str, Any]]]:
+    """The problem and the reply: one assistant message's text, or (a tool-call conversation) the
+    messages after the user's."""
     if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
         raise ValueError("expected an object with a 'messages' list")
-    messages = record["messages"]
+    messages = [m for m in record["messages"] if m.get("role") != "system"]
     users = [m["content"] for m in messages if m.get("role") == "user"]
-    replies = [m["content"] for m in messages if m.get("role") == "assistant"]
-    if len(users) != 1 or len(replies) != 1:
+    if len(users) != 1 or messages[0].get("role") != "user":
+        raise ValueError("expected exactly one user message, first")
+    after = messages[1:]
+    if any(m.get("role") == "tool" or m.get("tool_calls") for m in after):
+        return users[0], after
+    replies = [m["content"] for m in after if m.get("role") == "assistant"]
+    if len(replies) != 1:
         raise ValueError("expected exactly one user and one assistant message")
     return users[0], replies[0]
 
