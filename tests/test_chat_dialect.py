@@ -346,3 +346,34 @@ def test_an_rl_step_with_a_scripted_policy_writing_hermes_calls(tmp_path):
         for i, m in enumerate(traj.loss_mask):  # logits[t - 1] predicts token t
             nonzero = torch.count_nonzero(logits.grad[row, start + i - 1])
             assert (nonzero > 0) if m else (nonzero == 0)
+
+
+def test_retool_eval_in_the_chat_dialect_grades_and_counts_calls(tmp_path):
+    """The harness with the chat dialect: answers graded from the model's turns, the tool analytics
+    (code ratio, invalid calls) as for the other dialects, a report and notebooks written."""
+    from dataclasses import replace
+
+    from retool.datasets import Problem
+    from retool.evals.harness import EVAL_ROLLOUT, EvalConfig, run_eval
+
+    tok = tiny_chat_tokenizer("qwen2_5")
+    fmt = ChatFormat.of(tok)
+    problems = [Problem("p1", "What is 5 squared?", "25"), Problem("p2", "What is 3+4?", "7")]
+    scripts = {"What is 5 squared?": [fmt.model_turn(assistant("Compute.", "print(5 * 5)")),
+                                      fmt.model_turn(assistant("\\boxed{25}"))],
+               "What is 3+4?": ['<tool_call>\n{"name": "python"}\n</tool_call><|im_end|>',
+                                fmt.model_turn(assistant("\\boxed{8}"))]}
+
+    def respond(text: str) -> str:
+        problem = next(p for p in scripts if p in text)
+        return scripts[problem][text.split(problem)[-1].count("<tool_response>")]
+
+    rollout = replace(EVAL_ROLLOUT, dialect="chat", few_shot=False, max_total_tokens=300)
+    config = EvalConfig(benchmark="constructed", k=1, out=str(tmp_path / "run"), concurrency=2, rollout=rollout,
+                        notebooks=True)
+    result = run_eval(config, engine=ScriptedEngine(respond=respond, tokenizer=tok), problems=problems,
+                      show_progress=False)
+    assert result.metrics["avg@1"] == 0.5
+    assert result.analytics["code_ratio"] == 1.0 and result.analytics["invalid_call_rate"] == 0.5
+    notebooks = list((tmp_path / "run" / "notebooks").glob("*.ipynb"))
+    assert notebooks and "print(5 * 5)" in "".join(n.read_text() for n in notebooks)
