@@ -57,12 +57,22 @@ def _generators() -> dict[str, tuple[str, dict]]:
 GENERATORS = ("synth", "general")
 
 
+def _tag_dialect(name: str):
+    """The dialect traces are written in here; chat data is made from them afterwards, against a
+    model's template (``coldstart convert --to chat --model M``)."""
+    dialect = get_dialect(name)
+    if dialect.structured:
+        raise ValueError("traces are written in a tag dialect (retool, fenced); make chat data from them with "
+                         "`retool coldstart convert --input FILE --to chat --model TOKENIZER`")
+    return dialect
+
+
 def run_synth(config: SynthConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Generate, verify (code variant executed in a sandbox, both variants graded), write
     ``code.jsonl``, ``text.jsonl``, ``heldout.jsonl`` and ``stats.json``."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    written_in, dialect = get_dialect("retool"), get_dialect(config.dialect)
+    written_in, dialect = get_dialect("retool"), _tag_dialect(config.dialect)
     if config.families not in GENERATORS:
         raise ValueError(f"unknown families {config.families!r}; known: {', '.join(GENERATORS)}")
     version, families = _generators()[config.families]
@@ -221,7 +231,7 @@ async def run_rewrite(config: RewriteConfig, rewriter: Callable[[str], Awaitable
     seen_questions = {question_key(r["messages"][0]["content"]) for r in kept}
     seen_questions |= {r["key"] for r in rejected if "key" in r}
     template = PROMPT_FILE.read_text(encoding="utf-8")
-    written_in, dialect = get_dialect("retool"), get_dialect(config.dialect)
+    written_in, dialect = get_dialect("retool"), _tag_dialect(config.dialect)
 
     todo: list[Trace] = []
     for trace, where in read_traces(config.input):
