@@ -50,6 +50,16 @@ def _prose_before_stop(text: str, segment: Segment, dialect: Dialect) -> str:
     return raw[fence + 3:].strip() if fence > 0 else ""
 
 
+def _ran_block_prose(text: str, segments: list[Segment], index: int, source: Dialect) -> str:
+    """For the code segment at ``index``: raises unless its output follows (it was run); returns
+    the prose a fenced trace put between its closing fence and its output fence."""
+    segment = segments[index]
+    ahead = (s.kind for s in segments[index + 1:] if s.kind != "text" or s.body.strip())
+    if next(ahead, None) != "output":
+        raise ValueError(f"a code block without its output at character {segment.start}: was it ever run?")
+    return _prose_before_stop(text, segment, source)
+
+
 def in_dialect(text: str, target: Dialect) -> str:
     """``text`` in ``target``, whatever dialect it is written in (``protocol.detect_dialect``)."""
     source = detect_dialect(text)
@@ -74,10 +84,7 @@ def convert_trace(text: str, source: Dialect, target: Dialect) -> str:
                 body = body.removeprefix(_output_tail(source))
             out.append(body)
         elif segment.kind == "code":
-            ahead = (s.kind for s in segments[index + 1:] if s.kind != "text" or s.body.strip())
-            if next(ahead, None) != "output":
-                raise ValueError(f"a code block without its output at character {segment.start}: was it ever run?")
-            prose = _prose_before_stop(text, segment, source)
+            prose = _ran_block_prose(text, segments, index, source)
             if prose:
                 out.append(prose + "\n")
             out.append(target.render_code(segment.body))
@@ -116,18 +123,12 @@ def trace_messages(text: str) -> list[dict[str, Any]]:
     for index, segment in enumerate(segments):
         previous = segments[index - 1] if index else None
         if segment.kind == "text":
-            if calls and not segment.body.strip():
-                continue  # between a block and its output
-            if calls:  # prose after a block but before its output (fenced): it goes before the call
-                content.insert(0, segment.body)
-                continue
-            body = segment.body.removeprefix(_output_tail(source)) if previous is not None and previous.kind == "output" else segment.body
-            content.append(body)
+            if calls:
+                continue  # between a block and its output: only whitespace (the strict grammar says so)
+            after_output = previous is not None and previous.kind == "output"
+            content.append(segment.body.removeprefix(_output_tail(source)) if after_output else segment.body)
         elif segment.kind == "code":
-            ahead = (s.kind for s in segments[index + 1:] if s.kind != "text" or s.body.strip())
-            if next(ahead, None) != "output":
-                raise ValueError(f"a code block without its output at character {segment.start}: was it ever run?")
-            prose = _prose_before_stop(text, segment, source)
+            prose = _ran_block_prose(text, segments, index, source)
             if prose:
                 content.append("\n" + prose)
             calls.append({"type": "function", "function": {"name": "python", "arguments": {"code": segment.body}}})
