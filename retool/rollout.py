@@ -280,7 +280,9 @@ class Rollout:
         text = chat.turn_text(completion.ids)
         calls = chat.calls(text) if cfg.tools else []
         if not calls:
-            if completion.end == "stop":  # the template's own end of turn: its trailing text closes the transcript
+            # the turn ended on the template's own end-of-turn token (as a stop string, or as EOS: engines
+            # differ): the template's trailing text closes the transcript
+            if self.tokenizer.decode(completion.ids[-1:], skip_special_tokens=False) == chat.end_of_turn:
                 traj.append_tool(chat.encode(chat.after_turn))
             answer = extract_answer_from_trajectory(traj, self.tokenizer, self.dialect)
             traj.finish("answer" if answer is not None else "eos")

@@ -377,3 +377,23 @@ def test_retool_eval_in_the_chat_dialect_grades_and_counts_calls(tmp_path):
     assert result.analytics["code_ratio"] == 1.0 and result.analytics["invalid_call_rate"] == 0.5
     notebooks = list((tmp_path / "run" / "notebooks").glob("*.ipynb"))
     assert notebooks and "print(5 * 5)" in "".join(n.read_text() for n in notebooks)
+
+
+def test_a_turn_ended_by_eos_rather_than_the_stop_string_renders_the_same(pool):
+    """vLLM ends a Qwen turn on <|im_end|> as EOS, the hf engine as a stop string: same trajectory."""
+    from dataclasses import replace as with_end
+
+    class EosEngine(ScriptedEngine):
+        async def agenerate(self, prompt_ids, params, stop=()):
+            completion = self._next(prompt_ids, params, stop)
+            return with_end(completion, end="eos", stop=None) if completion.end == "stop" else completion
+
+    tok = tiny_chat_tokenizer("qwen2_5")
+    fmt = ChatFormat.of(tok)
+    turns = [fmt.model_turn(m) for m, _ in ONE]
+    by_stop, _, _ = run_chat(pool, "qwen2_5", list(turns))
+    engine = EosEngine(list(turns), tokenizer=tok)
+    rollout = Rollout(engine, pool, RolloutConfig(dialect="chat", few_shot=False, sampling=SamplingParams(temperature=0)))
+    by_eos = rollout.run([rollout.prompt_ids("What is 2**10 + 1?")])[0]
+    assert by_eos.ids == by_stop.ids and by_eos.loss_mask == by_stop.loss_mask
+    assert by_eos.finish_reason == "answer"
