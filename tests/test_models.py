@@ -201,3 +201,16 @@ def test_a_user_adapter_folder_is_merged_once_and_trains_as_an_adapter(embedded,
     assert hasattr(trainable, "peft_config")
     names = [n for n, p in trainable.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
+
+
+def test_a_folder_with_only_a_tokenizer_is_enough_for_a_served_model(tmp_path):
+    """--engine openai needs the served model's tokenizer only; loading weights from it says why not."""
+    from retool.models import ModelNotFound, load_model, load_tokenizer, resolve_model
+    from tiny import tiny_chat_tokenizer
+
+    tiny_chat_tokenizer("qwen2_5").save_pretrained(tmp_path)
+    assert resolve_model(str(tmp_path)).source == "tokenizer"
+    tok = load_tokenizer(str(tmp_path))
+    assert "<tool_call>" in tok.chat_template
+    with pytest.raises(ModelNotFound, match="only a tokenizer"):
+        load_model(str(tmp_path))
