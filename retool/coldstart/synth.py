@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
 
-GENERATOR_VERSION = "synth-2"  # synth-2: linear systems copy the equations verbatim
+GENERATOR_VERSION = "synth-1"
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,9 @@ def _linear(rng: random.Random) -> _Steps:
         if _det(matrix) != 0:
             break
     rhs = [sum(c * s for c, s in zip(row, solution)) for row in matrix]
-    weights, target = rng.choice([((1, 1, 1), "x + y + z"), ((1, 2, 3), "x + 2y + 3z"), ((2, -1, 1), "2x - y + z")])
+    weights, target, target_code = rng.choice([((1, 1, 1), "x + y + z", "x + y + z"),
+                                               ((1, 2, 3), "x + 2y + 3z", "x + 2*y + 3*z"),
+                                               ((2, -1, 1), "2x - y + z", "2*x - y + z")])
     value = sum(w * s for w, s in zip(weights, solution))
     system = "; ".join(_equation(row, b) for row, b in zip(matrix, rhs))
     question = rng.choice([f"Solve the system {system}. What is {target}?",
@@ -142,15 +144,8 @@ def _linear(rng: random.Random) -> _Steps:
     text = (f"By Cramer's rule: the determinant is {d}; replacing columns by the right-hand side gives "
             f"{dets[0]}, {dets[1]}, {dets[2]}, so x = {Fraction(dets[0], d)}, y = {Fraction(dets[1], d)}, "
             f"z = {Fraction(dets[2], d)}. Then {target} = {value}.")
-    # The program copies the equations and the target as the question writes them (sympy parses
-    # "-7x + y"), so a small model only has to copy text, not transcribe a coefficient matrix (a
-    # 135M model never learned to do that: 0 of 30 held-out systems with a Matrix program).
-    code = (f"from sympy import solve, parse_expr\n"
-            f"system = \"{system}\"\n"
-            f"sides = [e.split(\"=\") for e in system.split(\";\")]\n"
-            f"sol = solve([parse_expr(f\"{{l}} - ({{r}})\", transformations=\"all\") for l, r in sides], dict=True)[0]\n"
-            f"print(sol)\n"
-            f"print(parse_expr(\"{target}\", transformations=\"all\").subs(sol))")
+    code = (f"from sympy import Matrix\nA = Matrix({matrix})\nb = Matrix({rhs})\nx, y, z = A.LUsolve(b)\n"
+            f"print(x, y, z)\nprint({target_code})")
     return _Steps(question, "I will solve the linear system exactly.", code, text, f"So {target} = {value}.", value)
 
 
