@@ -36,7 +36,7 @@ from typing import Any, Callable
 from retool.engines.base import Completion, Engine, SamplingParams, TokenDelta
 from retool.grading import extract_answer_from_trajectory
 from retool.protocol import Dialect, get_dialect
-from retool.protocol.chat import TOOL_NAME, ChatFormat, load_template
+from retool.protocol.chat import ChatFormat, call_code, encode_spans, load_template
 from retool.protocol.render import output_text
 from retool.sandbox.base import ExecResult, ExecStatus, SandboxUnavailable, Session
 from retool.seeds import derive_seed
@@ -296,7 +296,7 @@ class Rollout:
         for call in calls:
             if call.name in client:  # the client runs it: the turn ends after this turn's own python calls
                 continue
-            code, invalid = _call_code(call)
+            code, invalid = call_code(call)
             if invalid is not None:
                 result = ExecResult(ExecStatus.ERROR, error=invalid)
                 ran.append((code, result, invalid, f"Error: {invalid}"))
@@ -317,7 +317,7 @@ class Rollout:
             traj.finish("tool_calls")
             return Step(start, len(traj.ids))
         reply = chat.tool_reply([response for *_, response in ran])
-        output_ids, bounds = _encode_spans(self.tokenizer, reply, [response for *_, response in ran])
+        output_ids, bounds = encode_spans(self.tokenizer, reply, [response for *_, response in ran])
         room = cfg.max_total_tokens - code_end
         span_start, span_end = traj.append_tool(output_ids[:room])
         last = None
@@ -397,31 +397,3 @@ class Rollout:
         self.stats._tick()
         setattr(self.stats, counter, getattr(self.stats, counter) - 1)
 
-
-def _call_code(call) -> tuple[str, str | None]:
-    """A parsed chat call's code, or why it cannot run (the model's mistake, answered in one line)."""
-    if call.error is not None:
-        return "", call.error
-    if call.name != TOOL_NAME:
-        return "", f"unknown function {call.name!r}; the only tool is {TOOL_NAME}"
-    code = call.arguments.get("code")
-    if not isinstance(code, str):
-        return "", f"the {TOOL_NAME} tool needs a string argument 'code'"
-    return code, None
-
-
-def _encode_spans(tokenizer, text: str, pieces: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
-    """``text`` tokenized once (never piece by piece: the ids must be the template's), and for each
-    of ``pieces`` (in order in ``text``) the token range from where it starts to where the next one
-    starts, the first from 0 and the last to the end: the calls' output spans partition the reply."""
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
-    starts, at = [], 0
-    for piece in pieces:
-        found = text.find(piece, at)
-        at = found + len(piece) if found >= 0 else at
-        starts.append(max(found, 0))
-    token_at = [sum(1 for lo, _ in offsets if lo < c) for c in starts]
-    token_at[0] = 0
-    bounds = [(token_at[i], token_at[i + 1] if i + 1 < len(pieces) else len(ids)) for i in range(len(pieces))]
-    return ids, bounds

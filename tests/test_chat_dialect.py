@@ -397,3 +397,31 @@ def test_a_turn_ended_by_eos_rather_than_the_stop_string_renders_the_same(pool):
     by_eos = rollout.run([rollout.prompt_ids("What is 2**10 + 1?")])[0]
     assert by_eos.ids == by_stop.ids and by_eos.loss_mask == by_stop.loss_mask
     assert by_eos.finish_reason == "answer"
+
+
+def test_grpo_through_trl_samples_in_the_chat_dialect(tmp_path, monkeypatch):
+    """TRL's GRPOTrainer with retool's rollout in the chat dialect: a real step on a tiny model whose
+    prompts declare the python tool through the template."""
+    import json
+
+    from retool.training.recipe import RLRecipe
+    from retool.training.rl import run_rl
+    from tiny import tiny_model
+
+    tok = tiny_chat_tokenizer("qwen2_5")
+    model, _ = tiny_model(tokenizer=tok)
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "problem": "What is 3 plus 4?", "answer": "7"}) + "\n"
+                            for i in range(4)))
+    recipe = RLRecipe(algorithm="grpo", data=[str(data)], output_dir=str(tmp_path / "grpo"), steps=1, prompts_per_step=1,
+                      group_size=2, micro_batch_size=2, rollout={"dialect": "chat", "few_shot": False, "max_total_tokens": 16},
+                      learning_rate=1e-3, sandbox={"backend": "subprocess"}, report_to=[], mask_truncated=False, save_steps=1)
+    prompts: list[str] = []
+    original = Rollout.prompt_ids
+    monkeypatch.setattr(Rollout, "prompt_ids", lambda self, problem: prompts.append(
+        tok.decode(ids := original(self, problem), skip_special_tokens=False)) or ids)
+    result = run_rl(recipe, model=model, tokenizer=tok)
+    assert result.steps == 1
+    lines = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert any("tools/invalid_call_rate" in x for x in lines)
+    assert prompts and all('"name": "python"' in p and "<tools>" in p for p in prompts)  # the template declared the tool

@@ -280,6 +280,35 @@ class ChatFormat:
         return None
 
 
+def call_code(call: ParsedCall) -> tuple[str, str | None]:
+    """A parsed chat call's code, or why it cannot run (the model's mistake, answered in one line)."""
+    if call.error is not None:
+        return "", call.error
+    if call.name != TOOL_NAME:
+        return "", f"unknown function {call.name!r}; the only tool is {TOOL_NAME}"
+    code = call.arguments.get("code")
+    if not isinstance(code, str):
+        return "", f"the {TOOL_NAME} tool needs a string argument 'code'"
+    return code, None
+
+
+def encode_spans(tokenizer, text: str, pieces: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
+    """``text`` tokenized once (never piece by piece: the ids must be the template's), and for each
+    of ``pieces`` (in order in ``text``) the token range from where it starts to where the next one
+    starts, the first from 0 and the last to the end: the calls' output spans partition the reply."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
+    starts, at = [], 0
+    for piece in pieces:
+        found = text.find(piece, at)
+        at = found + len(piece) if found >= 0 else at
+        starts.append(max(found, 0))
+    token_at = [sum(1 for lo, _ in offsets if lo < c) for c in starts]
+    token_at[0] = 0
+    bounds = [(token_at[i], token_at[i + 1] if i + 1 < len(pieces) else len(ids)) for i in range(len(pieces))]
+    return ids, bounds
+
+
 def _difference(a: str, b: str) -> str:
     """Where two renderings part, in a few characters each."""
     at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
