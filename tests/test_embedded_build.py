@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # minutes on 2 cores: past the default per-test limit
 
 
 def test_a_smoke_build_publishes_a_loadable_adapter_that_changed_the_model(tmp_path):
