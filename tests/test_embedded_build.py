@@ -17,7 +17,8 @@ def test_a_smoke_build_publishes_a_loadable_adapter_that_changed_the_model(tmp_p
     from retool.training import embedded
 
     target = tmp_path / "published"
-    embedded.main(["--root", str(tmp_path / "runs"), "--steps", "1", "--probe-size", "2", "--no-eval",
+    # two steps: the first has learning rate 0 (warm-up), and LoRA starts as the identity
+    embedded.main(["--root", str(tmp_path / "runs"), "--steps", "2", "--probe-size", "2", "--no-eval",
                    "--target", str(target)])
     assert json.loads((target / "adapter_config.json").read_text())["base_model_name_or_path"] == BASE_MODEL
     card = json.loads((target / "retool_prompt.json").read_text())
