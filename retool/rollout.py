@@ -38,6 +38,7 @@ from retool.grading import extract_answer_from_trajectory
 from retool.protocol import Dialect, get_dialect
 from retool.protocol.chat import ChatFormat, call_code, encode_spans, load_template
 from retool.protocol.render import output_text
+from retool.protocol.tool_calls import SYNTAXES
 from retool.sandbox.base import ExecResult, ExecStatus, SandboxUnavailable, Session
 from retool.seeds import derive_seed
 from retool.trajectory import ToolCall, Trajectory, TrajectoryError
@@ -104,7 +105,7 @@ class RolloutConfig:
         get_dialect(self.dialect)  # an unknown name fails here, with the known ones
         if self.max_tool_calls < 0 or self.max_total_tokens <= 0:
             raise ValueError("max_tool_calls must be >= 0 and max_total_tokens > 0")
-        if self.tool_format not in ("auto", "hermes", "xml") or self.thinking not in ("auto", "on", "off"):
+        if self.tool_format not in ("auto", *SYNTAXES) or self.thinking not in ("auto", "on", "off"):
             raise ValueError(f"tool_format must be auto, hermes or xml and thinking auto, on or off: "
                              f"{self.tool_format!r}, {self.thinking!r}")
 
@@ -316,8 +317,8 @@ class Rollout:
                                          for i, c in enumerate(calls) if c.name in client]
             traj.finish("tool_calls")
             return Step(start, len(traj.ids))
-        reply = chat.tool_reply([response for *_, response in ran])
-        output_ids, bounds = encode_spans(self.tokenizer, reply, [response for *_, response in ran])
+        responses = [response for *_, response in ran]
+        output_ids, bounds = encode_spans(self.tokenizer, chat.tool_reply(responses), responses)
         room = cfg.max_total_tokens - code_end
         span_start, span_end = traj.append_tool(output_ids[:room])
         last = None
@@ -396,4 +397,3 @@ class Rollout:
     def _leave(self, counter: str) -> None:
         self.stats._tick()
         setattr(self.stats, counter, getattr(self.stats, counter) - 1)
-

@@ -64,12 +64,13 @@ class ChatHistory:
                 i += 1
                 continue
             ids = tuple(str(c.get("id", "")) for c in message.get("tool_calls") or ())
-            hit = self._items.get(self._key(owner, message.get("content") or "", ids))
+            key = self._key(owner, message.get("content") or "", ids)
+            hit = self._items.get(key)
             if hit is None:
                 out.append(template_message(message))
                 i += 1
                 continue
-            self._items.move_to_end(self._key(owner, message.get("content") or "", ids))
+            self._items.move_to_end(key)
             out += [dict(m) for m in hit.messages]
             i += 1
             if not hit.client_ids:

@@ -54,6 +54,7 @@ from fastapi import Request
 
 from retool.apps.chat_history import ChatHistory, Remembered
 from retool.apps.conversation import Turn, TurnCollector
+from retool.protocol import get_dialect
 from retool.protocol.chat import ChatTemplateError
 from retool.engines.base import Engine
 from retool.engines.spec import EngineSpec
@@ -177,7 +178,7 @@ class Server:
             raise APIError(400, f"the {SESSION_HEADER} header and the session_id field disagree", param="session_id")
         session_id = request.session_id or header_session or f"sess-{uuid.uuid4().hex}"
         defaults = cfg.rollout
-        chat = defaults.dialect == "chat"
+        chat = get_dialect(defaults.dialect).structured  # calls and tool results are messages
         if request.tools and not chat:
             raise APIError(400, "function tools need a server in the chat dialect (retool serve --dialect chat): "
                                 f"this one writes tool calls in the {defaults.dialect!r} dialect, run server-side",

@@ -112,6 +112,8 @@ class ChatFormat:
         when it renders no tools, writes calls in no format retool reads, or is not prefix-preserving."""
         if template is None and not getattr(tokenizer, "chat_template", None):
             raise ChatTemplateError("the tokenizer has no chat template; pass one with --chat-template FILE")
+        if syntax not in ("auto", *SYNTAXES):
+            raise ChatTemplateError(f"unknown tool-call format {syntax!r}; choose auto, {', '.join(SYNTAXES)}")
         tools = (python_tool(description), *extra_tools)
         options_ = tuple(sorted((options or {}).items()))
         draft = cls(tokenizer, template, "hermes", tools, "", "", False, options_)
@@ -120,14 +122,10 @@ class ChatFormat:
         generation = draft.render([{"role": "user", "content": "x"}], generation_prompt=True)
         thinking = "<think>" in source and not generation.rstrip().endswith("</think>")
         draft = cls(tokenizer, template, "hermes", tools, end_of_turn, after_turn, thinking, options_)
-        if draft.render([{"role": "user", "content": "x"}], generation_prompt=True) == \
-                draft.render([{"role": "user", "content": "x"}], generation_prompt=True, tools=False):
+        if generation == draft.render([{"role": "user", "content": "x"}], generation_prompt=True, tools=False):
             raise ChatTemplateError("the chat template does not render tools (no function tool appears in the prompt); "
                                     "pass a tool-calling template with --chat-template FILE")
-        detected = draft._detect_syntax()
-        if syntax not in ("auto", *SYNTAXES):
-            raise ChatTemplateError(f"unknown tool-call format {syntax!r}; choose auto, {', '.join(SYNTAXES)}")
-        chosen = detected if syntax == "auto" else syntax
+        chosen = draft._detect_syntax() if syntax == "auto" else syntax
         if chosen is None:
             raise ChatTemplateError("the chat template writes tool calls in no format retool reads (hermes JSON or "
                                     "<function=…> XML inside <tool_call>); pass --tool-format or --chat-template FILE")
