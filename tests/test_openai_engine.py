@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
+from loopback import serve_in_thread  # noqa: E402
 from retool.engines.base import SamplingParams  # noqa: E402
 from retool.engines.openai import (  # noqa: E402
     EngineError,
@@ -197,20 +198,8 @@ def served():
     tok = build_tokenizer()
     model = build_model(tok)
     app = make_app(tok, model)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "test server did not start"
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    yield SimpleNamespace(url=url, tok=tok, model=model, app=app)
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serve_in_thread(app) as url:
+        yield SimpleNamespace(url=url, tok=tok, model=model, app=app)
 
 
 @pytest.fixture
