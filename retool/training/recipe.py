@@ -192,10 +192,40 @@ class RLRecipe(_Strict):
         return self
 
 
-Recipe = SFTRecipe | RLRecipe
+class PRMRecipe(_Strict):
+    """``retool prm train``: a verifier on step labels (``retool prm label``), on the policy's trunk."""
+
+    objective: Literal["process", "outcome", "implicit"] = "process"  # outcome: the ORM baseline; implicit: PRIME
+    model: str = "smollm2-135m-instruct"  # the policy whose samples were labelled (its trunk starts the PRM)
+    labels: list[str]  # labels.jsonl files or the directories holding them
+    output_dir: str
+    max_length: int = Field(1024, gt=0)  # tokens of prompt + trajectory; boundaries past it are not trained on
+    val_fraction: float = Field(0.2, ge=0, lt=1)  # of problems (by a hash of the id), never trained on
+    train_blocks: int | None = Field(2, ge=0)  # train only the top k blocks (0: the head on cached states); None: all
+    lora: LoraSettings | None = None  # GPU: LoRA on the trunk instead of train_blocks
+    beta: float = Field(0.05, gt=0)  # implicit: the log-ratio's scale (PRIME's β)
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(4, gt=0)
+    seed: int = 0
+    save_steps: int = Field(20, gt=0)
+    eval_steps: int = Field(20, gt=0)
+    logging_steps: int = Field(1, gt=0)
+    report_to: list[str] = ["tensorboard"]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PRMRecipe":
+        if self.lora is not None and self.train_blocks is not None:
+            raise ValueError("lora and train_blocks are two ways to choose what trains; set train_blocks: null with lora")
+        return self
 
 
-def load_recipe(path: str | Path, kind: type[SFTRecipe] | type[RLRecipe], **overrides) -> SFTRecipe | RLRecipe:
+Recipe = SFTRecipe | RLRecipe | PRMRecipe
+
+
+def load_recipe(path: str | Path, kind: type[SFTRecipe] | type[RLRecipe] | type[PRMRecipe], **overrides) -> Recipe:
     """Read and validate a recipe; ``overrides`` (from the command line) replace top-level keys."""
     path = Path(path)
     try:
