@@ -24,8 +24,9 @@ def coldstart_synth(
     seed: int = typer.Option(0, help="Generator seed: the same seed gives the same data."),
     split_heldout: float = typer.Option(0.1, help="Fraction held out (never for training)."),
     dialect: str = typer.Option("retool", help=DIALECT_HELP),
-    families: str = typer.Option("synth", help="Which generator: synth (seven tight families) or general "
-                                              "(eighteen broad kinds of computation, varied wording)."),
+    families: str = typer.Option("synth", help="Which generator: synth (seven tight families), general "
+                                              "(eighteen broad kinds of computation, varied wording) or multistep "
+                                              "(two or three dependent cells per solution)."),
     sandbox: SandboxSpec = None,
 ) -> None:
     """Tool-necessary problems with code-integrated and text-only solutions, all verified."""

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
-from retool.coldstart.synth import GENERATOR_VERSION, generate, is_heldout
+from retool.coldstart.synth import GENERATOR_VERSION, Example, generate, is_heldout
 from retool.coldstart.convert import verify_as
 from retool.coldstart.records import record, write_jsonl
 from retool.coldstart.verify import STAGES
 from retool.engines.spec import EngineSpec
 from retool.protocol import get_dialect
-from retool.sandbox.base import SandboxLimits
+from retool.sandbox.base import SandboxLimits, Session
 from retool.sandbox.spec import SandboxSpec
 
 PROMPT_FILE = Path(__file__).resolve().parents[2] / "coldstart_data" / "rewrite_prompt.md"
@@ -44,17 +44,27 @@ class SynthConfig:
     heldout: float = 0.1
     sandbox: SandboxSpec = SandboxSpec(limits=SandboxLimits(timeout_s=30))  # one session runs every trace
     dialect: str = "retool"  # the data's dialect (traces are written in ReTool's, then converted)
-    families: str = "synth"  # a key of GENERATORS: the seven tight families, or the broad general ones
+    families: str = "synth"  # a key of GENERATORS: the seven tight families, the broad general ones, or multistep
 
 
 def _generators() -> dict[str, tuple[str, dict]]:
     from retool.coldstart.synth import FAMILIES
     from retool.coldstart.synth_general import GENERAL_FAMILIES, GENERAL_VERSION
+    from retool.coldstart.synth_multistep import MULTISTEP_FAMILIES, MULTISTEP_VERSION
 
-    return {"synth": (GENERATOR_VERSION, FAMILIES), "general": (GENERAL_VERSION, GENERAL_FAMILIES)}
+    return {"synth": (GENERATOR_VERSION, FAMILIES), "general": (GENERAL_VERSION, GENERAL_FAMILIES),
+            "multistep": (MULTISTEP_VERSION, MULTISTEP_FAMILIES)}
 
 
-GENERATORS = ("synth", "general")
+GENERATORS = ("synth", "general", "multistep")
+
+
+def _check_state(session: Session, examples: list[Example]) -> None:
+    """Later cells of a multi-step trace use the names earlier cells defined: a stateless session
+    would fail every one of them, so refuse it up front rather than drop the whole set."""
+    if not session.stateful and any(e.code_solution.count("<code>") > 1 for e in examples):
+        raise ValueError(f"these traces have dependent cells and need a stateful sandbox (jupyter or docker); "
+                         f"{session.backend!r} starts every cell empty")
 
 
 def _tag_dialect(name: str):
@@ -80,8 +90,10 @@ def run_synth(config: SynthConfig, progress: Callable[[int, int], None] | None =
     code_rows, text_rows, heldout_rows = [], [], []
     dropped: Counter[str] = Counter()
     reasons: list[dict[str, str]] = []
-    # one session for the whole run: every generated block defines what it uses
+    # one session for the whole run: every example defines what its cells use (a later cell of a
+    # multi-step example uses its own earlier cells' names; if one of those fails, the trace is dropped there)
     with config.sandbox.session() as session:
+        _check_state(session, examples)
         for index, example in enumerate(examples):
             code = verify_as(example.code_solution, example.answer, written_in, dialect, session)
             text = verify_as(example.text_solution, example.answer, written_in, dialect, session, require_code=False)

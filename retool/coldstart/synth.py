@@ -4,7 +4,8 @@ A deterministic generator (no LLM) of problems a small model cannot do in its he
 with a line of code: multi-digit arithmetic, modular powers, factorisation, counting by
 enumeration, linear systems, sums of series, small combinatorics, each with several wordings.
 
-Both solutions follow the same steps. The **code** one writes the computation as a block; its
+Both solutions follow the same steps. The **code** one writes the computation as a block (or, for
+multi-step problems, several dependent blocks, each after its own sentence: ``_Steps.more``); its
 interpreter output comes from really running it (``verify_trace`` inserts it). The **text** one
 writes the same steps out by hand with their exact values. Every example is verified (format,
 execution, answer against the generator's own value) before it is written, so text-only and
@@ -44,6 +45,9 @@ class _Steps:
     text_steps: str  # the same computation by hand
     conclusion: str
     answer: int
+    # later (sentence, code) cells; they run in the same session, so they may use the names the
+    # cells before them defined (``synth_multistep``). Empty for single-cell families.
+    more: tuple[tuple[str, str], ...] = ()
 
 
 def _answer_section(value: int) -> str:
@@ -215,9 +219,15 @@ def _det(m: list[list[int]]) -> int:
             + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
 
 
+def _cell(code: str) -> str:
+    """One block in ReTool's tags, without its output: verification runs it and inserts that."""
+    return f"<code>\n```python\n{code}\n```\n</code>\n"
+
+
 def make_example(steps: _Steps, family: str) -> Example:
     digest = hashlib.sha256(steps.question.encode()).hexdigest()[:12]
-    code_solution = (f"{steps.plan}\n<code>\n```python\n{steps.code}\n```\n</code>\n"
+    later = "".join(f"{sentence}\n{_cell(code)}" for sentence, code in steps.more)
+    code_solution = (f"{steps.plan}\n{_cell(steps.code)}{later}"
                      f"{steps.conclusion}\n{_answer_section(steps.answer)}")
     text_solution = f"{steps.text_steps}\n{steps.conclusion}\n{_answer_section(steps.answer)}"
     return Example(f"{family}-{digest}", family, steps.question, str(steps.answer), code_solution, text_solution)

@@ -12,6 +12,8 @@ The contract that the rest of retool leans on is simple and strict:
   scored and never trained on. Nothing the code can do may produce it.
 * A session is stateful like notebook cells: names defined in one ``run`` are visible in the next,
   until the session is reset (``ExecResult.session_reset`` tells when a failure cost the state).
+  The one exception says so: ``Session.stateful`` is ``False`` for ``subprocess`` (a fresh process
+  per ``run``), so a caller whose cells depend on each other can refuse it up front.
 
 This module deliberately knows nothing about *how* code is isolated; see ``isolation.py`` and the
 backends for that.
@@ -201,6 +203,7 @@ class Session(ABC):
     """A stateful interpreter in a sandbox. One per trajectory; not shared between threads at once."""
 
     backend: str = "?"
+    stateful: bool = True  # names survive between ``run`` calls (False: every run starts empty)
 
     def __init__(self, limits: SandboxLimits | None = None) -> None:
         self.limits = limits or SandboxLimits()

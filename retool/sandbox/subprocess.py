@@ -39,6 +39,7 @@ class SubprocessSession(Session):
     """A jailed ``python -c`` per call. ``restart`` and ``close`` have nothing to keep."""
 
     backend = "subprocess"
+    stateful = False
 
     def __init__(self, limits: SandboxLimits | None = None) -> None:
         super().__init__(limits)
