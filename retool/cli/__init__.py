@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from retool.cli import bench, coldstart, run, sandbox, training
+from retool.cli import bench, coldstart, prm, run, sandbox, search, training
 
 app = typer.Typer(help="Tool-integrated reasoning: models that think in text and run Python in a sandbox.",
                   no_args_is_help=True)
@@ -26,6 +26,8 @@ training.register(app)
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(coldstart.app, name="coldstart")
 app.add_typer(bench.app, name="bench")
+app.add_typer(prm.app, name="prm")
+app.add_typer(search.app, name="search")
 
 
 
