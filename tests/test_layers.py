@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "retool"
 LAYERS = [
     {"protocol", "trajectory", "engines", "sandbox", "rollout", "grading", "datasets", "models", "seeds",
      "terminal", "transcript", "trajectory_stats", "extras", "model_card"},
-    {"coldstart", "evals", "training"},
+    {"coldstart", "evals", "training", "prm", "search"},
     {"apps", "bench"},
     {"cli"},
 ]

@@ -21,7 +21,7 @@ from tiny import tiny_model
 from retool.protocol import RETOOL
 from retool.rollout import RolloutConfig
 from retool.rollout import render_prompt
-from retool.training.recipe import RecipeError, RLRecipe, SFTRecipe, load_recipe
+from retool.training.recipe import PRMRecipe, RecipeError, RLRecipe, SFTRecipe, load_recipe
 from retool.training.rl import run_rl
 from retool.training.sft_data import IGNORE_INDEX, SFTDataError, iter_examples, render_trajectory, to_example
 
@@ -152,7 +152,7 @@ def test_a_vllm_recipe_without_vllm_stops_before_loading_anything(tmp_path):
 def test_every_shipped_recipe_validates():
     recipes = Path(__file__).resolve().parent.parent / "training" / "recipes"
     for path in sorted(recipes.glob("*.yaml")):
-        kind = SFTRecipe if "sft" in path.name else RLRecipe
+        kind = PRMRecipe if path.name.startswith("prm_") else SFTRecipe if "sft" in path.name else RLRecipe
         load_recipe(path, kind)
 
 
