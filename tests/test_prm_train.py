@@ -150,3 +150,16 @@ def test_a_stopped_run_resumes_from_its_checkpoint(setup):
     assert second.steps == 4 and not second.stopped
     lines = [json.loads(line) for line in (root / "resume" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if "loss/prm" in line] == [1, 2, 3, 4]
+
+
+def test_lora_trains_an_adapter_and_saves_the_verifier_whole(setup):
+    root, rows = setup
+    train_prm(recipe(root, "lora", train_blocks=None, lora={"r": 4, "alpha": 8, "dropout": 0.0},
+                     learning_rate=1e-2, val_fraction=0.0), device="cpu")
+    prm = load_prm(root / "lora" / "prm")  # no peft folder: a plain token-classification model
+    assert not (root / "lora" / "prm" / "model" / "adapter_config.json").exists()
+    before = policy_params(root)
+    changed = [n for n, p in prm.model.base_model.named_parameters() if not torch.equal(p, before["model." + n])]
+    assert changed and all("proj" in n for n in changed)  # LoRA merged into the projections only
+    (scores,) = prm.score([example_of(rows[0], "process", 1024)[0]])
+    assert len(scores) == 3

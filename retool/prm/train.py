@@ -153,6 +153,8 @@ def train_prm(recipe: PRMRecipe, stop: StopRequest | None = None, device: str | 
                 _save(checkpoints, step, prm, optimizer, cursor)
             if stop.requested:
                 return PRMRunResult(out, step, True, metrics)
+    if recipe.lora is not None:  # the verifier is saved whole: it loads without peft or the base
+        prm.model = prm.model.merge_and_unload()
     prm.save(out / "prm")
     (out / "eval.json").write_text(json.dumps({"steps": step, **metrics}, indent=2))
     return PRMRunResult(out, step, False, metrics)
@@ -162,9 +164,15 @@ def _apply_lora(prm: PRM, recipe: PRMRecipe) -> None:
     from peft import LoraConfig, get_peft_model
 
     lora = recipe.lora
-    task = "CAUSAL_LM" if prm.objective == "implicit" else "TOKEN_CLS"
-    prm.model = get_peft_model(prm.model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                     target_modules=lora.target_modules, task_type=task))
+    if prm.objective == "implicit":
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    else:  # the head trains in full (it starts at zero): not a LoRA target
+        head = "score" if hasattr(prm.model, "score") else "classifier"
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=lora.target_modules, exclude_modules=[head], modules_to_save=[head],
+                            task_type="TOKEN_CLS")
+    prm.model = get_peft_model(prm.model, config)
 
 
 def _trainable_state(prm: PRM) -> dict[str, torch.Tensor]:
