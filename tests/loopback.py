@@ -1,5 +1,6 @@
 """Serve an ASGI app on a free loopback port in a background thread, for tests that need a real
-HTTP server (an OpenAI-compatible completions server standing in for vLLM)."""
+HTTP server (an OpenAI-compatible completions server standing in for vLLM), and the body of the
+``POST /v1/completions`` requests such a server takes (vLLM's fields that retool sends)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,24 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+
+from pydantic import BaseModel
+
+
+class CompletionRequest(BaseModel):
+    model: str
+    prompt: str | list[int]
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    return_token_ids: bool | None = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
 
 
 @contextlib.contextmanager

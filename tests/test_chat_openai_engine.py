@@ -20,10 +20,9 @@ fastapi = pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("transformers")
 
-from pydantic import BaseModel  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from loopback import serve_in_thread  # noqa: E402
+from loopback import CompletionRequest, serve_in_thread  # noqa: E402
 from retool.cli import app as cli  # noqa: E402
 from retool.engines.base import SamplingParams  # noqa: E402
 from retool.engines.openai import OpenAIEngine  # noqa: E402
@@ -48,20 +47,6 @@ def assistant(content: str, *codes: str) -> dict:
 CONVERSATION = [(assistant("I will compute.", "x = 2**10\nprint(x)"), ["1024"]),
                 (assistant("Then one more.", "print(x + 1)"), ["1025"]),
                 (assistant("The answer is \\boxed{1025}."), [])]
-
-
-class CompletionRequest(BaseModel):
-    model: str
-    prompt: str | list[int]
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    logprobs: int | None = None
-    return_token_ids: bool | None = None
-    include_stop_str_in_output: bool = False
-    skip_special_tokens: bool = True
 
 
 def scripted_server(tok, turns: list[str]) -> fastapi.FastAPI:

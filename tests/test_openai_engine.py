@@ -28,10 +28,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from fastapi.responses import JSONResponse  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
-from loopback import serve_in_thread  # noqa: E402
+from loopback import CompletionRequest, serve_in_thread  # noqa: E402
 from retool.engines.base import SamplingParams  # noqa: E402
 from retool.engines.openai import (  # noqa: E402
     EngineError,
@@ -94,22 +93,6 @@ class LogitBias(transformers.LogitsProcessor):
         for token, value in self.bias.items():
             scores[:, token] += value
         return scores
-
-
-class CompletionRequest(BaseModel):
-    model: str
-    prompt: str | list[int]
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
-    return_token_ids: bool | None = None
-    include_stop_str_in_output: bool = False
-    skip_special_tokens: bool = True
 
 
 def make_app(tok, model) -> fastapi.FastAPI:

@@ -114,14 +114,19 @@ def load_samples(path: Path, problems: dict[str, Problem] | None = None) -> list
 
 
 def check_resumable(out: Path, config: EvalConfig) -> None:
+    check_settings(out, config.sample_defining(), "a run")
+
+
+def check_settings(out: Path, current: dict[str, Any], holds: str) -> None:
+    """``out/config.json`` records ``current`` on first use; later uses must match it (``holds``
+    names what the directory holds, for the message)."""
     saved_path = out / "config.json"
-    current = config.sample_defining()
     if saved_path.exists():
         saved = json.loads(saved_path.read_text())
         changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
         if changed:
             detail = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changed.items())
-            raise ValueError(f"{out} holds a run with other settings ({detail}); use another --out")
+            raise ValueError(f"{out} holds {holds} with other settings ({detail}); use another --out")
     else:
         out.mkdir(parents=True, exist_ok=True)
         saved_path.write_text(json.dumps(current, indent=2))

@@ -34,6 +34,7 @@ from typing import Any
 
 from retool.engines.base import Engine
 from retool.engines.spec import EngineSpec
+from retool.evals.harness import check_settings
 from retool.evals.run_dir import load_run
 from retool.grading import ScoredSample, score
 from retool.rollout import Rollout
@@ -204,7 +205,7 @@ def label_run(config: LabelConfig, engine: Engine | None = None, show_progress: 
     """Label (or resume labelling) ``config.run`` into ``config.out``; returns the stats."""
     run = load_run(config.run)
     out = Path(config.out)
-    _check_resumable(out, config)
+    check_settings(out, config.defining(), "labels made")
     path = out / "labels.jsonl"
     done = load_labels(path)
     seen = {(d.problem_id, d.sample) for d in done}
@@ -244,19 +245,6 @@ async def _label_all(labeller: Labeller, todo: list[ScoredSample], path: Path, s
 
         await asyncio.gather(*(one(s) for s in todo))
     return new
-
-
-def _check_resumable(out: Path, config: LabelConfig) -> None:
-    saved = out / "config.json"
-    current = config.defining()
-    if saved.exists():
-        before = json.loads(saved.read_text())
-        if before != current:
-            changed = ", ".join(f"{k}: {before.get(k)!r} → {v!r}" for k, v in current.items() if before.get(k) != v)
-            raise ValueError(f"{out} holds labels made with other settings ({changed}); use another --out")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(current, indent=2))
 
 
 def load_labels(path: str | Path) -> list[LabeledTrajectory]:
