@@ -146,3 +146,34 @@ def test_labelling_resumes_and_refuses_other_settings(tmp_path):
         label_run(LabelConfig(run, str(out), mc=2), engine=engine, show_progress=False)
     with pytest.raises(FileNotFoundError, match="not a finished"):
         label_run(LabelConfig(str(tmp_path), str(tmp_path / "x"), mc=2), engine=engine, show_progress=False)
+
+
+class RandomPolicy(ScriptedEngine):
+    """Samples a random number in its first cell, then answers wrong: every replay of that cell differs."""
+
+    def __init__(self):
+        super().__init__(respond=self.reply)
+
+    def reply(self, prompt: str) -> str:
+        tail = prompt[prompt.rindex(WRONG.problem):]
+        if "</interpreter>" not in tail:
+            return cell("import random\nprint(random.random())")
+        if tail.count("</interpreter>") == 1:
+            return cell("print(7)")
+        return answer(7)
+
+
+def test_a_prefix_whose_replays_all_differ_is_labelled_dropped_and_counted(tmp_path):
+    engine = RandomPolicy()
+    rollout = replace(EVAL_ROLLOUT, max_total_tokens=512)
+    config = EvalConfig(benchmark="constructed", k=1, out=str(tmp_path / "run"), concurrency=1, rollout=rollout)
+    run_eval(config, engine=engine, problems=[WRONG], show_progress=False)
+    stats = label_run(LabelConfig(config.out, str(tmp_path / "labels"), mc=2), engine=engine, show_progress=False)
+    (row,) = load_labels(tmp_path / "labels" / "labels.jsonl")
+    # prefix 1 continues with print(7): its replay of the random cell differs, both branches dropped;
+    # prefix 2 answers without running code: no replay, two wrong answers
+    assert [(lab.source, lab.soft, lab.rollouts) for lab in row.labels] == [
+        ("dropped", None, 0), ("mc", 0.0, 2), ("outcome", 0.0, 0)]
+    assert row.mismatches == 2 and row.dropped == 2
+    assert stats["replay_mismatches"] == 2 and stats["replay_mismatch_rate"] == 1.0
+    assert stats["sources"]["dropped"] == 1

@@ -79,7 +79,8 @@ class StepLabel:
     hard: int  # 1: some sample from this prefix was correct
     rollouts: int  # continuations that were graded (dropped ones not counted)
     correct: int  # of those, correct
-    source: str  # "mc" (measured), "outcome" (the trajectory's own result), "inferred" (binary search)
+    source: str  # "mc" (measured), "outcome" (the trajectory's own result), "inferred" (binary search),
+    # "dropped" (every continuation failed for reasons not the model's: the outcome stands in)
 
     @property
     def target(self) -> float:
@@ -193,6 +194,8 @@ class Labeller:
                 soft, hard, source = float(own), own, "outcome"
             elif tally is None:  # binary search: inferred from the first bad step
                 soft, hard, source = None, int(k < first_bad), "inferred"
+            elif tally.rollouts == 0:  # every branch was dropped (infrastructure, replay mismatch)
+                soft, hard, source = None, own, "dropped"
             else:
                 hits = tally.correct + own
                 soft, hard, source = hits / (tally.rollouts + 1), int(hits > 0), "mc"
@@ -278,7 +281,7 @@ def label_stats(rows: list[LabeledTrajectory]) -> dict[str, Any]:
             "rollouts_per_label": rollouts / len(labels) if labels else 0.0,
             "positive_rate": sum(label.hard for label in labels) / len(labels) if labels else 0.0,
             "positive_rate_by_step": {str(k): sum(v) / len(v) for k, v in sorted(by_step.items())},
-            "sources": {s: sum(label.source == s for label in labels) for s in ("mc", "outcome", "inferred")},
+            "sources": {s: sum(label.source == s for label in labels) for s in ("mc", "outcome", "inferred", "dropped")},
             "branches_replayed": replayed, "replay_mismatches": mismatches,
             "replay_mismatch_rate": mismatches / replayed if replayed else 0.0,
             "branches_dropped": sum(row.dropped for row in rows)}

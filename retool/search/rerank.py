@@ -64,7 +64,12 @@ def candidates(run: EvalRun, verifier: Verifier, problem_texts: dict[str, str]) 
 
 
 def verifier_report(table: dict[str, list[Candidate]], config: RerankConfig) -> dict[str, Any]:
-    """One verifier's numbers: AUROC, accuracy at N, curves, paired differences."""
+    """One verifier's numbers: AUROC, accuracy at N, curves, paired differences. Problems with
+    fewer than N samples (an infrastructure failure left one unscored) are left out and counted:
+    a budget must mean the same on every problem."""
+    full = max(len(group) for group in table.values())
+    incomplete = sum(len(group) < full for group in table.values())
+    table = {pid: group for pid, group in table.items() if len(group) == full}
     flat = [c for group in table.values() for c in group if c.step_scores]
     labels = [int(c.correct) for c in flat]
     methods = ("avg", *config.selections)
@@ -86,6 +91,7 @@ def verifier_report(table: dict[str, list[Candidate]], config: RerankConfig) -> 
     return {"auroc": {"last": auroc([c.step_scores[-1] for c in flat], labels),
                       "min": auroc([min(c.step_scores) for c in flat], labels)},
             "accuracy": accuracy, "differences": pairs, "tokens_per_problem": tokens,
+            "problems": len(table), "problems_incomplete": incomplete,
             "curves": [asdict(point) for point in curve]}
 
 
