@@ -105,3 +105,15 @@ def test_an_external_prm_refuses_when_the_step_counts_disagree(text_prm):
     traj.logprobs = [0.0] * len(traj.ids)
     with pytest.raises(StepCountMismatch, match="refusing"):
         adapter.score("Q", [traj])
+
+
+def test_an_external_prm_is_chosen_by_path_on_the_command_line_spec(trajs, text_prm, tmp_path):
+    from retool.search.verifiers import build_verifier
+
+    adapter, tok, theirs = text_prm
+    adapter.model.save_pretrained(tmp_path / "ext")
+    theirs.save_pretrained(tmp_path / "ext")
+    loaded = build_verifier(f"text-prm:{tmp_path / 'ext'}", tok, Rollout(ScriptedEngine(), None).dialect)
+    assert isinstance(loaded, TextPRMAdapter) and loaded.name == "text-prm:ext"
+    assert loaded.score("What is 6*7+1?", [trajs["supported"]])[0] == pytest.approx(
+        adapter.score("What is 6*7+1?", [trajs["supported"]])[0])

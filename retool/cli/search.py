@@ -15,8 +15,9 @@ app = typer.Typer(help="Verifiers and selection over sampled trajectories (OpenR
 def rerank(
     run: Path = typer.Option(..., "--run", help="A finished `retool eval --out` directory."),
     out: Path = typer.Option(..., "--out", help="Where results.json, report.md and the curves go."),
-    verifier: list[str] = typer.Option(["exec"], "--verifier", help="exec (the execution heuristic) or a trained "
-                                                                    "PRM's directory (repeatable)."),
+    verifier: list[str] = typer.Option(["exec"], "--verifier", help="exec (the execution heuristic), a trained "
+                                                                    "PRM's directory, or text-prm:PATH (an external "
+                                                                    "PRM such as Qwen2.5-Math-PRM; repeatable)."),
     select: str = typer.Option(",".join(("majority", "orm_max", "orm_vote", "prm_min_max", "prm_min_vote",
                                          "prm_last_max", "prm_last_vote")),
                                "--select", help="Comma-separated selections."),

@@ -185,7 +185,9 @@ class TextPRMAdapter:
                                         f"{want} steps (a step containing {self.separator!r}, or past the verifier's "
                                         f"{self.max_length}-token context): refusing rather than guessing")
             with torch.no_grad():
-                logits = self.model(input_ids=torch.tensor([ids[: self.max_length]])).logits[0]  # [T, C]
+                device = next(self.model.parameters()).device
+                out_ = self.model(input_ids=torch.tensor([ids[: self.max_length]], device=device))
+                logits = (out_.logits if hasattr(out_, "logits") else out_[0])[0]  # [T, C]
             probs = torch.softmax(logits[at].float(), -1)[:, self.positive_index]
             self.verifier_tokens += min(len(ids), self.max_length)
             out.append(probs.tolist())
@@ -193,10 +195,23 @@ class TextPRMAdapter:
 
 
 def build_verifier(spec: str, tokenizer: Any, dialect: Dialect, device: str = "cpu") -> Verifier:
-    """``exec`` or the path of a trained PRM (``retool prm train``'s ``OUT/prm``, or ``OUT`` itself)."""
+    """``exec``; ``text-prm:PATH`` (an external text PRM in Qwen2.5-Math-PRM's format, its own
+    tokenizer, loaded with ``trust_remote_code``); or the path of a trained PRM (``retool prm
+    train``'s ``OUT/prm``, or ``OUT`` itself)."""
     if spec == "exec":
         return ExecutionHeuristic(tokenizer, dialect)
     from pathlib import Path
+
+    if spec.startswith("text-prm:"):
+        from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification, AutoTokenizer
+
+        path = spec.removeprefix("text-prm:")
+        arch = (AutoConfig.from_pretrained(path, trust_remote_code=True).architectures or [""])[0]
+        # Qwen2.5-Math-PRM registers its own class under AutoModel; a plain token classifier works too
+        kind = AutoModelForTokenClassification if arch.endswith("ForTokenClassification") else AutoModel
+        model = kind.from_pretrained(path, trust_remote_code=True).to(device).eval()
+        theirs = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        return TextPRMAdapter(model, theirs, tokenizer, name=f"text-prm:{Path(path).name}")
 
     from retool.prm.model import META_FILE, load_prm
 
