@@ -120,3 +120,14 @@ def test_rerank_refuses_unknown_selections_and_missing_runs(tmp_path):
         RerankConfig(str(tmp_path), str(tmp_path / "o"), ("exec",), ("best_guess",))
     result = CliRunner().invoke(app, ["search", "rerank", "--run", str(tmp_path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 3 and "not a finished" in " ".join(result.output.split())
+
+
+def test_prm_label_from_the_command_line_uses_the_runs_own_model(run):
+    out = run / "cli_labels"
+    result = CliRunner().invoke(app, ["prm", "label", "--run", str(run / "run"), "--out", str(out), "--mc", "1",
+                                      "--limit", "2", "--concurrency", "1"])
+    assert result.exit_code == 0, result.output
+    assert "2 trajectories" in " ".join(result.output.split())
+    assert json.loads((out / "config.json").read_text())["mc"] == 1
+    result = CliRunner().invoke(app, ["prm", "label", "--run", str(run / "run"), "--out", str(out), "--mc", "2"])
+    assert result.exit_code == 1 and "other settings" in " ".join(result.output.split())
