@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from retool.budget import BudgetForcing
 from retool.engines.base import Completion, Engine, SamplingParams, TokenDelta
 from retool.grading import extract_answer_from_trajectory
 from retool.protocol import Dialect, get_dialect
@@ -103,6 +104,9 @@ class Rollout:
         # the chat dialect: the tokenizer's template, checked here so a bad one fails before any work
         self.chat: ChatFormat | None = self.config.chat_format(self.tokenizer) if self.dialect.structured else None
         self.stats = RolloutStats()
+        c = self.config
+        self.budget = BudgetForcing(self.tokenizer, self.dialect, c.max_thinking_tokens, c.min_thinking_tokens, c.extend,
+                                    c.extend_with, c.forced_answer_tokens) if c.budget_forcing else None
 
     def prompt_ids(self, problem: str) -> list[int]:
         """The chat-templated prompt that opens a trajectory (system prompt, example, problem)."""
@@ -172,8 +176,13 @@ class Rollout:
             traj.finish("length")
             return Step(start, start)
         seed = None if cfg.sampling.seed is None else derive_seed(cfg.sampling.seed, index, start)
-        params = cfg.sampling.with_(max_new_tokens=remaining, seed=seed)
         stops = (self.chat.end_of_turn,) if self.chat is not None else dialect.stop_strings
+        if self.budget is not None:  # thinking capped or extended: the marker stops, the cap bounds the call
+            remaining, stops = self.budget.plan(traj, cfg.max_total_tokens)
+            if remaining <= 0:
+                traj.finish("length")
+                return Step(start, len(traj.ids))
+        params = cfg.sampling.with_(max_new_tokens=remaining, seed=seed)
         try:
             completion = await self._generate(traj.input_ids, params, stops, listener)
         except (TrajectoryError, asyncio.CancelledError):
@@ -181,6 +190,8 @@ class Rollout:
         except Exception as exc:  # noqa: BLE001 - the engine failed, not the model
             traj.finish("infra_error", f"engine {self.engine.name}: {type(exc).__name__}: {exc}".splitlines()[0])
             return Step(start, start)
+        if self.budget is not None and self.budget.after(traj, completion):
+            return Step(start, len(traj.ids))
         traj.append_model(completion.ids, completion.logprobs)
         if self.chat is not None:
             return await self._chat_turn(traj, session, completion, start, listener)

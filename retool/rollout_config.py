@@ -57,10 +57,33 @@ class RolloutConfig:
         "cli": True, "help": "Chat dialect, Qwen3-style templates: on / off sets enable_thinking; auto keeps the "
                              "template's default."})
 
+    # budget forcing (``retool.budget``, s1): thinking = model tokens before the answer opens
+    max_thinking_tokens: int | None = field(default=None, metadata={
+        "cli": True, "help": "Cap the model's thinking tokens (across tool turns); at the cap the answer is opened "
+                             "for it."})
+    min_thinking_tokens: int = field(default=0, metadata={
+        "cli": True, "help": "Suppress an answer opened before this many thinking tokens (appending --extend-with)."})
+    extend: int = field(default=0, metadata={
+        "cli": True, "help": "Suppress the model's answer opening this many times, appending --extend-with each time."})
+    extend_with: str = field(default="Wait", metadata={
+        "cli": True, "help": "What is appended when an answer opening is suppressed."})
+    forced_answer_tokens: int = 64  # the most the model writes once its answer is open under budget forcing
+
+    @property
+    def budget_forcing(self) -> bool:
+        return self.max_thinking_tokens is not None or self.min_thinking_tokens > 0 or self.extend > 0
+
     def __post_init__(self) -> None:
         get_dialect(self.dialect)  # an unknown name fails here, with the known ones
         if self.max_tool_calls < 0 or self.max_total_tokens <= 0:
             raise ValueError("max_tool_calls must be >= 0 and max_total_tokens > 0")
+        if self.budget_forcing and get_dialect(self.dialect).structured:
+            raise ValueError("budget forcing (--max-thinking-tokens, --min-thinking-tokens, --extend) is not "
+                             "available in the chat dialect yet; use --dialect retool or fenced")
+        if (self.max_thinking_tokens is not None and self.max_thinking_tokens < 1) or self.min_thinking_tokens < 0 \
+                or self.extend < 0 or self.forced_answer_tokens < 1:
+            raise ValueError("max_thinking_tokens and forced_answer_tokens must be >= 1, min_thinking_tokens and "
+                             "extend >= 0")
         if self.tool_format not in ("auto", *SYNTAXES) or self.thinking not in ("auto", "on", "off"):
             raise ValueError(f"tool_format must be auto, hermes or xml and thinking auto, on or off: "
                              f"{self.tool_format!r}, {self.thinking!r}")

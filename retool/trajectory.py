@@ -65,6 +65,10 @@ class Trajectory:
     finish_reason: FinishReason | None = None
     finish_detail: str | None = None  # for "infra_error": what failed, in one line
     meta: dict[str, Any] = field(default_factory=dict)  # problem id, sample index, timings: reporting only
+    # budget forcing (``retool.budget``): spans the loop forced in, (start, end, "answer" | "extend"),
+    # and the model tokens spent thinking when the answer opened (None: not opened under forcing)
+    forced: list[tuple[int, int, str]] = field(default_factory=list)
+    thinking_tokens: int | None = None
 
     # -- the two writers of the mask ----------------------------------------------------------
 
@@ -163,13 +167,16 @@ class Trajectory:
             "finish_reason": self.finish_reason,
             "finish_detail": self.finish_detail,
             "meta": self.meta,
+            **({"forced": [list(f) for f in self.forced]} if self.forced else {}),
+            **({"thinking_tokens": self.thinking_tokens} if self.thinking_tokens is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Trajectory":
         traj = cls(list(data["prompt_ids"]), list(data["ids"]), list(data["loss_mask"]), list(data["logprobs"]),
                    [ToolCall.from_dict(c) for c in data.get("tool_calls", [])], data.get("finish_reason"),
-                   data.get("finish_detail"), dict(data.get("meta", {})))  # a "reward" of older files: ignored
+                   data.get("finish_detail"), dict(data.get("meta", {})),  # a "reward" of older files: ignored
+                   [tuple(f) for f in data.get("forced", [])], data.get("thinking_tokens"))
         traj.check()
         return traj
 

@@ -16,7 +16,7 @@ from retool.extras import install_hint
 ROOT = Path(__file__).resolve().parents[1] / "retool"
 # lower first; a module may import its own layer and the ones below it, never one above
 LAYERS = [
-    {"protocol", "trajectory", "engines", "sandbox", "rollout", "rollout_config", "grading", "datasets", "models", "seeds",
+    {"protocol", "trajectory", "engines", "sandbox", "rollout", "rollout_config", "budget", "grading", "datasets", "models", "seeds",
      "terminal", "transcript", "trajectory_stats", "extras", "model_card"},
     {"coldstart", "evals", "training", "prm", "search"},
     {"apps", "bench"},
