@@ -40,7 +40,9 @@ class PRMExample:
 
 
 def is_validation(problem_id: str, fraction: float) -> bool:
-    digest = hashlib.sha256(problem_id.encode()).digest()
+    """Salted, so that a split made upstream by a hash of the same ids (the experiment's halves)
+    does not decide this one too."""
+    digest = hashlib.sha256(f"prm-validation/{problem_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
 
 

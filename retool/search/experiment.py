@@ -39,7 +39,7 @@ from retool.engines.spec import EngineSpec
 from retool.evals.harness import EVAL_ROLLOUT, EvalConfig, run_eval
 from retool.evals.run_dir import load_run
 from retool.models import EMBEDDED_DEFAULT, load_tokenizer
-from retool.prm.data import is_validation
+import hashlib
 from retool.prm.labels import LabelConfig, label_run
 from retool.prm.model import load_prm
 from retool.prm.train import train_prm
@@ -73,8 +73,8 @@ def write_problems(root: Path, per_family: int) -> tuple[Path, Path, set[str]]:
                     multistep.add(row["id"])
     a, b = root / "problems_a.jsonl", root / "problems_b.jsonl"
     root.mkdir(parents=True, exist_ok=True)
-    a.write_text("".join(json.dumps(r) + "\n" for r in rows if not is_validation(r["id"], 0.5)))
-    b.write_text("".join(json.dumps(r) + "\n" for r in rows if is_validation(r["id"], 0.5)))
+    a.write_text("".join(json.dumps(r) + "\n" for r in rows if not _half_b(r["id"])))
+    b.write_text("".join(json.dumps(r) + "\n" for r in rows if _half_b(r["id"])))
     return a, b, multistep
 
 
@@ -97,6 +97,11 @@ def policy(root: Path, max_steps: int = -1) -> str:
         if result.final_dir is None:
             raise SystemExit("the SFT stage was stopped; run the same command to resume")
     return str(final)
+
+
+def _half_b(problem_id: str) -> bool:
+    """The split into halves, by an unsalted hash of the id (as the first run of the experiment made it)."""
+    return int.from_bytes(hashlib.sha256(problem_id.encode()).digest()[:8], "big") / 2 ** 64 < 0.5
 
 
 def sample(model: str, benchmark: Path, out: Path, n: int, max_tokens: int) -> None:
