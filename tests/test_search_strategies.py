@@ -13,7 +13,7 @@ from retool.engines.base import SamplingParams
 from retool.rollout import Rollout, RolloutConfig
 from retool.sandbox import SandboxPool
 from retool.search.steps import steps
-from retool.search.strategies import SearchSettings, beam, best_of_n
+from retool.search.strategies import SearchSettings, beam, best_of_n, dvts
 from scripted import ScriptedEngine
 
 PROBLEM = "What is 3+4?"
@@ -124,3 +124,14 @@ def test_best_of_n_scores_every_sample_once_and_selects(pool):
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="m dividing n"):
         SearchSettings(n=4, m=3)
+
+
+def test_dvts_grows_independent_greedy_subtrees(pool):
+    engine, rollout, verifier, prompt = setup(pool)
+    result = asyncio.run(dvts(PROBLEM, prompt, rollout, pool, verifier, SearchSettings(n=4, m=2)))
+    # two subtrees, each keeps one of its two children per round (a width-1 beam)
+    assert all(r == [0.9] for r in result.rounds) and len(result.candidates) >= 2
+    assert all(t.finished for t in result.candidates)
+    texts = [engine.tokenizer.decode(t.ids) for t in result.candidates]
+    assert not any("bad one" in t or "bad two" in t for t in texts)  # each subtree dropped its bad first step
+    assert result.cost.cells >= 4 and result.selected is not None

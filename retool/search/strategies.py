@@ -1,4 +1,4 @@
-"""Search at test time over tool-integrated steps: best-of-N and step-level beam search.
+"""Search at test time over tool-integrated steps: best-of-N, step-level beam search, DVTS.
 
 A search step is one call of ``Rollout.step`` (reasoning up to a code cell and its output, or the
 final segment), so a verifier scores exactly what the PRM was trained on, and every branch carries
@@ -6,6 +6,7 @@ its interpreter state: a child continues in its parent's live session (the first
 it) or in a ``ReplaySession`` of the parent's cells, started only if the child runs code.
 
 * ``best_of_n``: N independent samples, scored, one selected (``select.py``).
+* ``dvts``: N/M independent subtrees, each a width-1 beam with M children per step.
 * ``beam``: N/M beams; each active prefix is expanded with M children by one step; finished
   children are kept as candidates; of the unfinished ones the N/M best by the verifier's score of
   their last step survive; until N candidates have finished or ``max_steps`` rounds ran (the
@@ -13,7 +14,7 @@ it) or in a ``ReplaySession`` of the parent's cells, started only if the child r
 
 Each returns a ``SearchResult``: the finished candidates with their step scores, the selected
 one, and a cost record (model tokens sampled, interpreter tokens, cells run and replayed,
-verifier tokens, wall time). Not here: DVTS and MCTS (not built yet), the verifiers.
+verifier tokens, wall time). Not here: MCTS (not built yet), the verifiers.
 """
 
 from __future__ import annotations
@@ -149,6 +150,26 @@ async def beam(problem: str, prompt_ids: list[int], rollout, pool, verifier, set
     scores = verifier.score(problem, done) if done else []
     cost.verifier_tokens += verifier.verifier_tokens - before
     return _finish(done, scores, rollout, settings, cost, started, rounds)
+
+
+async def dvts(problem: str, prompt_ids: list[int], rollout, pool, verifier, settings: SearchSettings,
+               seed: int | str = 0) -> SearchResult:
+    """Diverse verifier tree search (search-and-learn): N/M independent subtrees, each greedy by
+    the verifier (a beam of width 1 with M children per step), run concurrently; their leaves pooled."""
+    started = time.monotonic()
+    sub = SearchSettings(n=settings.m, m=settings.m, max_steps=settings.max_steps, selection=settings.selection)
+    parts = await asyncio.gather(*(beam(problem, prompt_ids, rollout, pool, verifier, sub, seed=f"{seed}/dvts{t}")
+                                   for t in range(settings.n // settings.m)))
+    cost = SearchCost()
+    for part in parts:
+        for name in ("model_tokens", "tool_tokens", "cells", "replayed_cells", "verifier_tokens"):
+            setattr(cost, name, getattr(cost, name) + getattr(part.cost, name))
+    trajs = [t for part in parts for t in part.candidates]
+    scores = [s for part in parts for s in part.scores]
+    return _finish(trajs, scores, rollout, settings, cost, started, [r for part in parts for r in part.rounds])
+
+
+STRATEGIES = {"best_of_n": best_of_n, "beam": beam, "dvts": dvts}
 
 
 async def _release(node: _Node, cost: SearchCost) -> None:
