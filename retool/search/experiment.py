@@ -110,14 +110,16 @@ def sample(model: str, benchmark: Path, out: Path, n: int, max_tokens: int) -> N
                         out=str(out), concurrency=16))
 
 
-def train_verifiers(root: Path, labels: Path, model: str, max_steps: int = -1) -> dict[str, Any]:
+def train_verifiers(root: Path, labels: Path, model: str, max_steps: int = -1, implicit_steps: int = -1
+                    ) -> dict[str, Any]:
     settings = {"process": {"train_blocks": 2}, "outcome": {"train_blocks": 2}, "implicit": {"train_blocks": 1}}
     metrics = {}
     for objective, extra in settings.items():
         out = root / f"prm_{objective}"
         if not (out / "prm").exists():
             train_prm(PRMRecipe(objective=objective, model=model, labels=[str(labels)], output_dir=str(out),
-                                max_length=768, epochs=2, max_steps=max_steps, batch_size=4, learning_rate=1e-4 if objective != "implicit"
+                                max_length=768, epochs=2,
+                                max_steps=implicit_steps if objective == "implicit" and implicit_steps > 0 else max_steps, batch_size=4, learning_rate=1e-4 if objective != "implicit"
                                 else 3e-5, val_fraction=0.2, eval_steps=25, save_steps=25, report_to=["tensorboard"],
                                 **extra))
         metrics[objective] = json.loads((out / "eval.json").read_text())
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--sft-max-steps", type=int, default=-1, help="cap the SFT stage (a smoke run)")
     parser.add_argument("--prm-max-steps", type=int, default=-1, help="cap each verifier's training (a smoke run)")
+    parser.add_argument("--implicit-max-steps", type=int, default=16,
+                        help="cap the implicit PRM's training: two 135M models per step, ~20 s a step on 2 cores")
     args = parser.parse_args(argv)
     root, started, minutes = Path(args.root), time.monotonic(), {}
 
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     t = lap("sampling", t)
     stats = label_run(LabelConfig(str(root / "eval_a"), str(root / "labels"), mc=args.mc, concurrency=16))
     t = lap("labelling", t)
-    train_metrics = train_verifiers(root, root / "labels", model, args.prm_max_steps)
+    train_metrics = train_verifiers(root, root / "labels", model, args.prm_max_steps, args.implicit_max_steps)
     t = lap("training", t)
 
     run = load_run(root / "eval_b")
