@@ -139,10 +139,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--implicit-max-steps", type=int, default=16,
                         help="cap the implicit PRM's training: two 135M models per step, ~20 s a step on 2 cores")
     args = parser.parse_args(argv)
-    root, started, minutes = Path(args.root), time.monotonic(), {}
+    root = Path(args.root)
+    timings = root / "timings.json"  # stage minutes, summed over resumed runs (a skipped stage keeps its time)
+    minutes: dict[str, float] = json.loads(timings.read_text()) if timings.exists() else {}
 
     def lap(name: str, since: float) -> float:
-        minutes[name] = round((time.monotonic() - since) / 60, 2)
+        spent = (time.monotonic() - since) / 60
+        minutes[name] = round(minutes.get(name, 0.0) + spent if spent >= 0.5 else minutes.get(name, spent), 2)
+        root.mkdir(parents=True, exist_ok=True)
+        timings.write_text(json.dumps(minutes))
         return time.monotonic()
 
     a, b, multistep = write_problems(root, args.per_family)
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         tables[name] = candidates(run, verifier, {})
         reports[name] = verifier_report(tables[name], config)
     lap("reranking", t)
-    minutes["total"] = round((time.monotonic() - started) / 60, 2)
+    minutes["total"] = round(sum(v for k, v in minutes.items() if k != "total"), 2)
     multi = {name: verifier_report({p: c for p, c in table.items() if p in multistep}, config)["accuracy"]
              for name, table in tables.items() if any(p in multistep for p in table)}
     write_report(root, args, reports, multi, stats, train_metrics, minutes, Path(args.report))
