@@ -14,7 +14,7 @@ it) or in a ``ReplaySession`` of the parent's cells, started only if the child r
 
 Each returns a ``SearchResult``: the finished candidates with their step scores, the selected
 one, and a cost record (model tokens sampled, interpreter tokens, cells run and replayed,
-verifier tokens, wall time). Not here: MCTS (not built yet), the verifiers.
+verifier tokens, wall time). Not here: MCTS (``mcts.py``), the verifiers.
 """
 
 from __future__ import annotations
