@@ -100,10 +100,33 @@ def evaluate(
                                                  "plots (resumable)."),
     notebooks: bool = typer.Option(False, "--notebooks", help="Also write each trajectory as a Jupyter notebook."),
     concurrency: int = typer.Option(16, help="Trajectories in flight (each holds one sandbox session)."),
+    strategy: str = typer.Option("sample", help="sample (k independent samples), or a search per problem: "
+                                                "best_of_n, beam, dvts, mcts."),
+    verifier: str = typer.Option("exec", help="Search: exec, a trained PRM's directory, or text-prm:PATH."),
+    search_n: int = typer.Option(4, help="Search: candidates (best_of_n, beam, dvts); mcts runs 4 × N iterations."),
+    search_m: int = typer.Option(2, help="Search: children per kept prefix (beam, dvts) or per node (mcts)."),
     engine: EngineSpec = None, sandbox: SandboxSpec = None, rollout: RolloutConfig = None,
 ) -> None:
-    """Sample k answers per problem with tool use, grade them, and report avg@k / pass@k / maj@k."""
+    """Sample k answers per problem with tool use, grade them, and report avg@k / pass@k / maj@k
+    (or, with --strategy, search each problem and grade the selected answer)."""
     from retool.evals.harness import EvalConfig, run_eval
+
+    if strategy != "sample":
+        from retool.search.search_eval import SearchEvalConfig, run_search_eval
+
+        try:
+            results = run_search_eval(SearchEvalConfig(
+                benchmark=benchmark, strategy=strategy, verifier=verifier, n=search_n, m=search_m, engine=engine,
+                sandbox=sandbox, rollout=rollout, limit=limit, out=out, concurrency=max(1, concurrency // 4)))
+        except KeyboardInterrupt:
+            err_console.print(f"[yellow]interrupted[/yellow]; finished searches are in {out}: run it again to resume")
+            raise typer.Exit(130) from None
+        except (*USER_ERRORS, ImportError) as exc:
+            raise fail(exc, 3) from None
+        cost = ", ".join(f"{k} {v:.1f}" for k, v in results["cost_per_problem"].items())
+        console.print(f"{strategy}: accuracy {results['accuracy']:.4f} on {results['problems']} problems, "
+                      f"pass@candidates {results['pass@candidates']:.4f}; per problem: {cost}")
+        return
 
     config = EvalConfig(benchmark=benchmark, engine=engine, sandbox=sandbox, rollout=rollout, k=k, limit=limit,
                         out=out, notebooks=notebooks, concurrency=concurrency)
