@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from retool.budget import BudgetForcing
+from retool.engines import prefill
 from retool.engines.base import Completion, Engine, SamplingParams, TokenDelta
 from retool.grading import extract_answer_from_trajectory
 from retool.protocol import Dialect, get_dialect
@@ -301,19 +302,25 @@ class Rollout:
         self._enter("_in_engine")
         self.stats.generate_calls += 1
         try:
-            if listener is None:
-                return await self.engine.agenerate(input_ids, params, stop)
-            stream = self.engine.astream(input_ids, params, stop)
-            try:
-                async for item in stream:
-                    if isinstance(item, Completion):
-                        return item
-                    listener(item)
-            finally:
-                await stream.aclose()  # on cancellation too: the engine stops this sequence
-            raise RuntimeError(f"the {self.engine.name} engine's stream ended without a completion")
+            completion = await self._complete(input_ids, params, stop, listener)
         finally:
             self._leave("_in_engine")
+        prefill.record(input_ids, completion)  # a search's prefill ratio (``retool.engines.prefill``)
+        return completion
+
+    async def _complete(self, input_ids: list[int], params: SamplingParams, stop: tuple[str, ...],
+                        listener: Listener | None) -> Completion:
+        if listener is None:
+            return await self.engine.agenerate(input_ids, params, stop)
+        stream = self.engine.astream(input_ids, params, stop)
+        try:
+            async for item in stream:
+                if isinstance(item, Completion):
+                    return item
+                listener(item)
+        finally:
+            await stream.aclose()  # on cancellation too: the engine stops this sequence
+        raise RuntimeError(f"the {self.engine.name} engine's stream ended without a completion")
 
     async def _execute(self, session: Session, code: str) -> ExecResult:
         self._enter("_in_sandbox")

@@ -96,6 +96,9 @@ def test_beam_keeps_the_best_prefixes_and_carries_their_interpreter_state(pool):
     assert cost.cells == 5  # four first cells and print(x * 2): replays are counted apart
     assert cost.replayed_cells == 1  # the second child of "good one" replayed its parent's one cell
     assert cost.model_tokens > sum(t.num_model_tokens for t in result.candidates)  # pruned branches count too
+    # every request is in the prefill ledger; the scripted engine has no cache, so it computed all it was sent
+    assert cost.prompt_tokens == cost.prefilled_tokens > cost.distinct_prefix_tokens > len(prompt)
+    assert cost.prefill_ratio == cost.prefilled_tokens / cost.distinct_prefix_tokens
     chosen = result.candidates[result.selected]
     assert "good" in engine.tokenizer.decode(chosen.ids[steps(chosen)[-1].start:])
     seeds = engine.seeds[:4]

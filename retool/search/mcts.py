@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from retool.search.replay import ReplaySession
 from retool.search.steps import fork
-from retool.search.strategies import SearchCost, SearchResult, _count, _finish
+from retool.search.strategies import SearchCost, SearchResult, _count, _finish, accounted
 from retool.seeds import derive_seed
 from retool.trajectory import Trajectory
 
@@ -99,6 +99,7 @@ def _alive(node: TreeNode, settings: MCTSSettings) -> bool:
     return expandable(node, settings) or any(_alive(ch, settings) for ch in node.children)
 
 
+@accounted
 async def mcts(problem: str, prompt_ids: list[int], rollout, pool, verifier, settings: MCTSSettings,
                seed: int | str = 0) -> tuple[SearchResult, dict]:
     """The search; returns the result (finished leaves as candidates) and the tree as JSON."""

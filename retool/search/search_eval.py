@@ -5,7 +5,8 @@ graded, the cost) is appended to ``OUT/search.jsonl`` as soon as it ends, and a 
 problems already there; ``mcts`` also writes its tree to ``OUT/trees.jsonl``. Many problems are
 searched at once (``concurrency``), so the engine batches across them. ``OUT/results.json`` holds
 the accuracy of the selected answers, pass@candidates, and the mean cost per problem (model and
-interpreter tokens, cells, replayed cells, verifier tokens, wall seconds).
+interpreter tokens, cells, replayed cells, verifier tokens, prompt tokens sent and computed, wall
+seconds) with the prefill ratio (prompt tokens computed ÷ distinct prefix tokens, over all searches).
 
 Not here: the strategies (``strategies.py``, ``mcts.py``), plain sampling (``retool.evals.harness``).
 """
@@ -144,8 +145,14 @@ async def _search_all(config, todo, rollout, pool, verifier, out) -> list[dict[s
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     if not records:
-        return {"problems": 0, "accuracy": 0.0, "pass@candidates": 0.0, "cost_per_problem": {}}
+        return {"problems": 0, "accuracy": 0.0, "pass@candidates": 0.0, "cost_per_problem": {}, "prefill_ratio": None}
     costs = [r["cost"] for r in records]
     return {"problems": len(records), "accuracy": sum(r["correct"] for r in records) / len(records),
             "pass@candidates": sum(any(c["correct"] for c in r["candidates"]) for r in records) / len(records),
-            "cost_per_problem": {k: sum(c[k] for c in costs) / len(costs) for k in costs[0]}}
+            "cost_per_problem": {k: sum(c[k] for c in costs) / len(costs) for k in costs[0]},
+            "prefill_ratio": _ratio(sum(c.get("prefilled_tokens", 0) for c in costs),
+                                    sum(c.get("distinct_prefix_tokens", 0) for c in costs))}
+
+
+def _ratio(computed: int, distinct: int) -> float | None:
+    return computed / distinct if distinct else None

@@ -20,9 +20,11 @@ verifier tokens, wall time). Not here: MCTS (``mcts.py``), the verifiers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 
+from retool.engines import prefill
 from retool.search.replay import ReplaySession
 from retool.search.select import Candidate, select
 from retool.search.steps import fork
@@ -50,6 +52,15 @@ class SearchCost:
     replayed_cells: int = 0  # cells run again to give a branch its prefix's state
     verifier_tokens: int = 0
     wall_s: float = 0.0
+    # the engine's prefill over the search (``retool.engines.prefill``): prompt tokens sent, computed
+    # (not served from its cache), and the distinct prefix tokens among them
+    prompt_tokens: int = 0
+    prefilled_tokens: int = 0
+    distinct_prefix_tokens: int = 0
+
+    @property
+    def prefill_ratio(self) -> float | None:
+        return self.prefilled_tokens / self.distinct_prefix_tokens if self.distinct_prefix_tokens else None
 
 
 @dataclass
@@ -59,6 +70,21 @@ class SearchResult:
     selected: int | None  # index into candidates (None: no candidate had an answer)
     cost: SearchCost
     rounds: list[list[float]] = field(default_factory=list)  # beam: the kept prefixes' scores, per round
+
+
+def accounted(strategy):
+    """Run ``strategy`` with its own prefill ledger and put the ledger's counts in its cost record
+    (the strategy returns a ``SearchResult``, or a tuple led by one)."""
+    @functools.wraps(strategy)
+    async def run(*args, **kwargs):
+        with prefill.track(prefill.PrefillLedger()) as ledger:
+            returned = await strategy(*args, **kwargs)
+        cost = (returned[0] if isinstance(returned, tuple) else returned).cost
+        cost.prompt_tokens, cost.prefilled_tokens = ledger.prompt_tokens, ledger.computed_tokens
+        cost.distinct_prefix_tokens = ledger.distinct_tokens
+        return returned
+
+    return run
 
 
 def _count(cost: SearchCost, traj: Trajectory, before: int) -> None:
@@ -78,6 +104,7 @@ def _finish(result_trajs, scores, rollout, settings, cost, started, rounds=None)
     return SearchResult(result_trajs, scores, index, cost, rounds or [])
 
 
+@accounted
 async def best_of_n(problem: str, prompt_ids: list[int], rollout, pool, verifier, settings: SearchSettings,
                     seed: int | str = 0) -> SearchResult:
     started, cost = time.monotonic(), SearchCost()
@@ -99,8 +126,8 @@ class _Node:
     session: object | None  # a live session holding this prefix's state, if one exists
 
 
-async def beam(problem: str, prompt_ids: list[int], rollout, pool, verifier, settings: SearchSettings,
-               seed: int | str = 0) -> SearchResult:
+async def _beam(problem: str, prompt_ids: list[int], rollout, pool, verifier, settings: SearchSettings,
+                seed: int | str = 0) -> SearchResult:
     started, cost = time.monotonic(), SearchCost()
     width = settings.n // settings.m
     active = [_Node(Trajectory(list(prompt_ids)), None) for _ in range(width)]
@@ -152,13 +179,17 @@ async def beam(problem: str, prompt_ids: list[int], rollout, pool, verifier, set
     return _finish(done, scores, rollout, settings, cost, started, rounds)
 
 
+beam = accounted(_beam)
+
+
+@accounted
 async def dvts(problem: str, prompt_ids: list[int], rollout, pool, verifier, settings: SearchSettings,
                seed: int | str = 0) -> SearchResult:
     """Diverse verifier tree search (search-and-learn): N/M independent subtrees, each greedy by
     the verifier (a beam of width 1 with M children per step), run concurrently; their leaves pooled."""
     started = time.monotonic()
     sub = SearchSettings(n=settings.m, m=settings.m, max_steps=settings.max_steps, selection=settings.selection)
-    parts = await asyncio.gather(*(beam(problem, prompt_ids, rollout, pool, verifier, sub, seed=f"{seed}/dvts{t}")
+    parts = await asyncio.gather(*(_beam(problem, prompt_ids, rollout, pool, verifier, sub, seed=f"{seed}/dvts{t}")
                                    for t in range(settings.n // settings.m)))
     cost = SearchCost()
     for part in parts:
