@@ -38,3 +38,24 @@ def test_a_search_per_problem_is_graded_written_and_resumed(tmp_path, strategy):
 def test_unknown_strategies_are_refused():
     with pytest.raises(ValueError, match="unknown strategy"):
         SearchEvalConfig(benchmark="x", strategy="greedy")
+
+
+def test_a_budget_curve_is_one_search_run_per_budget_against_measured_tokens(tmp_path):
+    from retool.search.curves import run_budget_curve
+
+    engine = Policy()
+    rollout = replace(EVAL_ROLLOUT, max_total_tokens=400, few_shot=False)
+    config = SearchEvalConfig(benchmark="constructed", strategy="beam", m=2, rollout=rollout,
+                              out=str(tmp_path / "curve"), concurrency=1)
+    curve = run_budget_curve(config, [4, 2], engine=engine, problems=PROBLEMS, verifier=TagVerifier(engine.tokenizer))
+    small, large = curve["points"]
+    assert (small["n"], large["n"]) == (2, 4)
+    assert 0 < small["model_tokens"] < large["model_tokens"]  # the x-axis is what the searches spent
+    assert small["all_tokens"] > small["model_tokens"] and small["prefill_ratio"] > 0
+    assert small["ci"][0] <= small["accuracy"] <= small["ci"][1]
+    for n in (2, 4):
+        assert json.loads((tmp_path / "curve" / f"n{n}" / "results.json").read_text())["config"]["n"] == n
+    assert json.loads((tmp_path / "curve" / "curve.json").read_text()) == curve
+    assert (tmp_path / "curve" / "curve.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="output directory"):
+        run_budget_curve(replace(config, out=None), [2])

@@ -103,7 +103,9 @@ def evaluate(
     strategy: str = typer.Option("sample", help="sample (k independent samples), or a search per problem: "
                                                 "best_of_n, beam, dvts, mcts."),
     verifier: str = typer.Option("exec", help="Search: exec, a trained PRM's directory, or text-prm:PATH."),
-    search_n: int = typer.Option(4, help="Search: candidates (best_of_n, beam, dvts); mcts runs 4 × N iterations."),
+    search_n: str = typer.Option("4", help="Search: candidates (best_of_n, beam, dvts; mcts runs 4 × N "
+                                           "iterations); several (2,4,8) run one search per budget and write "
+                                           "OUT/curve.json and curve.png: accuracy against measured tokens."),
     search_m: int = typer.Option(2, help="Search: children per kept prefix (beam, dvts) or per node (mcts)."),
     engine: EngineSpec = None, sandbox: SandboxSpec = None, rollout: RolloutConfig = None,
 ) -> None:
@@ -114,10 +116,27 @@ def evaluate(
     if strategy != "sample":
         from retool.search.search_eval import SearchEvalConfig, run_search_eval
 
+        from retool.search.curves import run_budget_curve
+
         try:
-            results = run_search_eval(SearchEvalConfig(
-                benchmark=benchmark, strategy=strategy, verifier=verifier, n=search_n, m=search_m, engine=engine,
-                sandbox=sandbox, rollout=rollout, limit=limit, out=out, concurrency=max(1, concurrency // 4)))
+            budgets = [int(n) for n in search_n.split(",") if n.strip()]
+            if not budgets:
+                raise ValueError
+        except ValueError:
+            raise fail(ValueError(f"--search-n takes numbers of candidates, like 4 or 2,4,8: {search_n!r}"), 2) from None
+        try:
+            config = SearchEvalConfig(benchmark=benchmark, strategy=strategy, verifier=verifier, n=budgets[0],
+                                      m=search_m, engine=engine, sandbox=sandbox, rollout=rollout, limit=limit,
+                                      out=out, concurrency=max(1, concurrency // 4))
+            if len(budgets) > 1:
+                curve = run_budget_curve(config, budgets)
+                for p in curve["points"]:
+                    console.print(f"{strategy} n={p['n']}: accuracy {p['accuracy']:.4f} "
+                                  f"[{p['ci'][0]:.3f}, {p['ci'][1]:.3f}], {p['model_tokens']:.0f} model tokens "
+                                  f"per problem ({p['all_tokens']:.0f} in all)")
+                console.print(f"curve: {out}/curve.json, {out}/curve.png")
+                return
+            results = run_search_eval(config)
         except KeyboardInterrupt:
             err_console.print(f"[yellow]interrupted[/yellow]; finished searches are in {out}: run it again to resume")
             raise typer.Exit(130) from None

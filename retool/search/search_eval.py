@@ -91,11 +91,7 @@ def run_search_eval(config: SearchEvalConfig, engine=None, problems: list[Proble
         check_settings(out, config.defining(), "a search run")
         path = out / "search.jsonl"
         if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    done.append(json.loads(line))
-                except ValueError:
-                    pass  # a line cut by a crash: that problem is searched again
+            done = read_records(out)
             path.write_text("".join(json.dumps(r) + "\n" for r in done))
     seen = {r["problem_id"] for r in done}
     owns = engine is None
@@ -115,6 +111,17 @@ def run_search_eval(config: SearchEvalConfig, engine=None, problems: list[Proble
     if out is not None:
         (out / "results.json").write_text(json.dumps({"config": config.defining(), **results}, indent=2))
     return results
+
+
+def read_records(out: str | Path) -> list[dict[str, Any]]:
+    """The finished searches of a run directory (a line cut by a crash is skipped: searched again)."""
+    path, records = Path(out) / "search.jsonl", []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass
+    return records
 
 
 async def _search_all(config, todo, rollout, pool, verifier, out) -> list[dict[str, Any]]:
