@@ -18,8 +18,16 @@ stop string, so the loop sees the moment the model opens its answer:
 
 Every forced span is recorded on the trajectory (``Trajectory.forced``: start, end, "answer" or
 "extend"), and ``Trajectory.thinking_tokens`` says how many thinking tokens were spent when the
-answer opened. Not here: the loop itself (``rollout.py`` calls ``plan`` before and ``after`` after
-each generation); the chat dialect (refused by ``RolloutConfig`` for now).
+answer opened.
+
+**The chat dialect** (tool calls in the model's own template) has no answer tag: the marker is
+``\\boxed`` and the forced opening ``FORCED_OPENING``, written inside the assistant turn; when the
+turn is still inside an open ``<think>`` block (Qwen3-style thinking), the forced opening closes it
+first. Generation stops at the template's end-of-turn token as usual; once the answer is open the
+turn is written to its end (no call in it is run) and the template's text after the turn follows,
+so the transcript stays the template's own. A tool call cut by the cap is never run.
+
+Not here: the loop itself (``rollout.py`` calls ``plan`` before and ``after`` after each generation).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from retool.engines.base import Completion
+from retool.grading import extract_answer_from_trajectory
 from retool.protocol import Dialect
 from retool.trajectory import Trajectory
 
@@ -43,14 +52,32 @@ class BudgetForcing:
     extend: int
     extend_with: str
     forced_answer_tokens: int
+    chat: Any = None  # the chat dialect's ``ChatFormat`` (end of turn, the text after it), else None
 
     @property
     def marker(self) -> str:
         return self.dialect.answer_open.strip() or "\\boxed"
 
+    def opening(self, traj: Trajectory) -> str:
+        """What is forced in to open the answer: the dialect's tag, or ``FORCED_OPENING`` (closing an
+        open ``<think>`` block of a chat template first)."""
+        if self.dialect.answer_open:
+            return self.dialect.answer_open
+        if self.chat is not None and self.chat.thinking:
+            text = self.tokenizer.decode(traj.input_ids, skip_special_tokens=False)  # once per trajectory
+            if text.rfind("<think>") > text.rfind("</think>"):
+                return "\n</think>" + FORCED_OPENING
+        return FORCED_OPENING
+
     @property
-    def opening(self) -> str:
-        return self.dialect.answer_open or FORCED_OPENING
+    def turn_stops(self) -> tuple[str, ...]:
+        return (self.chat.end_of_turn,) if self.chat is not None else self.dialect.stop_strings
+
+    @property
+    def answer_stops(self) -> tuple[str, ...]:
+        if self.chat is not None:
+            return (self.chat.end_of_turn,)
+        return (self.dialect.answer_stop,) if self.dialect.answer_stop else ()
 
     def plan(self, traj: Trajectory, max_total_tokens: int) -> tuple[int, tuple[str, ...]]:
         """``(max_new_tokens, stop strings)`` for the next call (0 tokens: the budget is spent); forces
@@ -60,16 +87,15 @@ class BudgetForcing:
             self.force_answer(traj)
         remaining = max_total_tokens - len(traj.ids)
         if traj.thinking_tokens is not None:  # the answer is open: write it, nothing else
-            stops = (self.dialect.answer_stop,) if self.dialect.answer_stop else ()
-            return min(remaining, self.forced_answer_tokens), stops
+            return min(remaining, self.forced_answer_tokens), self.answer_stops
         budget = remaining
         if self.max_thinking_tokens is not None:
             budget = min(budget, self.max_thinking_tokens - traj.num_model_tokens)
-        return budget, (*self.dialect.stop_strings, self.marker)
+        return budget, (*self.turn_stops, self.marker)
 
     def force_answer(self, traj: Trajectory) -> None:
         traj.thinking_tokens = traj.num_model_tokens
-        start, end = traj.append_tool(self.tokenizer.encode(self.opening, add_special_tokens=False))
+        start, end = traj.append_tool(self.tokenizer.encode(self.opening(traj), add_special_tokens=False))
         traj.forced.append((start, end, "answer"))
 
     def after(self, traj: Trajectory, completion: Completion) -> bool:
@@ -78,8 +104,12 @@ class BudgetForcing:
         ids, lps = completion.ids, completion.logprobs
         if traj.thinking_tokens is not None:  # the answer phase: whatever came, the answer is done
             traj.append_model(ids, lps)
-            text = self.tokenizer.decode(traj.model_ids(), skip_special_tokens=True)
-            answered = completion.end == "stop" or self.dialect.find_answer(text) is not None
+            answered = extract_answer_from_trajectory(traj, self.tokenizer, self.dialect) is not None
+            if self.chat is not None:  # the turn ended: the template's text after it closes the transcript
+                if ids and self.tokenizer.decode(ids[-1:], skip_special_tokens=False) == self.chat.end_of_turn:
+                    traj.append_tool(self.chat.encode(self.chat.after_turn))
+            else:
+                answered = answered or completion.end == "stop"
             traj.finish("answer" if answered else "eos" if completion.end == "eos" else "length")
             return True
         if completion.end == "stop" and completion.stop == self.marker:

@@ -79,7 +79,15 @@ def extract_answer(text: str, dialect: Dialect = RETOOL, *, outputs: bool = True
 def extract_answer_from_trajectory(traj: Trajectory, tokenizer: Any, dialect: Dialect) -> str | None:
     """Decode only the model's tokens (mask 1) and extract the answer with the dialect's rules.
     Chat dialect: each model turn is read on its own (a call left unclosed ends with its turn, so
-    it cannot swallow the answer of a later one)."""
+    it cannot swallow the answer of a later one). An answer opened by budget forcing is read from
+    the forced opening on: a code block the cap cut off before it cannot swallow it either."""
+    opened = [(start, end) for start, end, kind in traj.forced if kind == "answer"]
+    if opened and not dialect.structured:
+        start, end = opened[-1]
+        after = [t for t, mask in zip(traj.ids[end:], traj.loss_mask[end:]) if mask]
+        text = tokenizer.decode(traj.ids[start:end], skip_special_tokens=True) + tokenizer.decode(
+            after, skip_special_tokens=True)
+        return extract_answer(text, dialect, outputs=False)
     if dialect.structured:
         turns = [tokenizer.decode(ids, skip_special_tokens=True) for mask, ids in traj.segments() if mask]
         return dialect.answer_in([s for turn in turns for s in dialect.parse(turn, outputs=False)])

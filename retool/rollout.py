@@ -107,7 +107,7 @@ class Rollout:
         self.stats = RolloutStats()
         c = self.config
         self.budget = BudgetForcing(self.tokenizer, self.dialect, c.max_thinking_tokens, c.min_thinking_tokens, c.extend,
-                                    c.extend_with, c.forced_answer_tokens) if c.budget_forcing else None
+                                    c.extend_with, c.forced_answer_tokens, self.chat) if c.budget_forcing else None
 
     def prompt_ids(self, problem: str) -> list[int]:
         """The chat-templated prompt that opens a trajectory (system prompt, example, problem)."""

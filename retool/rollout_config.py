@@ -77,9 +77,6 @@ class RolloutConfig:
         get_dialect(self.dialect)  # an unknown name fails here, with the known ones
         if self.max_tool_calls < 0 or self.max_total_tokens <= 0:
             raise ValueError("max_tool_calls must be >= 0 and max_total_tokens > 0")
-        if self.budget_forcing and get_dialect(self.dialect).structured:
-            raise ValueError("budget forcing (--max-thinking-tokens, --min-thinking-tokens, --extend) is not "
-                             "available in the chat dialect yet; use --dialect retool or fenced")
         if (self.max_thinking_tokens is not None and self.max_thinking_tokens < 1) or self.min_thinking_tokens < 0 \
                 or self.extend < 0 or self.forced_answer_tokens < 1:
             raise ValueError("max_thinking_tokens and forced_answer_tokens must be >= 1, min_thinking_tokens and "
