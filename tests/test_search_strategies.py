@@ -95,6 +95,7 @@ def test_beam_keeps_the_best_prefixes_and_carries_their_interpreter_state(pool):
     cost = result.cost
     assert cost.cells == 5  # four first cells and print(x * 2): replays are counted apart
     assert cost.replayed_cells == 1  # the second child of "good one" replayed its parent's one cell
+    assert (cost.replays, cost.replay_mismatches) == (1, 0)
     assert cost.model_tokens > sum(t.num_model_tokens for t in result.candidates)  # pruned branches count too
     # every request is in the prefill ledger; the scripted engine has no cache, so it computed all it was sent
     assert cost.prompt_tokens == cost.prefilled_tokens > cost.distinct_prefix_tokens > len(prompt)
@@ -138,3 +139,25 @@ def test_dvts_grows_independent_greedy_subtrees(pool):
     texts = [engine.tokenizer.decode(t.ids) for t in result.candidates]
     assert not any("bad one" in t or "bad two" in t for t in texts)  # each subtree dropped its bad first step
     assert result.cost.cells >= 4 and result.selected is not None
+
+
+def test_a_replay_that_comes_out_differently_is_counted_as_a_mismatch(pool):
+    from retool.sandbox.base import ExecResult, ExecStatus
+    from retool.search.replay import ReplaySession
+    from retool.search.strategies import SearchCost, account_replay
+    from retool.trajectory import ToolCall
+
+    recorded = [ToolCall("x = 5\nprint(x)", ExecResult(ExecStatus.OK, stdout="5\n"), 0, (0, 0)),
+                ToolCall("import random\nprint(random.random())", ExecResult(ExecStatus.OK, stdout="0.25\n"), 0, (0, 0))]
+    cost = SearchCost()
+    good = ReplaySession(pool, recorded[:1])
+    assert good.run("print(x + 1)").stdout.strip() == "6"
+    account_replay(cost, good)
+    good.close()
+    bad = ReplaySession(pool, recorded)
+    assert bad.run("print(x)").status == ExecStatus.INFRA_ERROR
+    account_replay(cost, bad)
+    bad.close()
+    untouched = ReplaySession(pool, recorded)  # never ran code: no replay at all
+    account_replay(cost, untouched)
+    assert (cost.replays, cost.replay_mismatches, cost.replayed_cells) == (2, 1, 3)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from retool.search.replay import ReplaySession
 from retool.search.steps import fork
-from retool.search.strategies import SearchCost, SearchResult, _count, _finish, accounted
+from retool.search.strategies import SearchCost, SearchResult, _count, _finish, account_replay, accounted
 from retool.seeds import derive_seed
 from retool.trajectory import Trajectory
 
@@ -119,7 +119,7 @@ async def mcts(problem: str, prompt_ids: list[int], rollout, pool, verifier, set
         try:
             await rollout.step(child_traj, session, index=derive_seed("mcts", seed, it))
         finally:
-            cost.replayed_cells += len(session.cells) if session.replayed else 0
+            account_replay(cost, session)
             await asyncio.to_thread(session.close)
         _count(cost, child_traj, before)
         new_calls = child_traj.tool_calls[calls:]

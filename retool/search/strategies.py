@@ -50,6 +50,8 @@ class SearchCost:
     tool_tokens: int = 0  # interpreter tokens appended, over every branch
     cells: int = 0  # cells the branches ran themselves
     replayed_cells: int = 0  # cells run again to give a branch its prefix's state
+    replays: int = 0  # branch sessions that replayed their prefix's cells (or tried to)
+    replay_mismatches: int = 0  # of those, replays whose output differed: the branch became an infra failure
     verifier_tokens: int = 0
     wall_s: float = 0.0
     # the engine's prefill over the search (``retool.engines.prefill``): prompt tokens sent, computed
@@ -193,7 +195,8 @@ async def dvts(problem: str, prompt_ids: list[int], rollout, pool, verifier, set
                                    for t in range(settings.n // settings.m)))
     cost = SearchCost()
     for part in parts:
-        for name in ("model_tokens", "tool_tokens", "cells", "replayed_cells", "verifier_tokens"):
+        for name in ("model_tokens", "tool_tokens", "cells", "replayed_cells", "replays", "replay_mismatches",
+                     "verifier_tokens"):
             setattr(cost, name, getattr(cost, name) + getattr(part.cost, name))
     trajs = [t for part in parts for t in part.candidates]
     scores = [s for part in parts for s in part.scores]
@@ -207,8 +210,17 @@ async def _release(node: _Node, cost: SearchCost) -> None:
     """Give a branch's sandbox back (pruned, finished or done with)."""
     session, node.session = node.session, None
     if session is not None:
-        cost.replayed_cells += len(session.cells) if getattr(session, "replayed", False) else 0
+        account_replay(cost, session)
         await asyncio.to_thread(session.close)
+
+
+def account_replay(cost: SearchCost, session) -> None:
+    """Count a branch session's replay (a live inherited session has none; a fresh one, no cells)."""
+    mismatch = getattr(session, "mismatch", None)
+    if (getattr(session, "replayed", False) and session.cells) or mismatch is not None:
+        cost.replays += 1
+        cost.replayed_cells += len(session.cells) if mismatch is None else mismatch.cell + 1
+        cost.replay_mismatches += mismatch is not None
 
 
 async def _advance(rollout, node: _Node, index: int, cost: SearchCost) -> None:
