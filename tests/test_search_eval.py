@@ -59,3 +59,28 @@ def test_a_budget_curve_is_one_search_run_per_budget_against_measured_tokens(tmp
     assert (tmp_path / "curve" / "curve.png").stat().st_size > 0
     with pytest.raises(ValueError, match="output directory"):
         run_budget_curve(replace(config, out=None), [2])
+
+
+def test_retool_eval_strategy_from_the_command_line(tmp_path):
+    """The CLI end to end: a real (tiny, random) hf model, a real sandbox, a budget curve; bad input refused."""
+    from typer.testing import CliRunner
+
+    from retool.cli import app
+    from tiny import tiny_model
+
+    model, tokenizer = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"id": "p1", "problem": "What is 3+4?", "answer": "7"}) + "\n")
+    runner = CliRunner()
+    base = ["eval", "-b", str(bench), "--model", str(tmp_path / "model"), "--sandbox", "subprocess",
+            "--max-total-tokens", "16", "--no-few-shot"]
+    result = runner.invoke(app, [*base, "--strategy", "beam", "--search-n", "2,4", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    curve = json.loads((tmp_path / "out" / "curve.json").read_text())
+    assert [p["n"] for p in curve["points"]] == [2, 4] and "beam n=4" in result.output
+    result = runner.invoke(app, [*base, "--strategy", "greedy"])
+    assert result.exit_code != 0 and "unknown strategy" in result.output
+    result = runner.invoke(app, [*base, "--strategy", "beam", "--search-n", "two"])
+    assert result.exit_code != 0 and "--search-n takes numbers" in result.output
