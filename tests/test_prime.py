@@ -69,3 +69,13 @@ def test_pairwise_ranking_accuracy():
     # group 2: all correct → 0.5
     assert pairwise_ranking_accuracy(scores, correct, 4) == pytest.approx((3.5 / 4 + 0.5) / 2)
     assert pairwise_ranking_accuracy(-scores[:4], correct[:4], 4) == pytest.approx(0.5 / 4)
+
+
+def test_step_granularity_sums_each_step_at_its_last_model_token():
+    from retool.training.prime import pearson, step_rewards
+
+    r = t([0.1, 0.2, 0.0, 0.0, 0.3, 0.4, 0.0])
+    mask = t([1, 1, 0, 0, 1, 1, 0])  # step 1: tokens 0-1; interpreter 2-3; step 2: tokens 4-5; padding
+    assert step_rewards(r, mask).tolist()[0] == pytest.approx([0.0, 0.3, 0.0, 0.0, 0.0, 0.7, 0.0])
+    assert pearson(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 6.0])) == pytest.approx(1.0)
+    assert pearson(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0])) == 0.0

@@ -215,6 +215,42 @@ def test_one_ppo_step_changes_actor_and_critic(tmp_path, sharpened):
     assert (tmp_path / "ppo" / "samples.jsonl").exists()
 
 
+@pytest.mark.parametrize("prime", [{"prm_update": "before"},
+                                   {"prm_update": "after", "reference": "old_policy", "granularity": "step"}])
+def test_one_prime_step_changes_the_policy_and_the_implicit_prm(tmp_path, sharpened, prime):
+    from retool.training.ppo import PPOTrainer
+    from retool.training.prime_trainer import PRIMETrainer
+
+    model, tok = _model_from(sharpened)
+    before = _state(model)
+    seen = {}
+    build = PRIMETrainer.build_helper
+
+    def keep_prm(self, policy):
+        prm, opt = build(self, policy)
+        seen["prm"], seen["before"] = prm, _state(prm)
+        return prm, opt
+
+    recipe = _rl_recipe(tmp_path, "prime", **{k: v for k, v in VARIED.items() if k != "ppo"},
+                        prime={**prime, "prm_learning_rate": 1e-3, "minibatch_size": 4})
+    PRIMETrainer.build_helper = keep_prm
+    try:
+        result = run_rl(recipe, model=model, tokenizer=tok)
+    finally:
+        PRIMETrainer.build_helper = build
+    assert result.steps == 1 and not result.interrupted and issubclass(PRIMETrainer, PPOTrainer)
+    line = json.loads((tmp_path / "prime" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 < line["accuracy"] < 1, "the draw must mix right and wrong answers for a gradient"
+    assert _changed(before, model) > 0 and _changed(seen["before"], seen["prm"]) > 0
+    keys = ["prm/loss", "prm/pairwise_acc_before", "prime/process_return_mean", "prime/process_outcome_corr",
+            "loss/policy", "tokens/model_mean"]
+    keys += ["prm/pairwise_acc_after"] if prime["prm_update"] == "before" else []
+    for key in keys:
+        assert key in line
+    assert line["prm/loss"] > 0 and 0 <= line["prm/pairwise_acc_before"] <= 1
+    assert (tmp_path / "prime" / "checkpoints" / "step-1").exists()
+
+
 @pytest.fixture(scope="module")
 def sharpened(tmp_path_factory):
     """A tiny model taught (by our SFT) to answer 7, so that sampling it gives both right and

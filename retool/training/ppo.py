@@ -84,10 +84,9 @@ class PPOTrainer:
         self.problems = problems
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         torch.manual_seed(recipe.seed)
-        self.reference = copy.deepcopy(model).eval().requires_grad_(False) if recipe.beta > 0 else None
-        critic = build_critic(recipe, model)
+        self.reference = copy.deepcopy(model).eval().requires_grad_(False) if self.needs_reference() else None
+        critic, critic_opt = self.build_helper(model)
         actor_opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
-        critic_opt = torch.optim.AdamW(critic.parameters(), lr=recipe.ppo.critic_learning_rate)
         self.policy, self.critic, self.actor_opt, self.critic_opt = self.accelerator.prepare(
             model, critic, actor_opt, critic_opt)
         self.cursor = DataCursor(len(problems), recipe.seed)
@@ -99,6 +98,19 @@ class PPOTrainer:
             self.vllm = open_vllm(recipe.vllm, self.accelerator.unwrap_model(self.policy), self.accelerator,
                                   tokenizer, recipe.rollout.max_total_tokens)
             self.engine = rollout_engine(recipe.vllm, self.vllm, tokenizer)
+
+    def needs_reference(self) -> bool:
+        """A frozen copy of the starting policy is kept for the KL term."""
+        return self.recipe.beta > 0
+
+    def build_helper(self, model):
+        """The second trained model and its optimizer: here the critic (PRIME: its implicit PRM)."""
+        critic = build_critic(self.recipe, model)
+        return critic, torch.optim.AdamW(critic.parameters(), lr=self.recipe.ppo.critic_learning_rate)
+
+    def usable(self, batch: RolloutBatch) -> RolloutBatch:
+        """What the update sees: infrastructure failures are no part of it."""
+        return batch.scored()
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -115,7 +127,7 @@ class PPOTrainer:
                 self.vllm.sync_weights()  # every step: after an update, and after a resume
             batch = sample(policy, self.tokenizer, self.pool, problems, recipe, self.step, engine=self.engine)
             started = time.monotonic()
-            scored = batch.scored()  # infrastructure failures are no part of the update
+            scored = self.usable(batch)
             numbers = self.update(scored) if scored.trajectories else {}
             self.step += 1
             numbers["time/update_s"] = time.monotonic() - started
@@ -168,26 +180,7 @@ class PPOTrainer:
             for rows in self._chunks(len(r.input_ids), settings.minibatch_size, shuffle=True):
                 ids, attn, mask = r.input_ids[rows], r.attention_mask[rows], r.mask[rows]
                 if train_actor:
-                    logprobs, entropy = self._logprobs(self.policy, ids, attn, with_entropy=True)
-                    pl = policy_loss(logprobs, r.old_logprobs[rows], r.advantages[rows], mask,
-                                     recipe.epsilon, recipe.epsilon_high, recipe.loss_type)
-                    loss = pl.loss
-                    if self.reference is not None:
-                        with torch.no_grad():
-                            ref, _ = self._logprobs(self.reference, ids, attn)
-                        kl = aggregate(kl_k3(logprobs, ref), mask, recipe.loss_type)
-                        loss = loss + recipe.beta * kl
-                        _add(sums, "kl", kl.item())
-                    else:
-                        _add(sums, "kl", pl.approx_kl)
-                    self.actor_opt.zero_grad(set_to_none=True)
-                    self.accelerator.backward(loss)
-                    norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), recipe.max_grad_norm)
-                    self.actor_opt.step()
-                    _add(sums, "loss/policy", pl.loss.item())
-                    _add(sums, "clip_frac", pl.clip_frac)
-                    _add(sums, "grad_norm", float(norm))
-                    _add(sums, "entropy", masked_mean(entropy, mask.bool()))
+                    self.actor_step(r, rows, sums)
                 values = self._values(ids, attn)
                 vl, vclip = value_loss(values, r.old_values[rows], r.returns[rows], mask, settings.value_clip,
                                        recipe.loss_type)
@@ -201,6 +194,31 @@ class PPOTrainer:
         numbers["lr"] = recipe.learning_rate
         numbers["critic_warmup"] = float(not train_actor)
         return numbers
+
+    def actor_step(self, r: Rollouts, rows: list[int], sums: dict[str, list[float]]) -> None:
+        """One clipped policy-gradient step on the minibatch ``rows`` (plus the KL term with β > 0)."""
+        recipe = self.recipe
+        ids, attn, mask = r.input_ids[rows], r.attention_mask[rows], r.mask[rows]
+        logprobs, entropy = self._logprobs(self.policy, ids, attn, with_entropy=True)
+        pl = policy_loss(logprobs, r.old_logprobs[rows], r.advantages[rows], mask,
+                         recipe.epsilon, recipe.epsilon_high, recipe.loss_type)
+        loss = pl.loss
+        if recipe.beta > 0:
+            with torch.no_grad():
+                ref, _ = self._logprobs(self.reference, ids, attn)
+            kl = aggregate(kl_k3(logprobs, ref), mask, recipe.loss_type)
+            loss = loss + recipe.beta * kl
+            _add(sums, "kl", kl.item())
+        else:
+            _add(sums, "kl", pl.approx_kl)
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), recipe.max_grad_norm)
+        self.actor_opt.step()
+        _add(sums, "loss/policy", pl.loss.item())
+        _add(sums, "clip_frac", pl.clip_frac)
+        _add(sums, "grad_norm", float(norm))
+        _add(sums, "entropy", masked_mean(entropy, mask.bool()))
 
     # -- helpers ---------------------------------------------------------------------------------
 

@@ -62,6 +62,30 @@ def rloo_process(token_rewards: Tensor, mask: Tensor, group_size: int) -> Tensor
     return (token_rewards * (group_size / (group_size - 1)) - total / (group_size - 1)) * m
 
 
+def step_rewards(token_rewards: Tensor, mask: Tensor) -> Tensor:
+    """Step granularity: each tool-integrated step (a run of model tokens between interpreter
+    outputs) gets the sum of its token rewards, placed at its last model token; 0 elsewhere."""
+    m = mask.bool()
+    out = torch.zeros_like(token_rewards)
+    ends = m & ~torch.nn.functional.pad(m[:, 1:], (0, 1), value=False)  # last token of each run
+    running = (token_rewards * m).cumsum(-1)
+    for row in range(m.shape[0]):
+        end_positions = torch.nonzero(ends[row]).flatten()
+        before = 0.0
+        for e in end_positions.tolist():
+            total = running[row, e]
+            out[row, e] = total - before
+            before = total
+    return out
+
+
+def pearson(x: Tensor, y: Tensor) -> float:
+    """Correlation of two 1-D series (0 when either has no spread)."""
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    denom = (x.square().sum() * y.square().sum()).sqrt()
+    return float((x * y).sum() / denom) if denom > 0 else 0.0
+
+
 def last_model_token(mask: Tensor) -> Tensor:
     """Index of each row's last model token (0 for a row with none)."""
     positions = torch.arange(mask.shape[-1], device=mask.device).expand_as(mask)

@@ -115,6 +115,20 @@ class PPOSettings(_Strict):
     minibatch_size: int = Field(8, gt=0)
 
 
+class PRIMESettings(_Strict):
+    """Only for ``algorithm: prime`` (PRIME: an implicit PRM in place of the critic)."""
+
+    prm_learning_rate: float = Field(1e-6, gt=0)
+    beta: float = Field(0.05, gt=0)  # r_t = β · log(πφ/πref), β inside the reward (``training/prime.py``)
+    reference: Literal["sft", "old_policy"] = "sft"  # πref: the frozen starting model, or the step's old policy
+    prm_update: Literal["before", "after"] = "before"  # update the PRM before its rewards are read (2 forwards)
+    granularity: Literal["token", "step"] = "token"  # step: each tool-integrated step's sum, at its last token
+    process_coef: float = Field(5.0, ge=0)
+    outcome_coef: float = Field(5.0, ge=0)
+    ppo_epochs: int = Field(1, gt=0)
+    minibatch_size: int = Field(8, gt=0)
+
+
 class VLLMSettings(_Strict):
     """Rollouts on vLLM (GPU), through TRL's vLLM integration (both algorithms): ``colocate`` builds a
     vLLM on each training GPU, ``server`` talks to ``trl vllm-serve`` running on other GPUs."""
@@ -139,7 +153,7 @@ class VLLMSettings(_Strict):
 class RLRecipe(_Strict):
     """``retool rl``: outcome-reward RL with the interpreter in the loop."""
 
-    algorithm: Literal["grpo", "dapo", "ppo"] = "dapo"
+    algorithm: Literal["grpo", "dapo", "ppo", "prime"] = "dapo"
     model: str = "smollm2-135m-instruct"  # the untrained base, by name (not the shipped adapter)
     data: list[str]  # problems: any file ``retool.datasets`` reads (id, problem, answer)
     output_dir: str
@@ -168,6 +182,7 @@ class RLRecipe(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     reward: RewardSettings = RewardSettings()
     ppo: PPOSettings = PPOSettings()
+    prime: PRIMESettings = PRIMESettings()
     vllm: VLLMSettings | None = None
     # bookkeeping
     seed: int = 0
@@ -181,8 +196,8 @@ class RLRecipe(_Strict):
     def _consistent(self) -> "RLRecipe":
         if self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high is the upper clip; it must be ≥ epsilon")
-        if self.algorithm in ("grpo", "dapo") and self.group_size < 2:
-            raise ValueError("group-relative advantages need group_size ≥ 2")
+        if self.algorithm in ("grpo", "dapo", "prime") and self.group_size < 2:
+            raise ValueError("group-relative advantages (and PRIME's leave-one-out) need group_size ≥ 2")
         if self.algorithm == "dapo" and self.loss_type != "dapo":
             raise ValueError("algorithm dapo uses loss_type dapo (token-level); use algorithm grpo for the others")
         if self.rollout.sampling.seed is not None:

@@ -55,19 +55,21 @@ def run_rl(recipe: RLRecipe, model=None, tokenizer=None, pool: SandboxPool | Non
     if model is None:
         model = load_trainable(recipe.model, device=training_device())
         model.train()
-    if recipe.algorithm == "ppo" and hasattr(model, "peft_config"):
-        raise ValueError(f"{recipe.model} is an adapter; PPO trains full weights (its critic copies the backbone): "
-                         "use algorithm dapo or grpo, or a plain checkpoint")
+    if recipe.algorithm in ("ppo", "prime") and hasattr(model, "peft_config"):
+        raise ValueError(f"{recipe.model} is an adapter; {recipe.algorithm} trains full weights (its critic or "
+                         "implicit PRM copies the model): use algorithm dapo or grpo, or a plain checkpoint")
     own_pool = pool is None
     pool = pool if pool is not None else open_pool(recipe)
-    run_log = RunLog(out, report_to=recipe.report_to if recipe.algorithm == "ppo" else (),
+    run_log = RunLog(out, report_to=recipe.report_to if recipe.algorithm in ("ppo", "prime") else (),
                      config=recipe.model_dump())
     stop = StopRequest()
     try:
-        if recipe.algorithm == "ppo":
+        if recipe.algorithm in ("ppo", "prime"):
             from retool.training.ppo import PPOTrainer
+            from retool.training.prime_trainer import PRIMETrainer
 
-            trainer = PPOTrainer(recipe, model, tokenizer, problems, pool, run_log)
+            kind = PRIMETrainer if recipe.algorithm == "prime" else PPOTrainer
+            trainer = kind(recipe, model, tokenizer, problems, pool, run_log)
             with stop:
                 steps = trainer.train(stop)
             policy = trainer.policy
