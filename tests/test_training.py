@@ -251,6 +251,26 @@ def test_one_prime_step_changes_the_policy_and_the_implicit_prm(tmp_path, sharpe
     assert (tmp_path / "prime" / "checkpoints" / "step-1").exists()
 
 
+@pytest.mark.parametrize("window,kept", [((0.01, 0.99), True), ((0.999, 1.0), False)])
+def test_online_filtering_fills_the_batch_with_informative_groups(tmp_path, sharpened, window, kept):
+    model, tok = _model_from(sharpened)
+    before = _state(model)
+    recipe = _rl_recipe(tmp_path, "prime", **{k: v for k, v in VARIED.items() if k != "ppo"},
+                        online_filter={"accuracy": window, "oversample": 1.0, "max_rounds": 2},
+                        prime={"minibatch_size": 4})
+    result = run_rl(recipe, model=model, tokenizer=tok)
+    line = json.loads((tmp_path / "prime" / "metrics.jsonl").read_text().splitlines()[0])
+    assert result.steps == 1
+    if kept:  # the seed-2 draw mixes right and wrong: kept in the first round, and trained on
+        assert line["filter/rounds"] == 1 and line["filter/dropped"] == 0 and 0 < line["accuracy"] < 1
+        assert _changed(before, model) > 0
+    else:  # nothing informative by this window: two rounds, every group dropped, no update
+        assert line["filter/rounds"] == 2 and line["filter/dropped"] == line["filter/offered"] == 2
+        assert _changed(before, model) == 0
+    with pytest.raises(ValueError, match="online_filter"):
+        _rl_recipe(tmp_path, "dapo", online_filter={"accuracy": (0.2, 0.8)})
+
+
 @pytest.fixture(scope="module")
 def sharpened(tmp_path_factory):
     """A tiny model taught (by our SFT) to answer 7, so that sampling it gives both right and

@@ -39,7 +39,8 @@ from retool.training.interrupt import StopRequest
 from retool.training.losses import (aggregate, entropy_from_logits, kl_k3, masked_mean, policy_loss, token_logprobs,
                                     value_loss)
 from retool.training.recipe import RLRecipe
-from retool.training.rl_rollout import RolloutBatch, sample
+from retool.training.online_filter import FilterBuffer
+from retool.training.rl_rollout import RolloutBatch, sample, summarize
 from retool.training.run_log import RunLog
 from retool.trajectory import collate
 
@@ -92,6 +93,7 @@ class PPOTrainer:
         self.cursor = DataCursor(len(problems), recipe.seed)
         self.step = 0
         self.vllm, self.engine = None, None
+        self.filter_buffer: FilterBuffer | None = None
         if recipe.vllm is not None:
             from retool.training.vllm_rollouts import open_vllm, rollout_engine
 
@@ -121,22 +123,48 @@ class PPOTrainer:
             self.step = load_checkpoint(resume, self)
             self.run_log.truncate_after(self.step)
         while self.step < recipe.steps and not (stop and stop.requested):
-            problems = [self.problems[i] for i in self.cursor.take(recipe.prompts_per_step)]
             policy = self.accelerator.unwrap_model(self.policy)
             if self.vllm is not None:
                 self.vllm.sync_weights()  # every step: after an update, and after a resume
-            batch = sample(policy, self.tokenizer, self.pool, problems, recipe, self.step, engine=self.engine)
+            batch, filtered = self.collect(policy)
             started = time.monotonic()
             scored = self.usable(batch)
             numbers = self.update(scored) if scored.trajectories else {}
             self.step += 1
             numbers["time/update_s"] = time.monotonic() - started
-            self.run_log.scalars(self.step, {**batch.metrics.as_scalars(), **numbers})
+            self.run_log.scalars(self.step, {**batch.metrics.as_scalars(), **filtered, **numbers})
             if self.step % recipe.sample_every == 0 or self.step == 1:
                 self.run_log.samples(self.step, batch.records(self.tokenizer, recipe.samples_per_log))
             if self.step % recipe.save_steps == 0 or self.step == recipe.steps or (stop and stop.requested):
                 save_checkpoint(out / "checkpoints", self.step, self)
         return self.step
+
+    def collect(self, policy) -> tuple[RolloutBatch, dict[str, float]]:
+        """This step's samples. With ``online_filter``: rounds of oversampled prompts until the batch
+        holds ``prompts_per_step`` informative groups (surplus carried to the next step; carried
+        groups are not checkpointed, so a resumed run samples their replacements)."""
+        recipe, f = self.recipe, self.recipe.online_filter
+        if f is None:
+            problems = [self.problems[i] for i in self.cursor.take(recipe.prompts_per_step)]
+            return sample(policy, self.tokenizer, self.pool, problems, recipe, self.step, engine=self.engine), {}
+        if self.filter_buffer is None:
+            self.filter_buffer = FilterBuffer(f)
+        buffer, k, started = self.filter_buffer, recipe.group_size, time.monotonic()
+        batch, rounds = None, 0
+        while batch is None:
+            needed = buffer.needed(recipe.prompts_per_step)
+            if needed > 0:
+                problems = [self.problems[i] for i in self.cursor.take(f.to_sample(needed))]
+                sampled = sample(policy, self.tokenizer, self.pool, problems, recipe, self.step, engine=self.engine,
+                                 round_=rounds)
+                for i in range(0, len(sampled.samples), k):
+                    group = sampled.samples[i:i + k]
+                    buffer.offer(group, [float(s.correct) for s in group if not s.trajectory.infra_failure])
+                rounds += 1
+            batch = buffer.take(recipe.prompts_per_step, force=rounds >= f.max_rounds)
+        samples = [s for group in batch for s in group]
+        metrics = summarize(samples, k, time.monotonic() - started)
+        return RolloutBatch(samples, metrics), {**buffer.stats(), "filter/rounds": rounds}
 
     # -- one update ----------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from retool.engines.base import SamplingParams
 from retool.rollout import RolloutConfig
 from retool.sandbox.spec import SandboxSpec
+from retool.training.online_filter import OnlineFilter
 
 
 class RecipeError(ValueError):
@@ -183,6 +184,9 @@ class RLRecipe(_Strict):
     reward: RewardSettings = RewardSettings()
     ppo: PPOSettings = PPOSettings()
     prime: PRIMESettings = PRIMESettings()
+    # online prompt filtering (PRIME, DAPO's dynamic sampling): only groups whose accuracy lies in
+    # ``accuracy`` fill a step's batch; more prompts are sampled until it is full (ppo, prime)
+    online_filter: OnlineFilter | None = None
     vllm: VLLMSettings | None = None
     # bookkeeping
     seed: int = 0
@@ -200,6 +204,9 @@ class RLRecipe(_Strict):
             raise ValueError("group-relative advantages (and PRIME's leave-one-out) need group_size ≥ 2")
         if self.algorithm == "dapo" and self.loss_type != "dapo":
             raise ValueError("algorithm dapo uses loss_type dapo (token-level); use algorithm grpo for the others")
+        if self.online_filter is not None and self.algorithm not in ("ppo", "prime"):
+            raise ValueError("online_filter runs in retool's own RL loop (algorithm ppo or prime); for dapo/grpo "
+                             "the group filter is TRL's (not wired yet)")
         if self.rollout.sampling.seed is not None:
             raise ValueError("rollout.sampling.seed: each step's sampling seed derives from the recipe's seed; set seed")
         if self.rollout.sampling.temperature <= 0:

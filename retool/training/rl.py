@@ -40,7 +40,8 @@ def load_problems(recipe: RLRecipe) -> list[Problem]:
 def open_pool(recipe: RLRecipe) -> SandboxPool:
     """One session per in-flight sample. Text-only RL runs no code: its sessions are the stateless
     subprocess kind, which start nothing until asked to run (so they cost nothing)."""
-    size = recipe.sandbox_workers or recipe.prompts_per_step * recipe.group_size
+    oversample = recipe.online_filter.oversample if recipe.online_filter is not None else 1.0
+    size = recipe.sandbox_workers or round(recipe.prompts_per_step * oversample) * recipe.group_size
     spec = recipe.sandbox if recipe.rollout.tools else replace(recipe.sandbox, backend="subprocess")
     return spec.pool(size)
 

@@ -96,10 +96,12 @@ class RolloutBatch:
                 for s in self.samples[:limit]]
 
 
-def rollout_config(recipe: RLRecipe, step: int) -> RolloutConfig:
-    """The recipe's rollout, seeded for ``step`` (a resumed run draws the same samples)."""
+def rollout_config(recipe: RLRecipe, step: int, round_: int = 0) -> RolloutConfig:
+    """The recipe's rollout, seeded for ``step`` (a resumed run draws the same samples); ``round_``
+    > 0: another sampling round of the same step (online prompt filtering)."""
     rollout = recipe.rollout
-    return replace(rollout, sampling=rollout.sampling.with_(seed=derive_seed(recipe.seed, "rl-step", step)))
+    seed = derive_seed(recipe.seed, "rl-step", step) if round_ == 0 else derive_seed(recipe.seed, "rl-step", step, round_)
+    return replace(rollout, sampling=rollout.sampling.with_(seed=seed))
 
 
 def reward_config(recipe: RLRecipe) -> RewardConfig:
@@ -108,10 +110,10 @@ def reward_config(recipe: RLRecipe) -> RewardConfig:
 
 
 def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe, step: int,
-           engine: Engine | None = None) -> RolloutBatch:
+           engine: Engine | None = None, round_: int = 0) -> RolloutBatch:
     """``recipe.group_size`` trajectories per problem from the current weights, scored. ``engine``:
     one that already holds those weights (vLLM, synced by the trainer); default a fresh ``HFEngine``."""
-    config = rollout_config(recipe, step)
+    config = rollout_config(recipe, step, round_)
     group = recipe.group_size
     own_engine = engine is None
     if own_engine:
