@@ -36,4 +36,11 @@ def test_the_report_has_the_issues_keys_and_judges_its_targets(tmp_path):
     assert met == {"beam": False, "every": True, "answer": False}  # misses stay misses
     assert data["replay"] == {"replays": 10, "mismatches": 5, "mismatch_rate": 0.5}
     assert (tmp_path / "search" / "strategies.png").exists() and (tmp_path / "search" / "budget_forcing.png").exists()
-    assert "| beam | 4 | 0.500 |" in (tmp_path / "search.md").read_text()
+    assert "| beam | 4 | 3 | 0.500 |" in (tmp_path / "search.md").read_text()
+
+
+def test_a_partial_report_says_what_was_not_measured(tmp_path):
+    write_report(tmp_path / "search", {"best_of_n": {"points": [point(2, 0.3, 100, 0.5)]}}, {}, {}, 3, "model")
+    data = json.loads((tmp_path / "search.json").read_text())
+    assert data["prefill_ratio_beam"] is None and [t["met"] for t in data["targets"]] == [None, None, None]
+    assert "not measured" in (tmp_path / "search.md").read_text()

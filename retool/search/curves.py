@@ -68,6 +68,8 @@ def plot_curves(path: Path, curves: Mapping[str, Sequence[Mapping[str, Any]]], t
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, points in curves.items():
+        if not points:
+            continue
         xs = [p[x] for p in points]
         ys = [p["accuracy"] for p in points]
         err = [[p["accuracy"] - p["ci"][0] for p in points], [p["ci"][1] - p["accuracy"] for p in points]]

@@ -40,13 +40,16 @@ from retool.grading import extract_answer_from_trajectory
 from retool.protocol import get_dialect
 from retool.search import experiment as tts
 from retool.search.curves import curve_point, plot_curves
-from retool.search.search_eval import SearchEvalConfig, read_records, run_search_eval
+from retool.models import load_tokenizer
+from retool.search.search_eval import SearchEvalConfig, read_records, run_search_eval, summarize
 
 REPORT = Path("evals/reports/search")
 # fixed before the run
-PLAN = {"budgets": {"best_of_n": [2, 4], "beam": [2, 4], "dvts": [4]}, "m": 2, "selection": "prm_last_max",
-        "caps": [32, 64, 128], "extend": 1, "extend_with": "Wait", "forcing_samples": 2, "max_tokens": 384,
-        "max_tool_calls": 4, "concurrency": 8}
+# (cut from beam N ∈ {2, 4} and 2 forcing samples per problem when the first run measured ~0.2 searches'
+# trajectories a second on 2 cores, before any result was read: the whole plan would have taken 85 min)
+PLAN = {"budgets": {"best_of_n": [2, 4], "beam": [4], "dvts": [4]}, "m": 2, "selection": "prm_last_max",
+        "caps": [32, 64, 128], "extend": 1, "extend_with": "Wait", "forcing_samples": 1, "max_tokens": 384,
+        "max_tool_calls": 4, "concurrency": 16}
 TARGETS = {"prefill_ratio_beam_max": 1.10, "answer_present_min": 0.95, "max_thinking_over_cap": 0}
 
 
@@ -76,10 +79,11 @@ def rollout_config():
 
 
 def run_searches(root: Path, runs: Path, model: str, prm: Path, engine, problems) -> dict[str, Any]:
+    """Every strategy at every budget (``engine`` None: only read what finished, run nothing)."""
     from retool.prm.model import load_prm
     from retool.search.verifiers import PRMVerifier
 
-    verifier = PRMVerifier(load_prm(prm), name="process")
+    verifier = PRMVerifier(load_prm(prm), name="process") if engine is not None else None
     out: dict[str, Any] = {}
     for strategy, budgets in PLAN["budgets"].items():
         points = []
@@ -88,14 +92,19 @@ def run_searches(root: Path, runs: Path, model: str, prm: Path, engine, problems
                                       n=n, m=PLAN["m"], selection=PLAN["selection"], engine=EngineSpec(model=model),
                                       rollout=rollout_config(), out=str(runs / strategy / f"n{n}"),
                                       concurrency=PLAN["concurrency"])
-            summary = run_search_eval(config, engine=engine, problems=problems, verifier=verifier)
+            if engine is not None:
+                run_search_eval(config, engine=engine, problems=problems, verifier=verifier)
             records = read_records(config.out)
+            if not records:
+                continue
+            summary = summarize(records)
             costs = [r["cost"] for r in records]
             points.append({"n": n, "label": f"N={n}", **curve_point(records),
                            "pass@candidates": summary["pass@candidates"], "prefill_ratio": summary["prefill_ratio"],
                            "replays": sum(c["replays"] for c in costs),
                            "replay_mismatches": sum(c["replay_mismatches"] for c in costs)})
-        out[strategy] = {"points": points}
+        if points:
+            out[strategy] = {"points": points}
     return out
 
 
@@ -105,16 +114,20 @@ def run_forcing(root: Path, runs: Path, model: str, engine, problems) -> dict[st
     settings["none"] = {}
     results: dict[str, Any] = {}
     dialect = get_dialect(rollout_config().dialect)
+    tokenizer = engine.tokenizer if engine is not None else load_tokenizer(model)
     for name, extra in settings.items():
         out = runs / "forcing" / name
-        run_eval(EvalConfig(benchmark=str(root / "problems_b.jsonl"), engine=EngineSpec(model=model),
-                            rollout=replace(rollout_config(), **extra), k=PLAN["forcing_samples"], out=str(out),
-                            concurrency=16), engine=engine, problems=problems, show_progress=False)
+        if engine is not None:
+            run_eval(EvalConfig(benchmark=str(root / "problems_b.jsonl"), engine=EngineSpec(model=model),
+                                rollout=replace(rollout_config(), **extra), k=PLAN["forcing_samples"], out=str(out),
+                                concurrency=16), engine=engine, problems=problems, show_progress=False)
+        elif not (out / "results.json").exists():
+            continue  # report only: this setting did not finish
         samples = load_run(out).samples
         trajs = [s.trajectory for s in samples]
         cap = extra.get("max_thinking_tokens")
         thinking = [t.thinking_tokens if t.thinking_tokens is not None else t.num_model_tokens for t in trajs]
-        present = [extract_answer_from_trajectory(t, engine.tokenizer, dialect) is not None for t in trajs]
+        present = [extract_answer_from_trajectory(t, tokenizer, dialect) is not None for t in trajs]
         results[name] = {"cap": cap, **extra, "samples": len(trajs),
                          **curve_point([{"correct": s.correct, "cost": {"model_tokens": s.trajectory.num_model_tokens}}
                                         for s in samples]),
@@ -133,12 +146,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", default="runs/search", help="where this experiment's run directories go")
     parser.add_argument("--report", default=str(REPORT))
     parser.add_argument("--limit", type=int, default=None, help="only the first problems of half B (a smoke run)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from what has finished (runs nothing; unfinished settings left out)")
     args = parser.parse_args(argv)
     root, started = Path(args.root), time.monotonic()
+    problems = load_benchmark(str(root / "problems_b.jsonl"), args.limit)
+    if args.report_only:
+        model, prm = tts.policy(root), root / "prm_process" / "prm"
+        searches = run_searches(root, Path(args.runs), model, prm, None, problems)
+        forcing = run_forcing(root, Path(args.runs), model, None, problems)
+        timings = json.loads(Path(args.report).with_suffix(".json").read_text()).get("minutes", {}) \
+            if Path(args.report).with_suffix(".json").exists() else {}
+        write_report(Path(args.report), searches, forcing, timings, len(problems), model)
+        return
     model, prm = prepare(root)
     prepared = time.monotonic()
-    engine = EngineSpec(model=model).build(max_batch=32)
-    problems = load_benchmark(str(root / "problems_b.jsonl"), args.limit)
+    engine = EngineSpec(model=model).build(max_batch=64)
     try:
         searches = run_searches(root, Path(args.runs), model, prm, engine, problems)
         searched = time.monotonic()
@@ -151,22 +174,26 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_report(report: Path, searches: dict, forcing: dict, minutes: dict, problems: int, model: str) -> None:
-    beam4 = next(p for p in searches["beam"]["points"] if p["n"] == 4) if any(
-        p["n"] == 4 for p in searches["beam"]["points"]) else searches["beam"]["points"][-1]
+    beam = searches.get("beam", {}).get("points", [])
+    beam4 = next((p for p in beam if p["n"] == 4), beam[-1] if beam else None)
+    ratio = beam4["prefill_ratio"] if beam4 else None
     capped = {k: v for k, v in forcing.items() if v["cap"] is not None}
-    present = min(v["answer_present_rate"] for v in capped.values())
-    over = max(v["max_thinking_over_cap"] for v in capped.values())
+    present = min(v["answer_present_rate"] for v in capped.values()) if capped else None
+    over = max(v["max_thinking_over_cap"] for v in capped.values()) if capped else None
     replays = sum(p["replays"] for s in searches.values() for p in s["points"])
     mismatches = sum(p["replay_mismatches"] for s in searches.values() for p in s["points"])
+
+    def judged(target: str, value, ok) -> dict[str, Any]:
+        return {"target": target, "value": value, "met": None if value is None else bool(ok(value))}
+
     targets = [
-        {"target": f"beam prefill ratio ≤ {TARGETS['prefill_ratio_beam_max']}", "value": beam4["prefill_ratio"],
-         "met": beam4["prefill_ratio"] is not None and beam4["prefill_ratio"] <= TARGETS["prefill_ratio_beam_max"]},
-        {"target": "every trajectory's thinking tokens ≤ its cap", "value": over,
-         "met": over <= TARGETS["max_thinking_over_cap"]},
-        {"target": f"answer present ≥ {TARGETS['answer_present_min']:.0%} under every cap", "value": present,
-         "met": present >= TARGETS["answer_present_min"]},
+        judged(f"beam prefill ratio ≤ {TARGETS['prefill_ratio_beam_max']}", ratio,
+               lambda v: v <= TARGETS["prefill_ratio_beam_max"]),
+        judged("every trajectory's thinking tokens ≤ its cap", over, lambda v: v <= TARGETS["max_thinking_over_cap"]),
+        judged(f"answer present ≥ {TARGETS['answer_present_min']:.0%} under every cap", present,
+               lambda v: v >= TARGETS["answer_present_min"]),
     ]
-    data = {"strategies": searches, "prefill_ratio_beam": beam4["prefill_ratio"],
+    data = {"strategies": searches, "prefill_ratio_beam": ratio,
             "replay": {"replays": replays, "mismatches": mismatches,
                        "mismatch_rate": mismatches / replays if replays else None},
             "budget_forcing": {"caps": forcing, "answer_present_rate": present, "max_thinking_over_cap": over},
@@ -179,21 +206,25 @@ def write_report(report: Path, searches: dict, forcing: dict, minutes: dict, pro
     plots = report.parent / report.name
     plot_curves(plots / "strategies.png", {k: v["points"] for k, v in searches.items()},
                 "search under the process PRM (PRM-Last-Max)")
-    plot_curves(plots / "budget_forcing.png",
-                {"cap": sorted(capped.values(), key=lambda v: v["cap"])}, "budget forcing: accuracy against cap",
-                x="mean_thinking_tokens", xlabel="mean thinking tokens (measured)")
+    if forcing:
+        points = [{**v, "label": name} for name, v in forcing.items()]
+        plot_curves(plots / "budget_forcing.png", {"cap": sorted([p for p in points if p["cap"]], key=lambda p: p["cap"]),
+                                                   "uncapped": [p for p in points if not p["cap"]]},
+                    "budget forcing: accuracy against thinking", x="mean_thinking_tokens",
+                    xlabel="mean thinking tokens (measured)")
     lines = ["# Search and budget forcing on the embedded model (miniature)", "",
              f"Policy `{model}`; {problems} held-out problems (half B of the test-time scaling experiment); verifier "
              f"the process PRM trained on half A's step labels; selection {PLAN['selection']}. Time: "
              + ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items()) + f" on {os.cpu_count()} CPUs.", "",
              "## Targets (fixed before the run)", "", "| target | value | met |", "|---|---:|---|"]
-    lines += [f"| {t['target']} | {_num(t['value'])} | {'yes' if t['met'] else 'no'} |" for t in targets]
+    lines += [f"| {t['target']} | {_num(t['value'])} | {'not measured' if t['met'] is None else 'yes' if t['met'] else 'no'} |"
+              for t in targets]
     lines += ["", "## Strategies: accuracy against measured tokens per problem", "",
-              "| strategy | N | accuracy | 95% CI | pass@candidates | model tokens | all tokens | cells | replayed "
-              "cells | prefill ratio | wall s |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| strategy | N | problems | accuracy | 95% CI | pass@candidates | model tokens | all tokens | cells | "
+              "replayed cells | prefill ratio | wall s |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in searches.items():
         for p in s["points"]:
-            lines.append(f"| {name} | {p['n']} | {p['accuracy']:.3f} | [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}] | "
+            lines.append(f"| {name} | {p['n']} | {p['problems']} | {p['accuracy']:.3f} | [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}] | "
                          f"{p['pass@candidates']:.3f} | {p['model_tokens']:.0f} | {p['all_tokens']:.0f} | "
                          f"{p['cells']:.2f} | {p['replayed_cells']:.2f} | {_num(p['prefill_ratio'])} | {p['wall_s']:.1f} |")
     lines += ["", f"Replays: {replays}, mismatches: {mismatches}.", "", "## Budget forcing", "",
