@@ -496,3 +496,44 @@ def test_a_ppo_update_puts_exactly_zero_gradient_on_interpreter_positions(tmp_pa
         model_positions = [start + i - 1 for i, m in enumerate(traj.loss_mask) if m]
         assert torch.count_nonzero(logits.grad[row, model_positions]) > 0  # the model's own tokens are trained
     assert checked > 0
+
+
+def test_prime_puts_exactly_zero_gradient_on_interpreter_positions_in_policy_and_prm(tmp_path):
+    """The implicit reward is summed over model tokens only: neither the policy's loss nor the implicit
+    PRM's puts any gradient on an interpreter token."""
+    from retool.training.prime_trainer import PRIMETrainer
+
+    model, tok, recipe, batch = _scripted_batch(tmp_path, group_size=2)
+    recipe = recipe.model_copy(update={"algorithm": "prime", "prime": recipe.prime.model_copy(
+        update={"minibatch_size": 4, "granularity": "step"})})
+    trainer = PRIMETrainer(recipe, model, tok, [s.problem for s in batch.samples], pool=None, run_log=None)
+    seen: dict[str, list] = {"policy": [], "prm": []}
+
+    def keeper(name):
+        def keep(module, args, kwargs, output):
+            if torch.is_grad_enabled():
+                output.logits.retain_grad()
+                seen[name].append((kwargs["input_ids"], output.logits))
+        return keep
+
+    handles = [trainer.policy.register_forward_hook(keeper("policy"), with_kwargs=True),
+               trainer.critic.register_forward_hook(keeper("prm"), with_kwargs=True)]
+    try:
+        numbers = trainer.update(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    assert "prm/loss" in numbers and seen["policy"] and seen["prm"]
+    for name, passes in seen.items():
+        checked = 0
+        for ids, logits in passes:
+            for row in range(len(ids)):
+                traj = next(t for t in batch.trajectories if torch.equal(
+                    ids[row][:len(t.prompt_ids) + len(t.ids)], torch.tensor(t.prompt_ids + t.ids)))
+                start = len(traj.prompt_ids)
+                for begin, end in _spans(traj.loss_mask):
+                    assert torch.count_nonzero(logits.grad[row, start + begin - 1:start + end - 1]) == 0, name
+                    checked += end - begin
+                model_positions = [start + i - 1 for i, m in enumerate(traj.loss_mask) if m]
+                assert torch.count_nonzero(logits.grad[row, model_positions]) > 0, name
+        assert checked > 0, name
