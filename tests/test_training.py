@@ -537,3 +537,24 @@ def test_prime_puts_exactly_zero_gradient_on_interpreter_positions_in_policy_and
                 model_positions = [start + i - 1 for i, m in enumerate(traj.loss_mask) if m]
                 assert torch.count_nonzero(logits.grad[row, model_positions]) > 0, name
         assert checked > 0, name
+
+
+def test_void_turns_are_masked_from_the_loss_when_the_recipe_says_so(tmp_path):
+    """SimpleTIR's void-turn masking: a trajectory ended by a turn with neither code nor answer (EOS,
+    no answer) gets no gradient with ``mask_void_turns``; truncation stays ``mask_truncated``'s."""
+    from retool.training.ppo import PPOTrainer
+    from retool.training.rl_rollout import trained_on
+
+    model, tok, recipe, batch = _scripted_batch(tmp_path)
+    void = batch.trajectories[1]
+    void.finish_reason = "eos"  # b's last turn: as if the model stopped without answering
+    assert trained_on(void, recipe) and not trained_on(void, recipe.model_copy(update={"mask_void_turns": True}))
+    cut = batch.trajectories[0]
+    assert not trained_on(cut.__class__(cut.prompt_ids, finish_reason="length"), recipe.model_copy(
+        update={"mask_truncated": True}))
+    for masked in (False, True):
+        r = recipe.model_copy(update={"mask_void_turns": masked})
+        rollouts = PPOTrainer(r, model, tok, [s.problem for s in batch.samples], pool=None, run_log=None
+                              ).prepare_rollouts(batch)
+        assert rollouts.mask[0].sum() > 0
+        assert (rollouts.mask[1].sum() == 0) == masked

@@ -34,7 +34,7 @@ from typing import Any
 from retool.datasets import Problem
 from retool.training.interrupt import StopOnRequestCallback, StopRequest
 from retool.training.recipe import RLRecipe
-from retool.training.rl_rollout import sample
+from retool.training.rl_rollout import sample, void_turn
 from retool.training.run_log import RunLog
 from retool.training.trainer_callbacks import RunLogCallback, prepare_trainer, trainer_device_args
 from retool.training.vllm_rollouts import grpo_vllm_args, rollout_engine
@@ -80,8 +80,8 @@ def make_rollout_func(recipe: RLRecipe, tokenizer, pool, problems: list[Problem]
         completion_ids, env_mask, logprobs = [], [], []
         for traj in batch.trajectories:
             ids, mask, lps = list(traj.ids), list(traj.loss_mask), list(traj.logprobs)
-            if traj.infra_failure:  # no token of it in the loss (its reward is None: no advantage either)
-                mask = [0] * len(mask)
+            if traj.infra_failure or (recipe.mask_void_turns and void_turn(traj)):
+                mask = [0] * len(mask)  # no token of it in the loss (an infra failure has no reward either)
             if traj.finish_reason != "length" and (not ids or ids[-1] != eos):
                 ids.append(eos)
                 mask.append(0)

@@ -40,7 +40,7 @@ from retool.training.losses import (aggregate, entropy_from_logits, kl_k3, maske
                                     value_loss)
 from retool.training.recipe import RLRecipe
 from retool.training.online_filter import FilterBuffer
-from retool.training.rl_rollout import RolloutBatch, sample, summarize
+from retool.training.rl_rollout import RolloutBatch, sample, summarize, trained_on
 from retool.training.run_log import RunLog
 from retool.trajectory import collate
 
@@ -175,9 +175,8 @@ class PPOTrainer:
         device = self.accelerator.device
         ids, attn = packed.input_ids.to(device), packed.attention_mask.to(device)
         mask = packed.loss_mask.to(device)
-        if recipe.mask_truncated:
-            keep = torch.tensor([t.finish_reason != "length" for t in batch.trajectories], device=device)
-            mask = mask * keep.unsqueeze(1)
+        keep = torch.tensor([trained_on(t, recipe) for t in batch.trajectories], device=device)
+        mask = mask * keep.unsqueeze(1)  # truncated answers, void turns (as the recipe says)
         old_logprobs, old_values = [], []
         with torch.no_grad():
             for rows in self._chunks(len(ids), recipe.micro_batch_size, shuffle=False):

@@ -32,7 +32,7 @@ from retool.training.advantages import masked_whiten
 from retool.training.ppo import PPOTrainer, Rollouts
 from retool.training.prime import (implicit_prm_loss, implicit_token_rewards, pairwise_ranking_accuracy, pearson,
                                    prime_returns, rloo_outcome, rloo_process, step_rewards)
-from retool.training.rl_rollout import RolloutBatch
+from retool.training.rl_rollout import RolloutBatch, trained_on
 from retool.trajectory import collate
 
 
@@ -70,9 +70,8 @@ class PRIMETrainer(PPOTrainer):
         ids, attn = packed.input_ids.to(device), packed.attention_mask.to(device)
         model_mask = packed.loss_mask.to(device).float()  # every model token: the PRM's actions
         mask = model_mask
-        if recipe.mask_truncated:
-            keep = torch.tensor([t.finish_reason != "length" for t in batch.trajectories], device=device)
-            mask = mask * keep.unsqueeze(1)
+        keep = torch.tensor([trained_on(t, recipe) for t in batch.trajectories], device=device)
+        mask = mask * keep.unsqueeze(1)  # truncated answers, void turns (as the recipe says)
         old, ref = [], []
         with torch.no_grad():
             for rows in self._chunks(len(ids), recipe.micro_batch_size, shuffle=False):

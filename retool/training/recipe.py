@@ -178,6 +178,7 @@ class RLRecipe(_Strict):
     epsilon_high: float = Field(0.28, gt=0)  # clip-higher (DAPO)
     beta: float = Field(0.0, ge=0)  # KL coefficient; 0 = no reference model (ReTool, DAPO)
     mask_truncated: bool = True  # truncated answers get no gradient (DAPO's overlong filtering)
+    mask_void_turns: bool = False  # SimpleTIR: a trajectory ended by a turn with neither code nor answer, no gradient
     scale_rewards: bool = True  # GRPO's std normalisation (False: Dr. GRPO)
     max_grad_norm: float = Field(1.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)

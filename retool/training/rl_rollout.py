@@ -96,6 +96,22 @@ class RolloutBatch:
                 for s in self.samples[:limit]]
 
 
+def void_turn(traj: Trajectory) -> bool:
+    """SimpleTIR's void turn: the trajectory's last model turn wrote neither a code block nor an
+    answer (it ended at EOS with no answer; a cut-off turn is ``mask_truncated``'s business)."""
+    return traj.finish_reason == "eos"
+
+
+def trained_on(traj: Trajectory, recipe: RLRecipe) -> bool:
+    """Whether any of ``traj``'s tokens enter the loss: not an infrastructure failure, not cut by the
+    budget (``mask_truncated``), not ended by a void turn (``mask_void_turns``)."""
+    if traj.infra_failure:
+        return False
+    if recipe.mask_truncated and traj.finish_reason == "length":
+        return False
+    return not (recipe.mask_void_turns and void_turn(traj))
+
+
 def rollout_config(recipe: RLRecipe, step: int, round_: int = 0) -> RolloutConfig:
     """The recipe's rollout, seeded for ``step`` (a resumed run draws the same samples); ``round_``
     > 0: another sampling round of the same step (online prompt filtering)."""
