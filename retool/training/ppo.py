@@ -170,13 +170,8 @@ class PPOTrainer:
 
     def prepare_rollouts(self, batch: RolloutBatch) -> Rollouts:
         recipe, settings = self.recipe, self.recipe.ppo
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        packed = collate(batch.trajectories, pad)
+        packed, ids, attn, mask = self.pack(batch)
         device = self.accelerator.device
-        ids, attn = packed.input_ids.to(device), packed.attention_mask.to(device)
-        mask = packed.loss_mask.to(device)
-        keep = torch.tensor([trained_on(t, recipe) for t in batch.trajectories], device=device)
-        mask = mask * keep.unsqueeze(1)  # truncated answers, void turns (as the recipe says)
         old_logprobs, old_values = [], []
         with torch.no_grad():
             for rows in self._chunks(len(ids), recipe.micro_batch_size, shuffle=False):
@@ -197,6 +192,16 @@ class PPOTrainer:
         _, returns = gae(rewards, old_values, mask, settings.gamma, settings.lambda_critic)
         advantages = masked_whiten(advantages, mask)
         return Rollouts(ids, attn, mask, old_logprobs, old_values, advantages, returns)
+
+    def pack(self, batch: RolloutBatch):
+        """(packed, input ids, attention mask, trained positions) on the device: the trained positions
+        are the loss mask without the trajectories the recipe keeps out (truncated, void turns)."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        packed = collate(batch.trajectories, pad)
+        device = self.accelerator.device
+        keep = torch.tensor([trained_on(t, self.recipe) for t in batch.trajectories], device=device)
+        mask = packed.loss_mask.to(device) * keep.unsqueeze(1)
+        return packed, packed.input_ids.to(device), packed.attention_mask.to(device), mask
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         recipe, settings = self.recipe, self.recipe.ppo

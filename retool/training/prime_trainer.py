@@ -32,8 +32,7 @@ from retool.training.advantages import masked_whiten
 from retool.training.ppo import PPOTrainer, Rollouts
 from retool.training.prime import (implicit_prm_loss, implicit_token_rewards, pairwise_ranking_accuracy, pearson,
                                    prime_returns, rloo_outcome, rloo_process, step_rewards)
-from retool.training.rl_rollout import RolloutBatch, trained_on
-from retool.trajectory import collate
+from retool.training.rl_rollout import RolloutBatch
 
 
 class PRIMETrainer(PPOTrainer):
@@ -64,14 +63,10 @@ class PRIMETrainer(PPOTrainer):
 
     def prepare_prime(self, batch: RolloutBatch) -> tuple[Rollouts, dict[str, float]]:
         recipe, settings = self.recipe, self.recipe.prime
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        packed = collate(batch.trajectories, pad)
+        packed, ids, attn, mask = self.pack(batch)
         device = self.accelerator.device
-        ids, attn = packed.input_ids.to(device), packed.attention_mask.to(device)
+        mask = mask.float()
         model_mask = packed.loss_mask.to(device).float()  # every model token: the PRM's actions
-        mask = model_mask
-        keep = torch.tensor([trained_on(t, recipe) for t in batch.trajectories], device=device)
-        mask = mask * keep.unsqueeze(1)  # truncated answers, void turns (as the recipe says)
         old, ref = [], []
         with torch.no_grad():
             for rows in self._chunks(len(ids), recipe.micro_batch_size, shuffle=False):
