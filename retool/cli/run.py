@@ -114,9 +114,8 @@ def evaluate(
     from retool.evals.harness import EvalConfig, run_eval
 
     if strategy != "sample":
-        from retool.search.search_eval import SearchEvalConfig, run_search_eval
-
         from retool.search.curves import run_budget_curve
+        from retool.search.search_eval import SearchEvalConfig, run_search_eval
 
         try:
             budgets = [int(n) for n in search_n.split(",") if n.strip()]

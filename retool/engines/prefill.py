@@ -51,15 +51,19 @@ class PrefillLedger:
     requests: int = 0
     prompt_tokens: int = 0  # sent, over every request
     computed_tokens: int = 0  # of those, computed by the engine (not served from its cache)
-    distinct_tokens: int = 0  # positions of the trie of all prompts sent
     trie: PrefixTrie = field(default_factory=PrefixTrie, repr=False)
+
+    @property
+    def distinct_tokens(self) -> int:
+        """Positions of the trie of all prompts sent."""
+        return self.trie.nodes
 
     def record(self, prompt_ids: list[int], completion: Completion) -> None:
         sent = completion.prompt_tokens or len(prompt_ids)
         self.requests += 1
         self.prompt_tokens += sent
         self.computed_tokens += max(sent - completion.cached_tokens, 0)
-        self.distinct_tokens += self.trie.insert(prompt_ids)
+        self.trie.insert(prompt_ids)
 
     @property
     def ratio(self) -> float | None:

@@ -110,11 +110,12 @@ def sample(model: str, benchmark: Path, out: Path, n: int, max_tokens: int) -> N
                         out=str(out), concurrency=16))
 
 
-def train_verifiers(root: Path, labels: Path, model: str, max_steps: int = -1, implicit_steps: int = -1
-                    ) -> dict[str, Any]:
+def train_verifiers(root: Path, labels: Path, model: str, max_steps: int = -1, implicit_steps: int = -1,
+                    objectives: tuple[str, ...] = ("process", "outcome", "implicit")) -> dict[str, Any]:
     settings = {"process": {"train_blocks": 2}, "outcome": {"train_blocks": 2}, "implicit": {"train_blocks": 1}}
     metrics = {}
-    for objective, extra in settings.items():
+    for objective in objectives:
+        extra = settings[objective]
         out = root / f"prm_{objective}"
         if not (out / "prm").exists():
             train_prm(PRMRecipe(objective=objective, model=model, labels=[str(labels)], output_dir=str(out),

@@ -39,8 +39,8 @@ from retool.evals.run_dir import load_run
 from retool.grading import extract_answer_from_trajectory
 from retool.protocol import get_dialect
 from retool.search import experiment as tts
-from retool.search.curves import curve_point, plot_curves
 from retool.models import load_tokenizer
+from retool.search.curves import curve_point, plot_curves
 from retool.search.search_eval import SearchEvalConfig, read_records, run_search_eval, summarize
 
 REPORT = Path("evals/reports/search")
@@ -63,13 +63,7 @@ def prepare(root: Path) -> tuple[str, Path]:
     if not prm.exists():
         tts.sample(model, a, root / "eval_a", 4, PLAN["max_tokens"])
         label_run(LabelConfig(str(root / "eval_a"), str(root / "labels"), mc=4, concurrency=16))
-        from retool.prm.train import train_prm
-        from retool.training.recipe import PRMRecipe
-
-        train_prm(PRMRecipe(objective="process", model=model, labels=[str(root / "labels")],
-                            output_dir=str(root / "prm_process"), max_length=768, epochs=2, batch_size=4,
-                            learning_rate=1e-4, val_fraction=0.2, eval_steps=25, save_steps=25,
-                            report_to=["tensorboard"], train_blocks=2))
+        tts.train_verifiers(root, root / "labels", model, objectives=("process",))
     return model, prm
 
 
