@@ -275,6 +275,7 @@ class Rollout:
                 listener(ToolCallDone(last, response, tuple(traj.ids[span[0]:span[1]])))
         if len(output_ids) > room:
             traj.finish("length")
+        self._cap_invalid_calls(traj)
         return Step(start, len(traj.ids), last)
 
     async def _run_cell(self, traj: Trajectory, session: Session, code: str, start: int,
@@ -295,7 +296,17 @@ class Rollout:
             listener(ToolCallDone(call, rendered, tuple(output_ids[:room])))
         if len(output_ids) > room:
             traj.finish("length")
+        self._cap_invalid_calls(traj)
         return Step(start, len(traj.ids), call)
+
+    def _cap_invalid_calls(self, traj: Trajectory) -> None:
+        """``max_invalid_calls_in_a_row``: the last n calls were all malformed, so the answer ends
+        (its output for them is already appended: the transcript stays what the model saw)."""
+        n = self.config.max_invalid_calls_in_a_row
+        if n is None or traj.finished or len(traj.tool_calls) < n:
+            return
+        if all(call.malformed for call in traj.tool_calls[-n:]):
+            traj.finish("invalid_calls", f"{n} malformed tool calls in a row")
 
     async def _generate(self, input_ids: list[int], params: SamplingParams, stop: tuple[str, ...],
                         listener: Listener | None = None) -> Completion:

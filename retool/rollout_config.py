@@ -36,6 +36,11 @@ class RolloutConfig:
     max_tool_calls: int = field(default=8, metadata={"cli": True, "help": "Most code executions per answer."})
     max_total_tokens: int = field(default=1024, metadata={
         "cli": True, "help": "Most tokens after the prompt, model and interpreter together."})
+    # a model stuck writing calls that cannot run (code that does not parse, unreadable chat calls:
+    # ``ToolCall.malformed``) is stopped after this many in a row (finish "invalid_calls"); None: never
+    max_invalid_calls_in_a_row: int | None = field(default=None, metadata={
+        "cli": True, "help": "End an answer after this many malformed tool calls in a row (code that does not "
+                             "parse, unreadable calls)."})
     sampling: SamplingParams = SamplingParams(temperature=0.0)
     output_head_chars: int = 1024  # the model-facing cut of long interpreter output: head and tail kept
     output_tail_chars: int = 1024
@@ -77,6 +82,8 @@ class RolloutConfig:
         get_dialect(self.dialect)  # an unknown name fails here, with the known ones
         if self.max_tool_calls < 0 or self.max_total_tokens <= 0:
             raise ValueError("max_tool_calls must be >= 0 and max_total_tokens > 0")
+        if self.max_invalid_calls_in_a_row is not None and self.max_invalid_calls_in_a_row < 1:
+            raise ValueError("max_invalid_calls_in_a_row must be >= 1 (or None: no cap)")
         if (self.max_thinking_tokens is not None and self.max_thinking_tokens < 1) or self.min_thinking_tokens < 0 \
                 or self.extend < 0 or self.forced_answer_tokens < 1:
             raise ValueError("max_thinking_tokens and forced_answer_tokens must be >= 1, min_thinking_tokens and "

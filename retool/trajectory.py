@@ -21,11 +21,14 @@ from typing import Any, Literal
 
 from retool.sandbox.base import ExecResult
 
-FinishReason = Literal["answer", "eos", "length", "max_tool_calls", "infra_error", "tool_calls"]
-FINISH_REASONS = ("answer", "eos", "length", "max_tool_calls", "infra_error", "tool_calls")
+FinishReason = Literal["answer", "eos", "length", "max_tool_calls", "invalid_calls", "infra_error", "tool_calls"]
+FINISH_REASONS = ("answer", "eos", "length", "max_tool_calls", "invalid_calls", "infra_error", "tool_calls")
+# "invalid_calls": the model wrote ``RolloutConfig.max_invalid_calls_in_a_row`` malformed calls in a row
 # "tool_calls" (chat dialect, ``retool serve``): the model called a function the client runs; the
 # calls are in ``meta["client_calls"]`` and the client's next request carries their results
 # "infra_error": the sandbox, the engine or the host failed (not the model): never scored, never trained on
+
+PARSE_ERRORS = ("SyntaxError", "IndentationError", "TabError")  # the interpreter could not parse the cell
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,13 @@ class ToolCall:
     output_span: tuple[int, int]  # [start, end) of the appended interpreter tokens in ids
     response: str | None = None  # chat dialect: the tool message's content as the model read it
     invalid: str | None = None  # chat dialect: the call could not run (bad JSON, unknown function): why
+
+    @property
+    def malformed(self) -> bool:
+        """The call was not a program the interpreter could start: a chat call that could not be read
+        (bad JSON, unknown function) or code that does not parse. A runtime error is not malformed:
+        the code ran, and its error is feedback the model can use."""
+        return self.invalid is not None or (self.result.error or "").startswith(PARSE_ERRORS)
 
     def to_dict(self) -> dict[str, Any]:
         data = {"code": self.code, "result": self.result.to_dict(), "code_end": self.code_end,

@@ -39,6 +39,7 @@ class TrajectoryStats:
     truncation_rate: float  # share ended by the token budget (finish "length")
     tool_limit_rate: float  # share ended by the tool-call limit (finish "max_tool_calls")
     invalid_call_rate: float = 0.0  # chat dialect: share of calls that could not run (bad JSON, unknown function)
+    malformed_call_rate: float = 0.0  # share of calls that were no program: those, and code that does not parse
     answer_present_rate: float = 0.0  # share that ended with an answer (finish "answer")
     forced_answer_share: float = 0.0  # budget forcing: share whose answer the loop opened at the thinking cap
     last_code_pass_rate_correct: float | None = None  # of the last call, in right answers (with grades)
@@ -81,6 +82,7 @@ def trajectory_stats(trajectories: Sequence[Trajectory], correct: Sequence[bool]
         truncation_rate=_mean([float(t.finish_reason == "length") for t in trajs]),
         tool_limit_rate=_mean([float(t.finish_reason == "max_tool_calls") for t in trajs]),
         invalid_call_rate=sum(c.invalid is not None for c in calls) / len(calls) if calls else 0.0,
+        malformed_call_rate=sum(c.malformed for c in calls) / len(calls) if calls else 0.0,
         answer_present_rate=_mean([float(t.finish_reason == "answer") for t in trajs]),
         forced_answer_share=_mean([float(any(kind == "answer" for *_, kind in t.forced)) for t in trajs]),
         last_code_pass_rate_correct=last_call_pass_rate(True),

@@ -119,6 +119,24 @@ def test_malformed_calls_are_answered_with_one_line_and_counted(pool, template):
     assert trajectory_stats([traj]).invalid_call_rate == 1.0
 
 
+def test_consecutive_invalid_calls_are_capped(pool):
+    """``max_invalid_calls_in_a_row``: three unreadable calls in a row end the answer (finish
+    ``invalid_calls``) and the model is not asked again; a call that runs resets the count."""
+    fmt = ChatFormat.of(tiny_chat_tokenizer("qwen2_5"))
+    unknown = fmt.model_turn({"role": "assistant", "content": "Search.", "tool_calls": [call_item("search", {"q": "x"})]})
+    good = fmt.model_turn(assistant("Compute.", "print(1)"))
+    answer = fmt.model_turn(assistant("The answer is \\boxed{1}."))
+    traj, _, engine = run_chat(pool, "qwen2_5", [unknown, unknown, good, unknown, unknown, unknown, answer],
+                               max_invalid_calls_in_a_row=3)
+    assert traj.finish_reason == "invalid_calls" and len(traj.tool_calls) == 6 and len(engine.calls) == 6
+    assert [c.malformed for c in traj.tool_calls] == [True, True, False, True, True, True]
+    traj, _, _ = run_chat(pool, "qwen2_5", [unknown, unknown, good, unknown, unknown, answer],
+                          max_invalid_calls_in_a_row=3)
+    assert traj.finish_reason == "answer"
+    with pytest.raises(ValueError, match="max_invalid_calls_in_a_row"):
+        RolloutConfig(max_invalid_calls_in_a_row=0)
+
+
 def test_code_written_carelessly_in_json_still_runs(pool):
     raw_newline = 'Go.\n<tool_call>\n{"name": "python", "arguments": {"code": "a = 20\nprint(a + 1)"}}\n</tool_call><|im_end|>'
     bare_quotes = 'Go.\n<tool_call>\n{"name": "python", "arguments": {"code": "print("hi" + str(a))"}}\n</tool_call><|im_end|>'

@@ -89,6 +89,18 @@ def test_max_tool_calls_ends_the_trajectory(pool):
     assert traj.loss_mask[-1] == 1  # the third block is in the transcript, not executed
 
 
+def test_code_that_does_not_parse_is_capped_but_a_runtime_error_is_not(pool):
+    """``max_invalid_calls_in_a_row`` in a code dialect: a cell that does not parse is a malformed
+    call (no program ran); one that raises ran, and its error does not count."""
+    broken, raises = "<code>\n```python\nprint(1\n```\n</code>", "<code>\n```python\n1 / 0\n```\n</code>"
+    engine = ScriptedEngine([broken, raises, broken, broken, TURN_ANSWER])
+    traj = rollout(engine, pool, max_invalid_calls_in_a_row=2).run([engine.tokenizer.encode("p")])[0]
+    assert [c.malformed for c in traj.tool_calls] == [True, False, True, True]
+    assert traj.finish_reason == "invalid_calls" and len(engine.calls) == 4
+    engine = ScriptedEngine([broken, raises, broken, TURN_ANSWER])
+    assert rollout(engine, pool, max_invalid_calls_in_a_row=2).run([engine.tokenizer.encode("p")])[0].finish_reason == "answer"
+
+
 def test_fenced_dialect_round_trip(pool):
     turns = ["Compute:\n```python\nprint(2**10)\n```\n```output", "So \\boxed{1024}." + EOS]
     engine = ScriptedEngine(turns)

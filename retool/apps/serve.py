@@ -91,7 +91,8 @@ class ServeConfig:
     tokens: tuple[str, ...] = ()  # bearer tokens clients must send; empty: no authentication
 
 
-FINISH = {"answer": "stop", "eos": "stop", "length": "length", "max_tool_calls": "length", "interrupted": "stop",
+FINISH = {"answer": "stop", "eos": "stop", "length": "length", "max_tool_calls": "length", "invalid_calls": "stop",
+          "interrupted": "stop",
           "tool_calls": "tool_calls"}
 
 
