@@ -139,6 +139,14 @@ def test_recipe_errors_are_clear(tmp_path):
     bad.write_text("data: [x.jsonl]\noutput_dir: o\nvllm: {mode: colocate, tensor_parallel_size: 2}\n")
     with pytest.raises(RecipeError, match="mode: server"):
         load_recipe(bad, RLRecipe)
+    for changes, message in [("algorithm: ppo\nloss_type: cispo", "TRL's"), ("algorithm: grpo\nloss_type: luspo", "sequence"),
+                             ("algorithm: grpo\nloss_type: cispo\nimportance_sampling_level: sequence", "token-level"),
+                             ("algorithm: prime\nimportance_sampling_level: sequence", "GSPO"),
+                             ("loss_type: nope", "loss_type")]:
+        bad.write_text(f"data: [x.jsonl]\noutput_dir: o\n{changes}\n")
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(bad, RLRecipe)
+    RLRecipe(algorithm="grpo", loss_type="luspo", importance_sampling_level="sequence", data=["x"], output_dir="o")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
@@ -249,26 +257,37 @@ def test_one_prime_step_changes_the_policy_and_the_implicit_prm(tmp_path, sharpe
         assert key in line
     assert line["prm/loss"] > 0 and 0 <= line["prm/pairwise_acc_before"] <= 1
     assert (tmp_path / "prime" / "checkpoints" / "step-1").exists()
+    saved = json.loads((tmp_path / "prime" / "prm" / "prm.json").read_text())  # the PRM, as a verifier
+    assert saved["objective"] == "implicit" and saved["beta"] == recipe.prime.beta
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "prime" / "prm" / "model")
+    trained = seen["prm"].state_dict()
+    assert all(torch.equal(value, trained[key]) for key, value in reloaded.state_dict().items())
 
 
+@pytest.mark.parametrize("algorithm", ["prime", "dapo"])
 @pytest.mark.parametrize("window,kept", [((0.01, 0.99), True), ((0.999, 1.0), False)])
-def test_online_filtering_fills_the_batch_with_informative_groups(tmp_path, sharpened, window, kept):
+def test_online_filtering_fills_the_batch_with_informative_groups(tmp_path, sharpened, window, kept, algorithm):
+    """In retool's own loop (prime) and inside TRL's (dapo): a window the draw's groups fit trains
+    on them in one round; one nothing fits drops every group for ``max_rounds`` rounds and trains on
+    nothing (TRL's fixed-size batch is padded with dropped groups, all out of the loss)."""
     model, tok = _model_from(sharpened)
     before = _state(model)
-    recipe = _rl_recipe(tmp_path, "prime", **{k: v for k, v in VARIED.items() if k != "ppo"},
+    recipe = _rl_recipe(tmp_path, algorithm, **{k: v for k, v in VARIED.items() if k != "ppo"},
                         online_filter={"accuracy": window, "oversample": 1.0, "max_rounds": 2},
                         prime={"minibatch_size": 4})
     result = run_rl(recipe, model=model, tokenizer=tok)
-    line = json.loads((tmp_path / "prime" / "metrics.jsonl").read_text().splitlines()[0])
+    line = next(json.loads(x) for x in (tmp_path / algorithm / "metrics.jsonl").read_text().splitlines()
+                if "filter/rounds" in x)
     assert result.steps == 1
     if kept:  # the seed-2 draw mixes right and wrong: kept in the first round, and trained on
         assert line["filter/rounds"] == 1 and line["filter/dropped"] == 0 and 0 < line["accuracy"] < 1
         assert _changed(before, model) > 0
     else:  # nothing informative by this window: two rounds, every group dropped, no update
         assert line["filter/rounds"] == 2 and line["filter/dropped"] == line["filter/offered"] == 2
+        assert line.get("filter/padded_groups") == (1 if algorithm == "dapo" else None)  # TRL's step is padded
         assert _changed(before, model) == 0
-    with pytest.raises(ValueError, match="online_filter"):
-        _rl_recipe(tmp_path, "dapo", online_filter={"accuracy": (0.2, 0.8)})
 
 
 @pytest.fixture(scope="module")
@@ -293,11 +312,16 @@ def _model_from(sharpened):
     return model, tok
 
 
-@pytest.mark.parametrize("algorithm", ["dapo", "grpo"])
-def test_one_grpo_step_changes_the_parameters(tmp_path, sharpened, algorithm):
+@pytest.mark.parametrize("algorithm,loss_type", [("dapo", "dapo"), ("grpo", "grpo"), ("grpo", "cispo"), ("grpo", "sapo")])
+def test_one_grpo_step_changes_the_parameters(tmp_path, sharpened, algorithm, loss_type):
+    """A real step through TRL for each loss (CISPO and SAPO are TRL's: the recipe hands them over)."""
+    from retool.training.grpo import grpo_config
+
     model, tok = _model_from(sharpened)
     before = _state(model)
-    recipe = _rl_recipe(tmp_path, algorithm, loss_type=algorithm, **{k: v for k, v in VARIED.items() if k != "ppo"})
+    recipe = _rl_recipe(tmp_path, algorithm, loss_type=loss_type, **{k: v for k, v in VARIED.items() if k != "ppo"},
+                        **({"epsilon_high": 5.0} if loss_type == "cispo" else {}))
+    assert grpo_config(recipe).loss_type == loss_type
     result = run_rl(recipe, model=model, tokenizer=tok)
     lines = [json.loads(x) for x in (tmp_path / algorithm / "metrics.jsonl").read_text().splitlines()]
     rollout = next(x for x in lines if "accuracy" in x)

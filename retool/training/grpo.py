@@ -28,13 +28,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 from pathlib import Path
 from typing import Any
 
 from retool.datasets import Problem
 from retool.training.interrupt import StopOnRequestCallback, StopRequest
 from retool.training.recipe import RLRecipe
-from retool.training.rl_rollout import sample, void_turn
+from retool.seeds import derive_seed
+from retool.training.online_filter import FilterBuffer
+from retool.training.rl_rollout import RolloutBatch, sample, sample_filtered, void_turn
 from retool.training.run_log import RunLog
 from retool.training.trainer_callbacks import RunLogCallback, prepare_trainer, trainer_device_args
 from retool.training.vllm_rollouts import grpo_vllm_args, rollout_engine
@@ -65,6 +68,7 @@ def make_rollout_func(recipe: RLRecipe, tokenizer, pool, problems: list[Problem]
             raise ValueError(f"problem {p.id} appears twice with different answers")
     eos = tokenizer.eos_token_id
     engines: list = []  # the engine over TRL's vLLM, made on first use (the trainer builds the vLLM)
+    buffer = FilterBuffer(recipe.online_filter) if recipe.online_filter is not None else None
 
     def rollout_func(prompts: list[Any], trainer) -> dict[str, list]:
         group = trainer.num_generations
@@ -75,12 +79,21 @@ def make_rollout_func(recipe: RLRecipe, tokenizer, pool, problems: list[Problem]
         model = trainer.accelerator.unwrap_model(trainer.model)
         if recipe.vllm is not None and not engines:
             engines.append(rollout_engine(recipe.vllm, trainer.vllm_generation, tokenizer))
-        batch = sample(model, tokenizer, pool, unique, recipe.model_copy(update={"group_size": group}), step,
-                       engine=engines[0] if engines else None)
+        run = recipe.model_copy(update={"group_size": group})
+
+        def sample_round(chosen, round_: int):
+            return sample(model, tokenizer, pool, chosen, run, step, engine=engines[0] if engines else None,
+                          round_=round_)
+
+        padded: set[int] = set()
+        if buffer is None:
+            batch, filtered = sample_round(unique, 0), {}
+        else:
+            batch, filtered, padded = filtered_batch(buffer, unique, problems, group, recipe.seed, step, sample_round)
         completion_ids, env_mask, logprobs = [], [], []
-        for traj in batch.trajectories:
+        for row, traj in enumerate(batch.trajectories):
             ids, mask, lps = list(traj.ids), list(traj.loss_mask), list(traj.logprobs)
-            if traj.infra_failure or (recipe.mask_void_turns and void_turn(traj)):
+            if row in padded or traj.infra_failure or (recipe.mask_void_turns and void_turn(traj)):
                 mask = [0] * len(mask)  # no token of it in the loss (an infra failure has no reward either)
             if traj.finish_reason != "length" and (not ids or ids[-1] != eos):
                 ids.append(eos)
@@ -90,7 +103,7 @@ def make_rollout_func(recipe: RLRecipe, tokenizer, pool, problems: list[Problem]
             env_mask.append(mask)
             logprobs.append(lps)
         if run_log is not None and trainer.accelerator.is_main_process:
-            run_log.scalars(step + 1, batch.metrics.as_scalars())
+            run_log.scalars(step + 1, {**batch.metrics.as_scalars(), **filtered})
             if (step + 1) % recipe.sample_every == 0 or step == 0:
                 run_log.samples(step + 1, batch.records(tokenizer, recipe.samples_per_log))
         return {"prompt_ids": [t.prompt_ids for t in batch.trajectories], "completion_ids": completion_ids,
@@ -98,6 +111,31 @@ def make_rollout_func(recipe: RLRecipe, tokenizer, pool, problems: list[Problem]
                 "env_mask": env_mask, "retool_reward": batch.rewards}
 
     return rollout_func
+
+
+def filtered_batch(buffer: FilterBuffer, unique: list[Problem], problems: list[Problem], group: int, seed: int,
+                   step: int, sample_round) -> tuple[RolloutBatch, dict[str, float], set[int]]:
+    """Online prompt filtering inside TRL's loop: TRL's prompts open the first round, more are drawn
+    (seeded by step and round, so a resumed run draws the same) until ``len(unique)`` informative
+    groups are in hand. TRL wants exactly as many groups as it sent: the batch may hold other
+    problems than its prompts (its completion log then pairs them with its prompt text), and a step
+    left short after ``max_rounds`` is padded with dropped groups whose tokens are all out of the
+    loss. Returns (batch, ``filter/*`` numbers, the padded rows)."""
+
+    def draw(n: int, round_: int) -> list[Problem]:
+        rng = random.Random(derive_seed(seed, "filter-draw", step, round_))
+        opening = list(unique) if round_ == 0 else []
+        return opening + [problems[rng.randrange(len(problems))] for _ in range(max(0, n - len(opening)))]
+
+    filtered = sample_filtered(buffer, len(unique), group, draw, sample_round)
+    samples, short = list(filtered.batch.samples), len(unique) - len(filtered.batch.samples) // group
+    padding = [s for dropped in filtered.dropped[:short] for s in dropped]
+    padded = set(range(len(samples), len(samples) + len(padding)))
+    if len(samples) + len(padding) != len(unique) * group:
+        raise RolloutContractError(f"online filtering gathered {len(samples) + len(padding)} samples for "
+                                   f"{len(unique) * group}")
+    batch = RolloutBatch(samples + padding, filtered.batch.metrics)
+    return batch, {**filtered.stats, "filter/padded_groups": short}, padded
 
 
 def outcome_reward(prompts, completions, retool_reward, **kwargs) -> list[float | None]:
@@ -125,7 +163,9 @@ def grpo_config(recipe: RLRecipe):
         per_device_train_batch_size=micro, gradient_accumulation_steps=per_step // (micro * processes),
         num_generations=recipe.group_size, max_completion_length=recipe.rollout.max_total_tokens + 1,
         temperature=recipe.rollout.sampling.temperature, top_p=recipe.rollout.sampling.top_p,
-        loss_type=recipe.loss_type, epsilon=recipe.epsilon, epsilon_high=recipe.epsilon_high, beta=recipe.beta,
+        loss_type=recipe.loss_type, importance_sampling_level=recipe.importance_sampling_level,
+        sapo_temperature_pos=recipe.sapo_temperature_pos, sapo_temperature_neg=recipe.sapo_temperature_neg,
+        epsilon=recipe.epsilon, epsilon_high=recipe.epsilon_high, beta=recipe.beta,
         scale_rewards="group" if recipe.scale_rewards else "none", mask_truncated_completions=recipe.mask_truncated,
         num_iterations=1, seed=recipe.seed, data_seed=recipe.seed, save_steps=recipe.save_steps,
         save_total_limit=2, logging_steps=recipe.logging_steps, disable_dropout=True,

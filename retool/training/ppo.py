@@ -40,7 +40,7 @@ from retool.training.losses import (aggregate, entropy_from_logits, kl_k3, maske
                                     value_loss)
 from retool.training.recipe import RLRecipe
 from retool.training.online_filter import FilterBuffer
-from retool.training.rl_rollout import RolloutBatch, sample, summarize, trained_on
+from retool.training.rl_rollout import RolloutBatch, sample, sample_filtered, trained_on
 from retool.training.run_log import RunLog
 from retool.trajectory import collate
 
@@ -149,22 +149,12 @@ class PPOTrainer:
             return sample(policy, self.tokenizer, self.pool, problems, recipe, self.step, engine=self.engine), {}
         if self.filter_buffer is None:
             self.filter_buffer = FilterBuffer(f)
-        buffer, k, started = self.filter_buffer, recipe.group_size, time.monotonic()
-        batch, rounds = None, 0
-        while batch is None:
-            needed = buffer.needed(recipe.prompts_per_step)
-            if needed > 0:
-                problems = [self.problems[i] for i in self.cursor.take(f.to_sample(needed))]
-                sampled = sample(policy, self.tokenizer, self.pool, problems, recipe, self.step, engine=self.engine,
-                                 round_=rounds)
-                for i in range(0, len(sampled.samples), k):
-                    group = sampled.samples[i:i + k]
-                    buffer.offer(group, [float(s.correct) for s in group if not s.trajectory.infra_failure])
-                rounds += 1
-            batch = buffer.take(recipe.prompts_per_step, force=rounds >= f.max_rounds)
-        samples = [s for group in batch for s in group]
-        metrics = summarize(samples, k, time.monotonic() - started)
-        return RolloutBatch(samples, metrics), {**buffer.stats(), "filter/rounds": rounds}
+        filtered = sample_filtered(
+            self.filter_buffer, recipe.prompts_per_step, recipe.group_size,
+            draw=lambda n, round_: [self.problems[i] for i in self.cursor.take(n)],
+            sample_round=lambda problems, round_: sample(policy, self.tokenizer, self.pool, problems, recipe, self.step,
+                                                         engine=self.engine, round_=round_))
+        return filtered.batch, filtered.stats
 
     # -- one update ----------------------------------------------------------------------------------
 

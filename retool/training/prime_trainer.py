@@ -44,6 +44,14 @@ class PRIMETrainer(PPOTrainer):
         prm = copy.deepcopy(model).train()
         return prm, torch.optim.AdamW(prm.parameters(), lr=self.recipe.prime.prm_learning_rate)
 
+    def save_prm(self, path) -> None:
+        """The trained implicit PRM as a verifier (``retool.prm.load_prm``; ``retool eval --verifier``):
+        πφ, with the recipe's starting model as πref (also when training read πref from the old policy)."""
+        from retool.prm.model import PRM
+
+        prm = self.accelerator.unwrap_model(self.critic)
+        PRM("implicit", prm, self.tokenizer, None, self.recipe.prime.beta, self.recipe.model).save(path)
+
     def usable(self, batch: RolloutBatch) -> RolloutBatch:
         k = self.recipe.group_size
         groups = [batch.samples[i:i + k] for i in range(0, len(batch.samples), k)]

@@ -26,6 +26,11 @@ from retool.engines.base import SamplingParams
 from retool.rollout import RolloutConfig
 from retool.sandbox.spec import SandboxSpec
 from retool.training.online_filter import OnlineFilter
+from retool.training.roc import ResampleOnCorrect
+
+
+LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # what TRL's GRPOTrainer has
+OWN_LOSS_TYPES = ("dapo", "grpo", "dr_grpo")  # the aggregations retool's own loop (ppo, prime) implements
 
 
 class RecipeError(ValueError):
@@ -173,7 +178,14 @@ class RLRecipe(_Strict):
     # the update
     learning_rate: float = Field(1e-6, gt=0)
     micro_batch_size: int = Field(8, gt=0)
-    loss_type: Literal["dapo", "grpo", "dr_grpo"] = "dapo"  # dapo = token-level mean over the batch
+    # dapo = token-level mean over the batch; grpo, dr_grpo: per-sequence and constant denominators
+    # (every algorithm); the rest are TRL's (algorithm grpo): bnpo (local token mean), cispo (MiniMax-M1:
+    # clipped IS weights, epsilon_high is its ε_max, ~5), sapo (soft gate, sapo_temperature_*), luspo
+    # (sequence level, length-scaled), vespo (soft Gamma weights on sequence ratios)
+    loss_type: Literal[LOSS_TYPES] = "dapo"
+    importance_sampling_level: Literal["token", "sequence"] = "token"  # sequence: GSPO's ratio (TRL's; grpo)
+    sapo_temperature_pos: float = Field(1.0, gt=0)
+    sapo_temperature_neg: float = Field(1.05, gt=0)
     epsilon: float = Field(0.2, gt=0)
     epsilon_high: float = Field(0.28, gt=0)  # clip-higher (DAPO)
     beta: float = Field(0.0, ge=0)  # KL coefficient; 0 = no reference model (ReTool, DAPO)
@@ -186,8 +198,11 @@ class RLRecipe(_Strict):
     ppo: PPOSettings = PPOSettings()
     prime: PRIMESettings = PRIMESettings()
     # online prompt filtering (PRIME, DAPO's dynamic sampling): only groups whose accuracy lies in
-    # ``accuracy`` fill a step's batch; more prompts are sampled until it is full (ppo, prime)
+    # ``accuracy`` fill a step's batch; more prompts are sampled until it is full (every algorithm)
     online_filter: OnlineFilter | None = None
+    # GRPO-RoC (rStar2-Agent): draw ``oversample × group_size`` per prompt, keep group_size: the wrong
+    # ones at random, the correct ones with the fewest tool errors and format problems (all algorithms)
+    resample_on_correct: ResampleOnCorrect | None = None
     vllm: VLLMSettings | None = None
     # bookkeeping
     seed: int = 0
@@ -205,9 +220,16 @@ class RLRecipe(_Strict):
             raise ValueError("group-relative advantages (and PRIME's leave-one-out) need group_size ≥ 2")
         if self.algorithm == "dapo" and self.loss_type != "dapo":
             raise ValueError("algorithm dapo uses loss_type dapo (token-level); use algorithm grpo for the others")
-        if self.online_filter is not None and self.algorithm not in ("ppo", "prime"):
-            raise ValueError("online_filter runs in retool's own RL loop (algorithm ppo or prime); for dapo/grpo "
-                             "the group filter is TRL's (not wired yet)")
+        if self.algorithm in ("ppo", "prime") and self.loss_type not in OWN_LOSS_TYPES:
+            raise ValueError(f"loss_type {self.loss_type} is TRL's (algorithm grpo); {self.algorithm} aggregates with "
+                             f"one of {', '.join(OWN_LOSS_TYPES)}")
+        if self.algorithm in ("ppo", "prime") and self.importance_sampling_level != "token":
+            raise ValueError("importance_sampling_level sequence (GSPO) is TRL's: use algorithm grpo")
+        if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
+            raise ValueError("loss_type luspo is a sequence-level loss: set importance_sampling_level: sequence")
+        if self.importance_sampling_level == "sequence" and self.loss_type in ("bnpo", "dr_grpo", "dapo", "cispo", "vespo"):
+            raise ValueError(f"loss_type {self.loss_type} works on token-level ratios: importance_sampling_level "
+                             "sequence goes with grpo, sapo or luspo")
         if self.rollout.sampling.seed is not None:
             raise ValueError("rollout.sampling.seed: each step's sampling seed derives from the recipe's seed; set seed")
         if self.rollout.sampling.temperature <= 0:

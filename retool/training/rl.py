@@ -1,8 +1,8 @@
 """``retool rl``: load a recipe's problems, model and sandbox, and run its algorithm.
 
-Layout of ``output_dir`` (both algorithms): ``checkpoints/`` (resume state), ``final/`` (model +
+Layout of ``output_dir`` (every algorithm): ``checkpoints/`` (resume state), ``final/`` (model +
 tokenizer), ``metrics.jsonl`` and ``tb/`` (curves), ``samples.jsonl`` (sample trajectories),
-``config.json`` (the recipe). Rerunning the same command resumes from the newest checkpoint.
+``config.json`` (the recipe); PRIME also ``prm/``, its implicit PRM as a verifier (``load_prm``). Rerunning the same command resumes from the newest checkpoint.
 
 Not here: the algorithms (``grpo``, ``ppo``), the rollout (``rl_rollout``).
 """
@@ -41,7 +41,8 @@ def open_pool(recipe: RLRecipe) -> SandboxPool:
     """One session per in-flight sample. Text-only RL runs no code: its sessions are the stateless
     subprocess kind, which start nothing until asked to run (so they cost nothing)."""
     oversample = recipe.online_filter.oversample if recipe.online_filter is not None else 1.0
-    size = recipe.sandbox_workers or round(recipe.prompts_per_step * oversample) * recipe.group_size
+    drawn = recipe.group_size * (recipe.resample_on_correct.oversample if recipe.resample_on_correct else 1)
+    size = recipe.sandbox_workers or round(recipe.prompts_per_step * oversample) * drawn
     spec = recipe.sandbox if recipe.rollout.tools else replace(recipe.sandbox, backend="subprocess")
     return spec.pool(size)
 
@@ -90,4 +91,6 @@ def run_rl(recipe: RLRecipe, model=None, tokenizer=None, pool: SandboxPool | Non
         return RLResult(out, None, steps, True)
     final = out / "final"
     save_model(policy, tokenizer, final, recipe.model, recipe.rollout)
+    if recipe.algorithm == "prime":
+        trainer.save_prm(out / "prm")
     return RLResult(out, final, steps, False)

@@ -20,9 +20,10 @@ Not here: advantages, losses, optimizers.
 from __future__ import annotations
 
 import math
+import random
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -34,7 +35,9 @@ from retool.protocol import get_dialect
 from retool.rollout import Rollout, RolloutConfig
 from retool.seeds import derive_seed
 from retool.training.advantages import zero_advantage_group_share
+from retool.training.online_filter import FilterBuffer
 from retool.training.recipe import RLRecipe
+from retool.training.roc import answers_written, resample_on_correct, trace_penalty
 from retool.trajectory import Trajectory
 from retool.trajectory_stats import TrajectoryStats, trajectory_stats
 
@@ -53,14 +56,16 @@ class RolloutMetrics:
     rollout_s: float
     sandbox_s: float
     infra_failure_rate: float = 0.0
+    extras: dict[str, float] = field(default_factory=dict)  # what an option adds (``roc/*``)
 
     def as_scalars(self) -> dict[str, float]:
         st = self.stats
-        return {
+        return {**self.extras,
             "reward/mean": self.reward_mean, "accuracy": self.accuracy,
             "tools/calls_per_answer": st.tool_calls_per_answer, "tools/failure_rate": st.code_failure_rate,
             "tools/code_ratio": st.code_ratio, "tools/first_call_position": st.first_code_position,
             "tools/limit_rate": st.tool_limit_rate, "tools/invalid_call_rate": st.invalid_call_rate,
+            "tools/malformed_call_rate": st.malformed_call_rate,
             "tokens/model_mean": st.model_tokens_mean, "tokens/interpreter_mean": st.interpreter_tokens_mean,
             "truncation_rate": st.truncation_rate, "zero_adv_group_share": self.zero_adv_group_share,
             "time/rollout_s": self.rollout_s, "time/sandbox_s": self.sandbox_s,
@@ -128,9 +133,13 @@ def reward_config(recipe: RLRecipe) -> RewardConfig:
 def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe, step: int,
            engine: Engine | None = None, round_: int = 0) -> RolloutBatch:
     """``recipe.group_size`` trajectories per problem from the current weights, scored. ``engine``:
-    one that already holds those weights (vLLM, synced by the trainer); default a fresh ``HFEngine``."""
+    one that already holds those weights (vLLM, synced by the trainer); default a fresh ``HFEngine``.
+    With ``resample_on_correct``, ``oversample`` times as many are drawn and each group is cut back
+    to ``group_size`` (``training/roc.py``); the accuracy logged is the kept groups', the sampled
+    one is ``roc/accuracy_sampled``."""
     config = rollout_config(recipe, step, round_)
-    group = recipe.group_size
+    roc = recipe.resample_on_correct
+    group = recipe.group_size * (roc.oversample if roc is not None else 1)
     own_engine = engine is None
     if own_engine:
         engine = HFEngine(model, tokenizer, max_batch=max(1, len(problems) * group),
@@ -155,7 +164,71 @@ def sample(model, tokenizer, pool, problems: Sequence[Problem], recipe: RLRecipe
     samples = [ScoredSample(problem, k, t, INFRA_VERDICT, math.nan) if t.infra_failure
                else score(problem, k, t, tokenizer, dialect, rewards)
                for (problem, k), t in zip(owners, trajectories)]
-    return RolloutBatch(samples, summarize(samples, group, rollout_s, rollout.stats.sandbox_s))
+    if roc is None:
+        return RolloutBatch(samples, summarize(samples, group, rollout_s, rollout.stats.sandbox_s))
+    rng = random.Random(derive_seed(recipe.seed, "roc", step, round_))
+    kept, extras = downsample_groups(samples, group, recipe.group_size, tokenizer, dialect, rng)
+    metrics = summarize(kept, recipe.group_size, rollout_s, rollout.stats.sandbox_s)
+    return RolloutBatch(kept, replace(metrics, extras=extras))
+
+
+@dataclass(frozen=True)
+class FilteredBatch:
+    """What online filtering collected for one step: ``batch`` (kept groups, oldest first), the
+    ``filter/*`` numbers, and the groups it dropped in this step's last round (a trainer that needs a
+    batch of fixed size pads with them, out of the loss)."""
+
+    batch: RolloutBatch
+    stats: dict[str, float]
+    dropped: list[list[ScoredSample]]
+
+
+def sample_filtered(buffer: FilterBuffer[list[ScoredSample]], wanted: int, group: int,
+                    draw: Callable[[int, int], Sequence[Problem]],
+                    sample_round: Callable[[Sequence[Problem], int], RolloutBatch]) -> FilteredBatch:
+    """Online prompt filtering's loop, for both RL loops: rounds of ``draw(n, round)`` prompts,
+    sampled by ``sample_round(problems, round)``, offered to ``buffer`` group by group, until it
+    holds ``wanted`` informative groups or ``max_rounds`` is reached (then what there is)."""
+    started, batch, rounds = time.monotonic(), None, 0
+    dropped: list[list[ScoredSample]] = []
+    while batch is None:
+        needed = buffer.needed(wanted)
+        if needed > 0:
+            sampled = sample_round(draw(buffer.settings.to_sample(needed), rounds), rounds)
+            dropped = []
+            for i in range(0, len(sampled.samples), group):
+                samples = sampled.samples[i:i + group]
+                if not buffer.offer(samples, [float(s.correct) for s in samples if not s.trajectory.infra_failure]):
+                    dropped.append(samples)
+            rounds += 1
+        batch = buffer.take(wanted, force=rounds >= buffer.settings.max_rounds)
+    samples = [s for kept in batch for s in kept]
+    metrics = summarize(samples, group, time.monotonic() - started)
+    return FilteredBatch(RolloutBatch(samples, metrics), {**buffer.stats(), "filter/rounds": rounds}, dropped)
+
+
+def downsample_groups(samples: list[ScoredSample], drawn: int, keep: int, tokenizer, dialect,
+                      rng: random.Random) -> tuple[list[ScoredSample], dict[str, float]]:
+    """GRPO-RoC over consecutive groups of ``drawn`` samples, each cut to ``keep``; and the numbers
+    that show what it did: the sampled accuracy, and the penalty of the correct traces kept and dropped."""
+    kept: list[ScoredSample] = []
+    penalty_kept, penalty_dropped = [], []
+    for i in range(0, len(samples), drawn):
+        group = samples[i:i + drawn]
+        correct = [None if s.trajectory.infra_failure else s.correct for s in group]
+        penalties = [trace_penalty(s.trajectory, answers_written(s.trajectory, tokenizer, dialect)) for s in group]
+        chosen = set(resample_on_correct(correct, penalties, keep, rng))
+        kept.extend(s for j, s in enumerate(group) if j in chosen)
+        for j, s in enumerate(group):
+            if correct[j]:
+                (penalty_kept if j in chosen else penalty_dropped).append(penalties[j])
+    scored = [s for s in samples if not s.trajectory.infra_failure]
+    return kept, {"roc/accuracy_sampled": sum(s.correct for s in scored) / max(len(scored), 1),
+                  "roc/penalty_kept_correct": _mean(penalty_kept), "roc/penalty_dropped_correct": _mean(penalty_dropped)}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
 
 
 def summarize(samples: list[ScoredSample], group: int, rollout_s: float = 0.0, sandbox_s: float = 0.0) -> RolloutMetrics:
