@@ -14,8 +14,11 @@ there; ``tests/test_grpo_contract.py`` pins what we rely on). What we hand TRL:
 * with ``vllm:``, TRL builds the vLLM and syncs the weights before each call; we sample from it
   through ``vllm_rollouts.rollout_engine`` (our loop, its generation).
 * a reward function that returns that reward (so TRL's advantage code sees ``retool.grading``'s).
-* the loss settings: ``loss_type`` (dapo: token-level), ``epsilon``/``epsilon_high`` (clip-higher),
-  ``beta`` (KL; 0 loads no reference model), ``scale_rewards`` (group std, or none for Dr. GRPO).
+* the loss settings: ``loss_type`` (dapo: token-level; TRL's others: cispo, sapo, ...),
+  ``importance_sampling_level`` (GSPO), ``epsilon``/``epsilon_high`` (clip-higher), ``beta`` (KL; 0
+  loads no reference model), ``scale_rewards`` (group std, or none for Dr. GRPO).
+* with ``online_filter``: the groups of informative prompts only (``filtered_batch``): TRL's own
+  prompts open the step, further ones are drawn by a seeded draw, and the batch keeps TRL's size.
 
 Checkpoints and exact resume are the HF Trainer's (weights, optimizer, scheduler, RNG, step, the
 sampler's position); our sampling seeds derive from the step, so resumed rollouts match.
