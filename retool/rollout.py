@@ -36,6 +36,7 @@ from typing import Any, Callable
 from retool.budget import BudgetForcing
 from retool.engines import prefill
 from retool.engines.base import Completion, Engine, SamplingParams, TokenDelta
+from retool.engines.routed import affinity
 from retool.grading import extract_answer_from_trajectory
 from retool.protocol import Dialect, get_dialect
 from retool.protocol.chat import ChatFormat, call_code, encode_spans
@@ -146,6 +147,11 @@ class Rollout:
         """One trajectory, in a fresh pool session or in ``session`` (a conversation's own, kept
         after the turn). Pass ``traj`` to see the partial trajectory if the task is cancelled."""
         traj = traj if traj is not None else Trajectory(list(prompt_ids), meta=dict(meta or {}))
+        with affinity(id(traj)):  # several servers (``RoutedEngine``): this trajectory's turns stay on one
+            return await self._run_one(traj, session, index, listener)
+
+    async def _run_one(self, traj: Trajectory, session: Session | None, index: int,
+                       listener: Listener | None) -> Trajectory:
         if session is not None:
             await self._loop(traj, session, index, listener)
             return traj

@@ -88,6 +88,35 @@ def bench_serve(
     console.print(table)
 
 
+@app.command("sandbox-service")
+def bench_sandbox_service(
+    sessions: int = typer.Option(64, help="Concurrent sessions."),
+    cells: int = typer.Option(20, help="Cells per session."),
+    backend: str = typer.Option("jupyter", help="The services' backend (and the local pool's)."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Sessions × cells through the local pool, one `retool sandbox serve` and two: cells/s, added
+    latency per cell (p50/p99), lost or crossed results, memory per session."""
+    from retool.bench.sandbox_service import run_service_bench
+
+    with console.status("running the sandbox service benchmark…") if not json_output else nothing():
+        report = run_service_bench(sessions, cells, backend)
+    if json_output:
+        console.print_json(json.dumps(report))
+        return
+    table = Table(title=f"sandbox service bench ({backend}, {sessions} sessions × {cells} cells)")
+    columns = ("cells_per_s", "p50_ms", "p99_ms", "added_p50_ms", "added_p99_ms", "lost", "crossed",
+               "memory_mib_per_session")
+    table.add_column("path")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name in ("local", "one_service", "two_services"):
+        table.add_row(name, *(str(report[name].get(c, "")) for c in columns))
+    console.print(table)
+    console.print(f"service overhead p50 {report['service_overhead_p50_ms']} ms (target ≤ "
+                  f"{report['target_p50_overhead_ms']} ms: {'met' if report['p50_overhead_met'] else 'missed'})")
+
+
 @app.command("train")
 @with_settings("engine")
 def bench_train(

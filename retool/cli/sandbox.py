@@ -124,6 +124,30 @@ def sandbox_bench(
     console.print(table)
 
 
+@app.command("serve")
+@with_settings("sandbox")
+def sandbox_serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (beyond loopback a token is required)."),
+    port: int = typer.Option(8765, help="Port to listen on."),
+    size: int = typer.Option(16, help="Interpreters at once: open sessions and one-shot requests together."),
+    warm: Optional[int] = typer.Option(None, help="Interpreters started ahead of need (default: min(size, 4))."),
+    idle_timeout: float = typer.Option(600.0, help="Seconds of idleness after which a session is closed."),
+    token: Optional[list[str]] = typer.Option(None, "--token", envvar="RETOOL_SANDBOX_TOKEN",
+                                              help="Bearer token clients must send (repeatable; env: space-separated)."),
+    sandbox: SandboxSpec = None,
+) -> None:
+    """Serve this machine's sandboxes over HTTP: a sessions API for the `remote` backend, and
+    SandboxFusion's /run_code and /run_jupyter for verl / SkyRL's sandbox_fusion_url."""
+    from retool.sandbox.service import ServiceConfig, serve
+
+    try:
+        config = ServiceConfig(sandbox=sandbox, host=host, port=port, size=size, warm=warm, idle_timeout_s=idle_timeout,
+                               tokens=tuple(t for item in token or () for t in item.split()))
+    except ValueError as exc:
+        raise fail(exc, 2) from None
+    serve(config)
+
+
 @app.command("reap")
 def sandbox_reap() -> None:
     """Kill sandboxes left behind by retool processes that are gone (after a crash)."""

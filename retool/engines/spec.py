@@ -35,7 +35,9 @@ class EngineSpec:
     model: str | None = field(default=None, metadata={
         "flag": "--model", "short": "-m",
         "help": "Local path, hub name, or the embedded default (for openai: the served model's tokenizer)."})
-    base_url: str | None = field(default=None, metadata={"help": "openai: the server's base URL (http://HOST:PORT/v1)."})
+    base_url: str | None = field(default=None, metadata={
+        "help": "openai: the server's base URL (http://HOST:PORT/v1); several, comma-separated: each trajectory "
+                "stays on one (its prefix cache), new ones go to the least busy."})
     api_key: str | None = field(default=None, metadata={"help": "openai: the server's API key (default $OPENAI_API_KEY)."})
     served_model: str | None = field(default=None, metadata={"help": "openai: the model's name at the server "
                                                                      "(default: the server's only model)."})
@@ -73,5 +75,12 @@ class EngineSpec:
         from retool.models import load_tokenizer
 
         # the tokenizer of the served model: prompts and interpreter output become its token ids
-        return OpenAIEngine(self.base_url, load_tokenizer(self.model), model=self.served_model, api_key=self.api_key,
-                            token_ids=self.token_ids, **options)
+        tokenizer = load_tokenizer(self.model)
+        urls = [u.strip() for u in self.base_url.split(",") if u.strip()]
+        engines = [OpenAIEngine(url, tokenizer, model=self.served_model, api_key=self.api_key, token_ids=self.token_ids,
+                                **options) for url in urls]
+        if len(engines) == 1:
+            return engines[0]
+        from retool.engines.routed import RoutedEngine
+
+        return RoutedEngine(engines)  # several servers: a trajectory's requests stay on one

@@ -5,6 +5,8 @@ Backends (each in its own module, imported only when asked for):
 * ``jupyter``    — an ipykernel over IPC, launched under bubblewrap + prlimit (+ cgroups where writable)
 * ``docker``     — a container per session from the image in the top-level ``sandbox/`` folder
 * ``subprocess`` — a fresh ``python -c`` per call under bubblewrap + prlimit; stateless, cheapest
+* ``remote``     — a session on a ``retool sandbox serve`` service on another host (``urls``: many)
+* ``ray``        — a session on a Ray actor, one per node of a Ray cluster (``retool[ray]``)
 
 ``create_session(backend)`` makes one session; ``SandboxPool`` keeps N of them warm.
 """
@@ -26,6 +28,8 @@ BACKENDS: dict[str, str] = {
     "jupyter": "retool.sandbox.jupyter:JupyterSession",
     "docker": "retool.sandbox.docker:DockerSession",
     "subprocess": "retool.sandbox.subprocess:SubprocessSession",
+    "remote": "retool.sandbox.remote:RemoteSession",
+    "ray": "retool.sandbox.ray_backend:RaySession",
 }
 
 

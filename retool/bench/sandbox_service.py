@@ -1,0 +1,107 @@
+"""The sandbox service benchmark: ``sessions`` concurrent sessions × ``cells`` cells through the local
+pool, through one ``retool sandbox serve`` and through two (the ``remote`` backend spreading them), in
+one run on this machine.
+
+Per configuration: cells/s; per-cell wall time as the caller saw it and the time the cell ran in
+its interpreter (``ExecResult.duration_s``), so *added latency* — what the path adds around the
+cell — is wall − run, reported at p50 and p99, and the service's added latency over the local
+pool's; lost results (a cell without a result) and crossed ones (a result whose output belongs to
+another session or cell: each cell prints its own token); the services' resident memory per session
+(the service process and its interpreters, with every session open).
+
+Target (fixed in the issue): p50 overhead ≤ 2 ms per cell on loopback, zero lost or crossed results.
+Not here: the sandbox's own latency benchmark (``sandbox.py``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from retool.sandbox.service_process import ServiceProcess
+from retool.sandbox.spec import SandboxSpec
+
+TARGET_P50_OVERHEAD_MS = 2.0
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+
+def drive(spec: SandboxSpec, sessions: int, cells: int, memory_of=None) -> dict[str, Any]:
+    """Open ``sessions`` at once, then each runs ``cells`` cells in its own thread."""
+    with spec.pool(size=sessions, warm=0) as pool:
+        opened = time.monotonic()
+        with ThreadPoolExecutor(sessions) as starter:
+            held = list(starter.map(lambda _: pool.acquire(timeout=600), range(sessions)))
+        open_s = time.monotonic() - opened
+        for s in held:  # a first cell each, untimed: the interpreter's own warm-up
+            s.run("pass")
+        memory = memory_of() if memory_of is not None else None
+        walls, added, lost, crossed = [], [], 0, 0
+        lock = threading.Lock()
+        barrier = threading.Barrier(sessions)
+
+        def work(index: int) -> None:
+            nonlocal lost, crossed
+            session = held[index]
+            barrier.wait()
+            for j in range(cells):
+                token = f"s{index}c{j}"
+                started = time.perf_counter()
+                result = session.run(f"print({token!r})")
+                wall = time.perf_counter() - started
+                with lock:
+                    if result is None or not result.ok:
+                        lost += 1
+                    elif result.stdout != token + "\n":
+                        crossed += 1
+                    walls.append(wall)
+                    added.append(max(0.0, wall - result.duration_s))
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(sessions) as runners:
+            list(runners.map(work, range(sessions)))
+        elapsed = time.monotonic() - started
+        for s in held:
+            pool.release(s)
+    report = {"sessions": sessions, "cells": sessions * cells, "open_s": round(open_s, 2),
+              "cells_per_s": round(sessions * cells / elapsed, 1),
+              "p50_ms": round(statistics.median(walls) * 1000, 2), "p99_ms": round(_quantile(walls, 0.99) * 1000, 2),
+              "added_p50_ms": round(statistics.median(added) * 1000, 2),
+              "added_p99_ms": round(_quantile(added, 0.99) * 1000, 2), "lost": lost, "crossed": crossed}
+    if memory is not None:
+        report["memory_mib_per_session"] = round(memory / sessions / 2**20, 1)
+    return report
+
+
+def _rss(services: list[ServiceProcess]) -> int:
+    import psutil
+
+    total = 0
+    for service in services:
+        for pid in service.pids():
+            try:
+                total += psutil.Process(pid).memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+    return total
+
+
+def run_service_bench(sessions: int = 64, cells: int = 20, backend: str = "jupyter") -> dict[str, Any]:
+    local = drive(SandboxSpec(backend), sessions, cells)
+    with ServiceProcess(size=sessions, warm=0, backend=backend) as one:
+        through_one = drive(SandboxSpec("remote", urls=one.url), sessions, cells, lambda: _rss([one]))
+    half = (sessions + 1) // 2
+    with ServiceProcess(size=half, warm=0, backend=backend) as a, ServiceProcess(size=half, warm=0, backend=backend) as b:
+        through_two = drive(SandboxSpec("remote", urls=f"{a.url},{b.url}"), sessions, cells, lambda: _rss([a, b]))
+    overhead = round(through_one["added_p50_ms"] - local["added_p50_ms"], 2)
+    return {"backend": backend, "local": local, "one_service": through_one, "two_services": through_two,
+            "service_overhead_p50_ms": overhead,
+            "service_overhead_p99_ms": round(through_one["added_p99_ms"] - local["added_p99_ms"], 2),
+            "target_p50_overhead_ms": TARGET_P50_OVERHEAD_MS, "p50_overhead_met": overhead <= TARGET_P50_OVERHEAD_MS,
+            "lost_or_crossed": sum(r["lost"] + r["crossed"] for r in (local, through_one, through_two))}

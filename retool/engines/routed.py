@@ -1,0 +1,122 @@
+"""Several servers of one model behind one engine (``--base-url URL,URL,…``).
+
+A trajectory's requests all go to the server that served its first one: that server's prefix cache
+holds the trajectory so far, so each later turn prefills only the interpreter's output. A new
+trajectory goes to the server with the fewest requests in flight (ties: the fewest trajectories placed). The
+trajectory is named by ``AFFINITY``, a context variable the rollout sets around each trajectory
+(``Rollout.run_one``), so concurrent trajectories keep theirs apart; a request outside any
+trajectory is simply balanced.
+
+A server whose request fails (connection refused, reset) is offered no new trajectories for
+``DOWN_S`` seconds; the failed request itself fails as it would have on that server (the rollout
+makes it an infrastructure failure). Trajectories already placed on it stay there (their prefix is
+nowhere else).
+
+Not here: the servers' protocol (``openai.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import OrderedDict
+from contextvars import ContextVar
+from typing import Any, AsyncIterator, Hashable, Iterator
+
+from retool.engines.base import Completion, Engine, EngineStats, SamplingParams, TokenDelta
+
+AFFINITY: ContextVar[Hashable | None] = ContextVar("retool_engine_affinity", default=None)
+DOWN_S = 30.0
+MAX_REMEMBERED = 100_000  # trajectories whose server is remembered (oldest forgotten first)
+
+
+@contextlib.contextmanager
+def affinity(key: Hashable) -> Iterator[None]:
+    """Requests made inside this block (in this task) belong to trajectory ``key``."""
+    token = AFFINITY.set(key)
+    try:
+        yield
+    finally:
+        AFFINITY.reset(token)
+
+
+class RoutedEngine(Engine):
+    name = "routed"
+
+    def __init__(self, engines: list[Engine]) -> None:
+        if not engines:
+            raise ValueError("RoutedEngine needs at least one engine")
+        self.engines = list(engines)
+        self.tokenizer = engines[0].tokenizer
+        self.logprobs_available = all(getattr(e, "logprobs_available", True) for e in engines)
+        self.in_flight = [0] * len(engines)
+        self.served = [0] * len(engines)  # requests
+        self.assigned = [0] * len(engines)  # trajectories placed
+        self.down_until = [0.0] * len(engines)
+        self.placed: OrderedDict[Hashable, int] = OrderedDict()
+
+    def server_for(self, key: Hashable | None) -> int:
+        """The server of trajectory ``key`` (placing it if new)."""
+        if key is not None and key in self.placed:
+            self.placed.move_to_end(key)
+            return self.placed[key]
+        now = time.monotonic()
+        live = [i for i in range(len(self.engines)) if now >= self.down_until[i]] or list(range(len(self.engines)))
+        chosen = min(live, key=lambda i: (self.in_flight[i], self.assigned[i], i))
+        self.assigned[chosen] += 1
+        if key is not None:
+            self.placed[key] = chosen
+            if len(self.placed) > MAX_REMEMBERED:
+                self.placed.popitem(last=False)
+        return chosen
+
+    @contextlib.contextmanager
+    def _on(self, index: int) -> Iterator[Engine]:
+        self.in_flight[index] += 1
+        self.served[index] += 1
+        try:
+            yield self.engines[index]
+        except Exception as exc:
+            if _unreachable(exc):
+                self.down_until[index] = time.monotonic() + DOWN_S
+            raise
+        finally:
+            self.in_flight[index] -= 1
+
+    async def agenerate(self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()) -> Completion:
+        with self._on(self.server_for(AFFINITY.get())) as engine:
+            return await engine.agenerate(prompt_ids, params, stop)
+
+    async def astream(self, prompt_ids: list[int], params: SamplingParams,
+                      stop: tuple[str, ...] = ()) -> AsyncIterator[TokenDelta | Completion]:
+        with self._on(self.server_for(AFFINITY.get())) as engine:
+            async for item in engine.astream(prompt_ids, params, stop):
+                yield item
+
+    @property
+    def stats(self) -> EngineStats:
+        parts = [e.stats for e in self.engines]
+        return EngineStats(prefill_tokens=sum(p.prefill_tokens for p in parts),
+                           cached_tokens=sum(p.cached_tokens for p in parts),
+                           decode_tokens=sum(p.decode_tokens for p in parts), busy_s=sum(p.busy_s for p in parts),
+                           requests=sum(p.requests for p in parts),
+                           extra={f"server{i}_requests": float(n) for i, n in enumerate(self.served)})
+
+    def close(self) -> None:
+        for engine in self.engines:
+            engine.close()
+
+    async def aclose(self) -> None:
+        for engine in self.engines:
+            closer: Any = getattr(engine, "aclose", None)
+            if closer is not None:
+                await closer()
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The server could not be reached (refused, reset, timed out): the error or what caused it."""
+    try:
+        from openai import APIConnectionError
+    except ImportError:  # the openai client is a core dependency; this only keeps the check total
+        APIConnectionError = ConnectionError  # noqa: N806
+    return any(isinstance(e, (ConnectionError, APIConnectionError)) for e in (exc, exc.__cause__) if e is not None)

@@ -1,0 +1,528 @@
+"""``retool sandbox serve``: the local sandbox pool as an HTTP service, so cells can run on other hosts.
+
+Routes (request and reply shapes in ``service_schema.py``):
+
+* ``POST /v1/sessions`` → ``{"id", "backend", "stateful"}``: a fresh interpreter kept for this client;
+  ``POST /v1/sessions/{id}/run`` ``{"code", "timeout"}`` → the ``ExecResult`` as JSON;
+  ``POST /v1/sessions/{id}/interrupt``; ``DELETE /v1/sessions/{id}``; ``GET /v1/sessions`` (this
+  client's). One cell at a time per session (a second is a 409). A client that hangs up while its
+  cell runs gets the cell interrupted; the session is kept (its variables too).
+* ``POST /run_code`` and ``POST /run_jupyter``: SandboxFusion's endpoints (a fresh interpreter per
+  request, Python only), for verl / SkyRL users' ``sandbox_fusion_url``.
+* ``GET /health`` (load, for balancers and the ``remote`` backend's placement) and ``GET /metrics``
+  (Prometheus text: sessions, cells by status, cell latency, refusals). Both need no token.
+
+Limits: ``size`` interpreters at once, sessions and one-shot requests together (past it: 429,
+nothing queued); sessions idle ``idle_timeout_s`` are closed; the cell timeout and memory are the
+sandbox's limits (a request may ask for less time, never more). A sandbox that cannot start is a 503.
+
+Access: with ``tokens`` every request but ``/health`` and ``/metrics`` needs ``Authorization: Bearer
+<token>``, and a session answers only to the token that opened it (another gets a 404, as for an
+unknown id); ids are 128 random bits. Without tokens the service refuses to listen beyond loopback.
+
+Not here: the jail (the backends), the client side (``remote.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from retool.sandbox.base import ExecResult, ExecStatus, SandboxUnavailable, Session
+from retool.sandbox.service_schema import (RunCodeRequest, RunCodeResponse, RunJupyterRequest, RunJupyterResponse,
+                                           RunRequest, ServiceError, cell_result, command_result, run_status)
+from retool.sandbox.spec import SandboxSpec
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "RETOOL_SANDBOX_TOKEN"  # the service's tokens (space-separated) and the remote client's token
+DISCONNECT_POLL_S = 0.25
+PYTHON_NAMES = ("python", "python3")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    sandbox: SandboxSpec = SandboxSpec()
+    host: str = "127.0.0.1"
+    port: int = 8765
+    size: int = 16  # interpreters at once: open sessions and one-shot requests together
+    warm: int | None = None  # started ahead of need (default: min(size, 4))
+    idle_timeout_s: float = 600.0
+    tokens: tuple[str, ...] = ()
+    acquire_timeout_s: float = 120.0  # how long a request waits for an interpreter to start
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.idle_timeout_s <= 0 or self.acquire_timeout_s <= 0:
+            raise ValueError("size must be >= 1 and the timeouts > 0")
+        if self.sandbox.backend == "remote":
+            raise ValueError("the service runs cells itself: give it a local backend (jupyter, docker, subprocess)")
+        if not self.tokens and not is_loopback(self.host):
+            raise ValueError(f"listening on {self.host} (beyond loopback) needs a token: --token or {TOKEN_ENV}")
+
+
+@dataclass
+class Hosted:
+    """One session kept for a client."""
+
+    id: str
+    owner: str
+    session: Session
+    created: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+    cells: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "created": round(self.created, 3), "idle_s": round(time.monotonic() - self.last_used, 3),
+                "cells": self.cells, "busy": self.lock.locked()}
+
+
+class Metrics:
+    """The Prometheus series, in a registry of their own (several services in one process: tests)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.sessions = Gauge("retool_sandbox_sessions", "Sessions open (kept for clients)", registry=self.registry)
+        self.in_use = Gauge("retool_sandbox_interpreters_in_use", "Interpreters held: sessions and one-shot requests",
+                            registry=self.registry)
+        self.capacity = Gauge("retool_sandbox_capacity", "Interpreters this service may hold at once",
+                              registry=self.registry)
+        self.cells = Counter("retool_sandbox_cells", "Cells run, by how they ended", ["status"], registry=self.registry)
+        self.latency = Histogram("retool_sandbox_cell_seconds", "Wall time of a cell as the service saw it",
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+                                 registry=self.registry)
+        self.refused = Counter("retool_sandbox_refused", "Requests refused, by reason", ["reason"],
+                               registry=self.registry)
+        self.expired = Counter("retool_sandbox_sessions_expired", "Sessions closed for idleness", registry=self.registry)
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class SandboxService:
+    """The state behind the routes: the pool, the sessions kept, the counts."""
+
+    def __init__(self, config: ServiceConfig, pool=None) -> None:
+        self.config = config
+        self.pool = pool
+        self.own_pool = pool is None
+        self.hosted: dict[str, Hosted] = {}
+        self.one_shot = 0
+        self.metrics = Metrics()
+        self.metrics.capacity.set(config.size)
+        self.started = time.monotonic()
+        self._sweeper: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        if self.pool is None:
+            warm = min(self.config.size, 4) if self.config.warm is None else self.config.warm
+            self.pool = await asyncio.to_thread(self.config.sandbox.pool, self.config.size, warm)
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for hosted in list(self.hosted.values()):
+            hosted.session.interrupt()
+        self.hosted.clear()
+        if self.own_pool and self.pool is not None:
+            await asyncio.to_thread(self.pool.close)
+
+    # -- who is asking --------------------------------------------------------------------------
+
+    def owner_of(self, authorization: str | None) -> str:
+        if not self.config.tokens:
+            return "local"
+        scheme, _, token = (authorization or "").partition(" ")
+        given = token.strip().encode()
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(given, t.encode()) for t in self.config.tokens):
+            self.metrics.refused.labels("auth").inc()
+            raise ServiceError(401, "this sandbox service needs a valid token: send 'Authorization: Bearer <token>'",
+                               "invalid_token")
+        return "token:" + hashlib.sha256(given).hexdigest()[:16]
+
+    # -- interpreters ---------------------------------------------------------------------------
+
+    @property
+    def in_use(self) -> int:
+        return len(self.hosted) + self.one_shot
+
+    async def _acquire(self) -> Session:
+        """An interpreter, counted against ``size`` by the caller before it asks (so two requests
+        racing for the last one cannot both pass)."""
+        try:
+            return await self.pool.aacquire(timeout=self.config.acquire_timeout_s)
+        except (SandboxUnavailable, TimeoutError, RuntimeError) as exc:
+            self.metrics.refused.labels("unavailable").inc()
+            raise ServiceError(503, f"no sandbox could be started: {exc}".splitlines()[0], "sandbox_unavailable") from None
+
+    def _check_room(self) -> None:
+        if self.in_use >= self.config.size:
+            self.metrics.refused.labels("capacity").inc()
+            raise ServiceError(429, f"all {self.config.size} interpreters of this service are in use; close a "
+                                    "session or try another host", "capacity")
+
+    async def open(self, owner: str) -> Hosted:
+        self._check_room()
+        self.one_shot += 1  # held while it starts
+        try:
+            session = await self._acquire()
+        finally:
+            self.one_shot -= 1
+        hosted = Hosted(secrets.token_hex(16), owner, session)
+        self.hosted[hosted.id] = hosted
+        self._gauges()
+        return hosted
+
+    def get(self, session_id: str, owner: str) -> Hosted:
+        hosted = self.hosted.get(session_id)
+        if hosted is None or not hmac.compare_digest(hosted.owner, owner):
+            raise ServiceError(404, f"no session {session_id[:40]!r} here (closed, expired, or never opened)",
+                               "unknown_session")
+        return hosted
+
+    async def close_session(self, session_id: str, owner: str) -> None:
+        hosted = self.get(session_id, owner)
+        del self.hosted[hosted.id]
+        hosted.session.interrupt()
+        self._gauges()
+        await asyncio.to_thread(self._release, hosted.session)
+
+    def _release(self, session: Session) -> None:
+        with contextlib.suppress(ValueError, RuntimeError):  # the pool closed meanwhile
+            self.pool.release(session)
+
+    @contextlib.asynccontextmanager
+    async def interpreter(self) -> AsyncIterator[Session]:
+        """A fresh interpreter for one request (SandboxFusion's endpoints), given back after it."""
+        self._check_room()
+        self.one_shot += 1
+        self._gauges()
+        try:
+            session = await self._acquire()
+            try:
+                yield session
+            finally:
+                await asyncio.to_thread(self._release, session)
+        finally:
+            self.one_shot -= 1
+            self._gauges()
+
+    def _gauges(self) -> None:
+        self.metrics.sessions.set(len(self.hosted))
+        self.metrics.in_use.set(self.in_use)
+
+    # -- cells ----------------------------------------------------------------------------------
+
+    def cell_timeout(self, asked: float | None) -> float:
+        ceiling = self.config.sandbox.limits.timeout_s
+        return ceiling if asked is None or asked <= 0 else min(asked, ceiling)
+
+    async def run_cell(self, session: Session, code: str, timeout: float | None,
+                       disconnected=None) -> ExecResult | None:
+        """Run one cell off the event loop; if ``disconnected()`` turns true first, interrupt the
+        cell and return None (the session keeps its state)."""
+        started = time.monotonic()
+        task = asyncio.create_task(session.arun(code, self.cell_timeout(timeout)))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                break
+            if disconnected is not None and await disconnected():
+                session.interrupt()
+                result = await task
+                self._count(result, started)
+                return None
+        result = task.result()
+        self._count(result, started)
+        return result
+
+    def _count(self, result: ExecResult, started: float) -> None:
+        self.metrics.cells.labels(result.status.value).inc()
+        self.metrics.latency.observe(time.monotonic() - started)
+
+    async def run_in_session(self, hosted: Hosted, body: RunRequest, disconnected) -> ExecResult | None:
+        if hosted.lock.locked():
+            raise ServiceError(409, "a cell is already running in this session; wait for it or interrupt it",
+                               "session_busy")
+        async with hosted.lock:
+            hosted.last_used = time.monotonic()
+            try:
+                return await self.run_cell(hosted.session, body.code, body.timeout, disconnected)
+            finally:
+                hosted.cells += 1
+                hosted.last_used = time.monotonic()
+
+    # -- idle expiry ----------------------------------------------------------------------------
+
+    def expired(self, now: float | None = None) -> list[Hosted]:
+        now = time.monotonic() if now is None else now
+        return [h for h in self.hosted.values() if not h.lock.locked() and now - h.last_used > self.config.idle_timeout_s]
+
+    async def sweep(self) -> int:
+        gone = self.expired()
+        for hosted in gone:
+            self.hosted.pop(hosted.id, None)
+            self.metrics.expired.inc()
+            await asyncio.to_thread(self._release, hosted.session)
+        if gone:
+            self._gauges()
+        return len(gone)
+
+    async def _sweep_forever(self) -> None:
+        period = max(0.05, min(5.0, self.config.idle_timeout_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.sweep()
+            except Exception:  # noqa: BLE001 - the sweeper must outlive one bad release
+                log.exception("closing idle sandbox sessions failed")
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "backend": self.config.sandbox.backend, "sessions": len(self.hosted),
+                "in_use": self.in_use, "capacity": self.config.size,
+                "timeout_s": self.config.sandbox.limits.timeout_s, "uptime_s": round(time.monotonic() - self.started, 1)}
+
+    # -- SandboxFusion --------------------------------------------------------------------------
+
+    async def run_code(self, body: RunCodeRequest, disconnected) -> RunCodeResponse:
+        if body.language not in PYTHON_NAMES:
+            raise ServiceError(400, f"language {body.language!r} is not run here: this service runs Python only",
+                               "unsupported_language")
+        async with self.interpreter() as session:
+            setup = _setup_cell(body.files, body.stdin)
+            code = as_script(body.code)
+            if setup and not session.stateful:  # a stateless backend forgets a separate cell: one program
+                code, setup = setup + "\n" + code, None
+            if setup:
+                prepared = await self.run_cell(session, setup, None, disconnected)
+                if prepared is None or not prepared.ok:
+                    return RunCodeResponse(status="SandboxError" if prepared is None or prepared.infra_failure
+                                           else "Failed", message=f"could not prepare the files or stdin: "
+                                           f"{prepared.error if prepared else 'client went away'}",
+                                           executor_pod_name=_pod())
+            result = await self.run_cell(session, code, body.run_timeout, disconnected)
+            if result is None:
+                raise ServiceError(499, "the client went away", "client_closed")
+            files, message = await self._fetch(session, body.fetch_files, disconnected)
+        return RunCodeResponse(status=run_status(result), message=message or (result.error or "" if result.infra_failure
+                                                                              else ""),
+                               run_result=command_result(result), executor_pod_name=_pod(), files=files)
+
+    async def run_jupyter(self, body: RunJupyterRequest, disconnected) -> RunJupyterResponse:
+        started = time.monotonic()
+        cells, timed_out, infra = [], False, None
+        async with self.interpreter() as session:
+            setup = _setup_cell(body.files, None)
+            if setup:
+                prepared = await self.run_cell(session, setup, None, disconnected)
+                if prepared is None or not prepared.ok:
+                    return RunJupyterResponse(status="SandboxError", message="could not write the files",
+                                              executor_pod_name=_pod())
+            for code in body.cells:
+                left = body.total_timeout - (time.monotonic() - started)
+                if left <= 0:
+                    timed_out = True
+                    break
+                per_cell = body.cell_timeout if body.cell_timeout > 0 else None
+                result = await self.run_cell(session, code, min(per_cell or left, left), disconnected)
+                if result is None:
+                    raise ServiceError(499, "the client went away", "client_closed")
+                if result.infra_failure:
+                    infra = result.error
+                    break
+                cells.append(cell_result(result))
+                if result.status is ExecStatus.TIMEOUT and time.monotonic() - started >= body.total_timeout:
+                    timed_out = True
+                    break
+            files, message = await self._fetch(session, body.fetch_files, disconnected)
+        elapsed = round(time.monotonic() - started, 6)
+        if infra is not None:
+            return RunJupyterResponse(status="SandboxError", message=infra, cells=cells, executor_pod_name=_pod())
+        driver = {"status": "TimeLimitExceeded" if timed_out else "Finished", "execution_time": elapsed,
+                  "return_code": None if timed_out else 0}
+        return RunJupyterResponse(status="Failed" if timed_out else "Success", message=message, driver=driver,
+                                  cells=cells, executor_pod_name=_pod(), files=files)
+
+    async def _fetch(self, session: Session, paths: list[str], disconnected) -> tuple[dict[str, str], str]:
+        """``fetch_files``: each path's content as base64, read inside the sandbox."""
+        if not paths:
+            return {}, ""
+        if not session.stateful:
+            return {}, "fetch_files needs a stateful backend (jupyter, docker): this service runs a stateless one"
+        code = ("import base64 as _b, json as _j\n_o = {}\nfor _p in " + json.dumps(paths) + ":\n"
+                "    try:\n        _o[_p] = _b.b64encode(open(_p, 'rb').read()).decode()\n"
+                "    except OSError:\n        pass\nprint(_j.dumps(_o))")
+        result = await self.run_cell(session, code, None, disconnected)
+        if result is None or not result.ok or result.truncated:
+            return {}, "fetch_files failed" + (" (the files are larger than the output cap)" if result and
+                                               result.truncated else "")
+        try:
+            return json.loads(result.stdout.strip().splitlines()[-1]), ""
+        except (ValueError, IndexError):
+            return {}, "fetch_files failed: the sandbox's reply was not readable"
+
+
+def as_script(code: str) -> str:
+    """``code`` run as ``python main.py`` would: a notebook cell echoes its last expression, a
+    script does not (SandboxFusion's stdout is the script's)."""
+    return f"exec(compile({code!r}, 'main.py', 'exec'))"
+
+
+def _setup_cell(files: dict[str, str | None], stdin: str | None) -> str | None:
+    """A cell that writes ``files`` (base64) and makes ``stdin`` what ``input()`` and ``sys.stdin`` read."""
+    parts = []
+    if files:
+        for path, content in files.items():
+            try:
+                base64.b64decode(content or "", validate=True)
+            except (binascii.Error, ValueError):
+                raise ServiceError(400, f"files[{path[:80]!r}] is not base64", "invalid_file") from None
+        parts.append("import base64 as _b, os as _os\nfor _p, _c in " + json.dumps(files) + ".items():\n"
+                     "    _d = _os.path.dirname(_p)\n    _d and _os.makedirs(_d, exist_ok=True)\n"
+                     "    open(_p, 'wb').write(_b.b64decode(_c or ''))")
+    if stdin:  # ``input`` bound in the cell's globals too: a kernel re-binds the builtin before each cell
+        parts.append("import io as _io, sys as _sys, builtins as _bi\n_sys.stdin = _io.StringIO(" + json.dumps(stdin)
+                     + ")\ndef input(prompt=''):\n    print(prompt, end='')\n"
+                       "    line = _sys.stdin.readline()\n    if not line:\n        raise EOFError('EOF when reading a line')\n"
+                       "    return line.rstrip('\\n')\n_bi.input = input")
+    return "\n".join(parts) or None
+
+
+def _pod() -> str | None:
+    return os.environ.get("MY_POD_NAME") or os.environ.get("HOSTNAME")
+
+
+# -- the app ---------------------------------------------------------------------------------------
+
+
+def create_app(config: ServiceConfig, pool=None):
+    """The FastAPI app over a pool of ``config.sandbox`` (or ``pool``: tests, embedding)."""
+
+    service = SandboxService(config, pool)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.close()
+
+    app = FastAPI(title="retool sandbox", lifespan=lifespan)
+    app.state.service = service
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException):
+        detail = str(exc.detail)
+        if exc.status_code == 400:
+            detail = f"the request body is not valid JSON in UTF-8 ({detail})"
+        return JSONResponse(ServiceError(exc.status_code, detail).body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError):
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        what = str(first.get("msg", "invalid request"))
+        message = "the request body is not valid JSON" if first.get("type") == "json_invalid" else (
+            f"{where}: {what}" if where else what)
+        return JSONResponse(ServiceError(400, message, "invalid_request").body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception):
+        log.exception("sandbox service request failed")
+        return JSONResponse(ServiceError(500, f"internal error ({type(exc).__name__}); see the service's log").body(),
+                            status_code=500)
+
+    @app.get("/health")
+    async def health():
+        return service.health()
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(service.metrics.text(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/sessions")
+    async def open_session(authorization: str | None = Header(None)):
+        hosted = await service.open(service.owner_of(authorization))
+        return {"id": hosted.id, "backend": config.sandbox.backend, "stateful": hosted.session.stateful,
+                "timeout_s": config.sandbox.limits.timeout_s}
+
+    @app.get("/v1/sessions")
+    async def list_sessions(authorization: str | None = Header(None)):
+        owner = service.owner_of(authorization)
+        return {"sessions": [h.describe() for h in service.hosted.values() if h.owner == owner]}
+
+    @app.post("/v1/sessions/{session_id}/run")
+    async def run(session_id: str, body: RunRequest, request: Request, authorization: str | None = Header(None)):
+        hosted = service.get(session_id, service.owner_of(authorization))
+        result = await service.run_in_session(hosted, body, request.is_disconnected)
+        if result is None:
+            return JSONResponse({}, status_code=499)
+        return result.to_dict()
+
+    @app.post("/v1/sessions/{session_id}/interrupt")
+    async def interrupt(session_id: str, authorization: str | None = Header(None)):
+        hosted = service.get(session_id, service.owner_of(authorization))
+        hosted.session.interrupt()
+        return {"id": hosted.id, "interrupted": hosted.lock.locked()}
+
+    @app.delete("/v1/sessions/{session_id}")
+    async def close(session_id: str, authorization: str | None = Header(None)):
+        await service.close_session(session_id, service.owner_of(authorization))
+        return {"id": session_id, "closed": True}
+
+    @app.post("/run_code")
+    async def run_code(body: RunCodeRequest, request: Request, authorization: str | None = Header(None)):
+        service.owner_of(authorization)
+        return (await service.run_code(body, request.is_disconnected)).model_dump()
+
+    @app.post("/run_jupyter")
+    async def run_jupyter(body: RunJupyterRequest, request: Request, authorization: str | None = Header(None)):
+        service.owner_of(authorization)
+        return (await service.run_jupyter(body, request.is_disconnected)).model_dump()
+
+    return app
+
+
+def serve(config: ServiceConfig) -> None:
+    """Run the service in the foreground (Ctrl-C stops it and closes every sandbox)."""
+    import uvicorn
+
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info")
