@@ -67,11 +67,12 @@ def test_malformed_requests_get_a_4xx_in_one_shape(service):
                  service.post(f"/v1/sessions/{sid}/run", json={"code": "x" * 1_000_001}),
                  service.post("/run_code", json={"code": "int main(){}", "language": "cpp"}),
                  service.post("/run_code", json={"code": "1", "files": {"a": "not base64!"}}),
-                 service.post("/v1/nothing-here")]
+                 service.post("/v1/nothing-here"),
+                 service.post("/run_code", content=b"x" * (9 << 20), headers={"content-type": "application/json"})]
         for reply in cases:
             assert 400 <= reply.status_code < 500, reply.text
             assert set(reply.json()) == {"error"} and reply.json()["error"]["message"]
-        assert cases[4].json()["error"]["code"] == "unsupported_language"
+        assert cases[4].json()["error"]["code"] == "unsupported_language" and cases[-1].status_code == 413
     finally:
         service.delete(f"/v1/sessions/{sid}")
 

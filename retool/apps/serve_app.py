@@ -23,6 +23,7 @@ from retool.engines.base import Engine
 from retool.sandbox.base import SandboxUnavailable
 from retool.apps.serve import FINISH, Prepared, Server, ServeConfig, default_name, infra_error, reply_message
 from retool.apps.serve_schema import APIError, ChatRequest, error_for_status
+from retool.http_limits import BodyLimit
 
 log = logging.getLogger(__name__)
 
@@ -48,39 +49,6 @@ def _usage(turn: Turn) -> dict[str, int]:
             "total_tokens": len(traj.prompt_ids) + len(traj.ids)}
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is refused (413) before anything parses
-    it — by its Content-Length at once, or as soon as a chunked body passes the limit."""
-
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            response = JSONResponse(self.too_large().body(), status_code=413)
-            await response(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise StarletteHTTPException(413, self.too_large().message)
-            return message
-
-        await self.app(scope, limited, send)
-
-    def too_large(self) -> APIError:
-        return error_for_status(413, f"the request body is over this server's limit of {self.limit:,} bytes")
-
-
 def create_app(config: ServeConfig, engine: Engine | None = None, model_name: str | None = None):
     """The FastAPI app. ``engine`` (tests, embedding) skips building one from ``config``."""
     holder: dict[str, Server] = {}
@@ -101,7 +69,8 @@ def create_app(config: ServeConfig, engine: Engine | None = None, model_name: st
                 served.close()
 
     app = FastAPI(title="retool", lifespan=lifespan)
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes,
+                       error_body=lambda message: error_for_status(413, message).body())
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError):

@@ -45,6 +45,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from retool.http_limits import BodyLimit
 from retool.sandbox.base import ExecResult, ExecStatus, SandboxUnavailable, Session
 from retool.sandbox.service_schema import (RunCodeRequest, RunCodeResponse, RunJupyterRequest, RunJupyterResponse,
                                            RunRequest, ServiceError, cell_result, command_result, run_status)
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "RETOOL_SANDBOX_TOKEN"  # the service's tokens (space-separated) and the remote client's token
 DISCONNECT_POLL_S = 0.25
+MAX_BODY_BYTES = 8 << 20  # a cell's source (1M characters, up to 4 bytes each) and its JSON, or files for run_code
 PYTHON_NAMES = ("python", "python3")
 
 
@@ -443,6 +445,7 @@ def create_app(config: ServiceConfig, pool=None):
 
     app = FastAPI(title="retool sandbox", lifespan=lifespan)
     app.state.service = service
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, error_body=lambda message: ServiceError(413, message).body())
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError):

@@ -35,7 +35,7 @@ class ServiceError(Exception):
         self.status, self.message, self.code = status, message, code
 
     def body(self) -> dict[str, Any]:
-        kind = {401: "authentication_error", 404: "not_found", 409: "conflict", 429: "capacity",
+        kind = {401: "authentication_error", 404: "not_found", 409: "conflict", 413: "too_large", 429: "capacity",
                 503: "unavailable"}.get(self.status, "server_error" if self.status >= 500 else "invalid_request")
         return {"error": {"message": self.message, "type": kind, "code": self.code}}
 
