@@ -522,6 +522,35 @@ def test_a_ppo_update_puts_exactly_zero_gradient_on_interpreter_positions(tmp_pa
     assert checked > 0
 
 
+def test_a_minibatch_in_micro_batches_is_the_same_step_as_in_one(tmp_path):
+    """``micro_batch_size`` bounds memory only: a policy step taken in one-row passes leaves the same
+    weights as the step taken in one pass (PPO's actor; PRIME's uses the same step)."""
+    import copy
+
+    from retool.training.ppo import PPOTrainer
+
+    model, tok, recipe, batch = _scripted_batch(tmp_path, ppo={"minibatch_size": 2, "ppo_epochs": 1})
+    after = []
+    for micro in (2, 1):
+        policy = copy.deepcopy(model)
+        r = recipe.model_copy(update={"micro_batch_size": micro})
+        trainer = PPOTrainer(r, policy, tok, [s.problem for s in batch.samples], pool=None, run_log=None)
+        rollouts = trainer.prepare_rollouts(batch)
+        rollouts.advantages.normal_(generator=torch.Generator().manual_seed(0))  # a gradient on every token
+        rows_per_pass = []
+        hook = policy.register_forward_hook(lambda m, args, kwargs, out: rows_per_pass.append(len(kwargs["input_ids"])),
+                                            with_kwargs=True)
+        try:
+            trainer.actor_step(rollouts, [0, 1], {})
+        finally:
+            hook.remove()
+        assert rows_per_pass == [2] if micro == 2 else [1, 1]  # the memory bound holds
+        after.append(_state(policy))
+    assert _changed(after[0], model) > 0  # the step moved the weights
+    for name, value in after[0].items():
+        torch.testing.assert_close(after[1][name], value, atol=1e-6, rtol=1e-5)
+
+
 def test_prime_puts_exactly_zero_gradient_on_interpreter_positions_in_policy_and_prm(tmp_path):
     """The implicit reward is summed over model tokens only: neither the policy's loss nor the implicit
     PRM's puts any gradient on an interpreter token."""

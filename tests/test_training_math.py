@@ -17,6 +17,7 @@ from retool.training.advantages import (
 )
 from retool.training.losses import (
     aggregate,
+    aggregation_share,
     entropy_from_logits,
     kl_k3,
     policy_loss,
@@ -198,6 +199,20 @@ def test_aggregate_empty_mask_is_zero_and_connected(mode):
     assert out.item() == 0.0 and out.requires_grad
     out.backward()
     assert torch.equal(x.grad, torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("mode", ["dapo", "grpo", "dr_grpo"])
+def test_micro_batches_weighted_by_their_share_give_the_minibatch_loss(mode):
+    x = torch.tensor(X + [[7.0, 8.0, 9.0]])
+    m = torch.tensor(RAGGED + [[1, 1, 1]])
+    # dapo: tokens 2 + 1 + 3 = 6; rows [0] and [1, 2] hold 2/6 and 4/6
+    # grpo: rows with tokens 3; [0] holds 1/3, [1, 2] 2/3; dr_grpo: rows 1/3 and 2/3
+    expected = {"dapo": (2 / 6, 4 / 6), "grpo": (1 / 3, 2 / 3), "dr_grpo": (1 / 3, 2 / 3)}[mode]
+    shares = (aggregation_share(m[:1], m, mode), aggregation_share(m[1:], m, mode))
+    assert shares == pytest.approx(expected)
+    total = shares[0] * aggregate(x[:1], m[:1], mode) + shares[1] * aggregate(x[1:], m[1:], mode)
+    close(total, aggregate(x, m, mode).item())
+    assert aggregation_share(torch.zeros(1, 3), torch.zeros(2, 3), mode) == 0.0 or mode == "dr_grpo"
 
 
 def test_aggregate_unknown_mode():

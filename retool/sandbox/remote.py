@@ -157,6 +157,9 @@ class RemoteHosts:
                     time.monotonic(), host.capacity, 0, 0)
         return None, reasons
 
+    def is_down(self, url: str) -> bool:
+        return time.monotonic() < self.hosts[url].down_until
+
     def closed(self, url: str) -> None:
         with self._lock:
             host = self.hosts[url]
@@ -257,4 +260,6 @@ class RemoteSession(Session):
 
     @property
     def alive(self) -> bool:
-        return self._alive and not self._closed
+        """False once this session failed, or once its host was found down by any session: a pool
+        then retires it instead of handing a trajectory a session whose first cell would fail."""
+        return self._alive and not self._closed and not self.hosts.is_down(self.url)

@@ -102,6 +102,26 @@ def aggregate(
     return kept.sum() / denominator
 
 
+def aggregation_share(part: Tensor, whole: Tensor, mode: AggregationMode) -> float:
+    """The weight of a micro-batch's aggregated loss in its minibatch's: summing
+    ``share × aggregate(part)`` over micro-batches (rows of ``whole``'s mask) gives exactly
+    ``aggregate(whole)`` — so a minibatch too large for memory takes several passes, one step.
+
+    - ``dapo``: the part's share of masked tokens;
+    - ``grpo``: its share of rows that have masked tokens;
+    - ``dr_grpo``: its share of rows (the denominator is rows × a fixed length).
+    """
+    if mode == "dapo":
+        num, den = part.bool().sum(), whole.bool().sum()
+    elif mode == "grpo":
+        num, den = (part.bool().sum(1) > 0).sum(), (whole.bool().sum(1) > 0).sum()
+    elif mode == "dr_grpo":
+        num, den = part.shape[0], whole.shape[0]
+    else:
+        raise ValueError(f"unknown aggregation mode {mode!r}")
+    return float(num) / float(den) if float(den) > 0 else 0.0
+
+
 def masked_mean(x: Tensor, valid: Tensor) -> float:
     """Detached mean of ``x`` over ``valid`` as a python float; 0.0 when nothing is valid."""
     count = int(valid.sum().item())

@@ -36,8 +36,8 @@ from retool.datasets import Problem
 from retool.training.advantages import gae, length_adaptive_lambda, masked_whiten
 from retool.training.checkpoint import DataCursor, latest_checkpoint, load_checkpoint, save_checkpoint
 from retool.training.interrupt import StopRequest
-from retool.training.losses import (aggregate, entropy_from_logits, kl_k3, masked_mean, policy_loss, token_logprobs,
-                                    value_loss)
+from retool.training.losses import (aggregate, aggregation_share, entropy_from_logits, kl_k3, masked_mean, policy_loss,
+                                    token_logprobs, value_loss)
 from retool.training.recipe import RLRecipe
 from retool.training.online_filter import FilterBuffer
 from retool.training.rl_rollout import RolloutBatch, sample, sample_filtered, trained_on
@@ -218,36 +218,49 @@ class PPOTrainer:
         return numbers
 
     def actor_step(self, r: Rollouts, rows: list[int], sums: dict[str, list[float]]) -> None:
-        """One clipped policy-gradient step on the minibatch ``rows`` (plus the KL term with β > 0)."""
+        """One clipped policy-gradient step on the minibatch ``rows`` (plus the KL term with β > 0),
+        its forward and backward in micro-batches of ``micro_batch_size`` rows (the memory bound:
+        full-vocabulary logits per token), each weighted so the step is the minibatch's exactly."""
         recipe = self.recipe
-        ids, attn, mask = r.input_ids[rows], r.attention_mask[rows], r.mask[rows]
-        logprobs, entropy = self._logprobs(self.policy, ids, attn, with_entropy=True)
-        pl = policy_loss(logprobs, r.old_logprobs[rows], r.advantages[rows], mask,
-                         recipe.epsilon, recipe.epsilon_high, recipe.loss_type)
-        loss = pl.loss
-        if recipe.beta > 0:
-            with torch.no_grad():
-                ref, _ = self._logprobs(self.reference, ids, attn)
-            kl = aggregate(kl_k3(logprobs, ref), mask, recipe.loss_type)
-            loss = loss + recipe.beta * kl
-            _add(sums, "kl", kl.item())
-        else:
-            _add(sums, "kl", pl.approx_kl)
+        whole = r.mask[rows]
         self.actor_opt.zero_grad(set_to_none=True)
-        self.accelerator.backward(loss)
+        numbers = {"loss/policy": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0}
+        for start in range(0, len(rows), recipe.micro_batch_size):
+            part = rows[start:start + recipe.micro_batch_size]
+            ids, attn, mask = r.input_ids[part], r.attention_mask[part], r.mask[part]
+            share = aggregation_share(mask, whole, recipe.loss_type)
+            tokens = aggregation_share(mask, whole, "dapo")  # metrics are token means
+            logprobs, entropy = self._logprobs(self.policy, ids, attn, with_entropy=True)
+            pl = policy_loss(logprobs, r.old_logprobs[part], r.advantages[part], mask,
+                             recipe.epsilon, recipe.epsilon_high, recipe.loss_type)
+            loss = pl.loss
+            if recipe.beta > 0:
+                with torch.no_grad():
+                    ref, _ = self._logprobs(self.reference, ids, attn)
+                kl = aggregate(kl_k3(logprobs, ref), mask, recipe.loss_type)
+                loss = loss + recipe.beta * kl
+                numbers["kl"] += share * kl.item()
+            else:
+                numbers["kl"] += tokens * pl.approx_kl
+            self.accelerator.backward(loss * share)
+            numbers["loss/policy"] += share * pl.loss.item()
+            numbers["clip_frac"] += tokens * pl.clip_frac
+            numbers["entropy"] += tokens * masked_mean(entropy, mask.bool())
         norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), recipe.max_grad_norm)
         self.actor_opt.step()
-        _add(sums, "loss/policy", pl.loss.item())
-        _add(sums, "clip_frac", pl.clip_frac)
+        for key, value in numbers.items():
+            _add(sums, key, value)
         _add(sums, "grad_norm", float(norm))
-        _add(sums, "entropy", masked_mean(entropy, mask.bool()))
 
     # -- helpers ---------------------------------------------------------------------------------
 
     def _logprobs(self, model, ids, attn, with_entropy: bool = False):
         logits = model(input_ids=ids, attention_mask=attn).logits
         logprobs = token_logprobs(logits, ids, self.recipe.rollout.sampling.temperature)
-        entropy = entropy_from_logits(logits, self.recipe.rollout.sampling.temperature) if with_entropy else None
+        entropy = None
+        if with_entropy:  # a metric, not a loss term: no graph through the full-vocabulary softmax
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits, self.recipe.rollout.sampling.temperature)
         return logprobs, entropy
 
     def _values(self, ids, attn) -> torch.Tensor:
