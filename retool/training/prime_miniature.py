@@ -52,21 +52,32 @@ PAIRWISE_PROBLEMS = 64  # held-out problems whose sampled groups the implicit PR
 PAIRWISE_SEED_STEP = 10_000  # the sampling seed's "step" for those groups (no training step has it)
 
 
-def train(root: Path, max_tokens: int, max_tool_calls: int) -> dict[str, float]:
-    """SFT, the probe and both RL arms; the minutes of each stage this invocation ran."""
-    minutes: dict[str, float] = {}
+class Timings:
+    """Minutes per stage, saved after each one (an interrupted experiment keeps what it measured);
+    a stage measured once keeps its time when a later invocation only resumes or skips it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.minutes: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+
+    def record(self, stage: str, minutes: float) -> None:
+        self.minutes.setdefault(stage, minutes)
+        self.path.write_text(json.dumps(self.minutes, indent=2))
+
+
+def train(root: Path, max_tokens: int, max_tool_calls: int, timings: Timings) -> None:
+    """SFT, the probe and both RL arms (each skipped when its output exists)."""
     if not (root / "sft_code" / "final").is_dir():
-        minutes["sft_code"] = run_stage("sft_code", RECIPES / "mini_sft_code.yaml", SFTRecipe,
-                                        {"output_dir": str(root / "sft_code")})
+        timings.record("sft_code", run_stage("sft_code", RECIPES / "mini_sft_code.yaml", SFTRecipe,
+                                             {"output_dir": str(root / "sft_code")}))
     problems, probe_minutes = select_rl_problems(root, max_tokens, max_tool_calls)
     if probe_minutes:
-        minutes["probe"] = probe_minutes
+        timings.record("probe", probe_minutes)
     for arm, (stage, recipe_file) in ARMS.items():
         if (root / stage / "final").is_dir():
             continue
-        minutes[f"rl_{arm}"] = run_stage(stage, RECIPES / recipe_file, RLRecipe, {
-            "output_dir": str(root / stage), "model": str(root / "sft_code" / "final"), "data": [str(problems)]})
-    return minutes
+        timings.record(f"rl_{arm}", run_stage(stage, RECIPES / recipe_file, RLRecipe, {
+            "output_dir": str(root / stage), "model": str(root / "sft_code" / "final"), "data": [str(problems)]}))
 
 
 def evaluate(root: Path, limit: int | None, max_tokens: int, max_tool_calls: int) -> tuple[dict[str, Any], dict[str, float]]:
@@ -223,17 +234,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    timings = root / "prime_timings.json"
-    minutes = json.loads(timings.read_text()) if timings.exists() else {}
+    timings = Timings(root / "prime_timings.json")
     started = time.monotonic()
-    minutes.update(train(root, args.max_tokens, args.max_tool_calls))
-    timings.write_text(json.dumps(minutes))
+    train(root, args.max_tokens, args.max_tool_calls, timings)
     results, eval_minutes = evaluate(root, args.heldout_limit, args.max_tokens, args.max_tool_calls)
-    minutes.update(eval_minutes)
+    for stage, value in eval_minutes.items():
+        timings.record(stage, value)
     pairwise = pairwise_accuracy(root, args.pairwise_problems)
-    minutes["pairwise"] = pairwise["minutes"]
-    minutes["total_this_invocation"] = (time.monotonic() - started) / 60
-    timings.write_text(json.dumps(minutes))
+    timings.record("pairwise", pairwise["minutes"])
+    minutes = {**timings.minutes, "total_this_invocation": (time.monotonic() - started) / 60}
     path = write_report(root, Path(args.report_dir), results, pairwise, minutes, args.heldout_limit)
     print(json.dumps({arm: results[arm]["accuracy"] for arm in ARMS} | {"pairwise": pairwise["pairwise_accuracy"]}),
           "→", path)
