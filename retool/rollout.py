@@ -147,7 +147,7 @@ class Rollout:
         """One trajectory, in a fresh pool session or in ``session`` (a conversation's own, kept
         after the turn). Pass ``traj`` to see the partial trajectory if the task is cancelled."""
         traj = traj if traj is not None else Trajectory(list(prompt_ids), meta=dict(meta or {}))
-        with affinity(id(traj)):  # several servers (``RoutedEngine``): this trajectory's turns stay on one
+        with affinity():  # several servers (``RoutedEngine``): this trajectory's turns stay on one
             return await self._run_one(traj, session, index, listener)
 
     async def _run_one(self, traj: Trajectory, session: Session | None, index: int,

@@ -46,6 +46,7 @@ def test_each_trajectory_stays_on_one_server_and_new_ones_are_balanced():
             where[next(p for p in problems if p in text)].add(index)
     assert all(len(s) == 1 for s in where.values()) and len(where) == 6  # two turns each, one server each
     assert sorted(len(server.calls) for server in servers) == [6, 6]  # three trajectories × two turns per server
+    assert engine.placed == {} and engine.active == [0, 0]  # ended trajectories are forgotten
 
 
 def test_a_server_that_cannot_be_reached_gets_no_new_trajectories():

@@ -23,10 +23,22 @@ def config(**changes) -> ServiceConfig:
 
 
 @pytest.fixture(scope="module")
-def service():
-    with local_server(create_app(config())) as url:
+def app():
+    return create_app(config())
+
+
+@pytest.fixture(scope="module")
+def service(app):
+    with local_server(app) as url:
         with httpx.Client(base_url=url, timeout=60) as client:
             yield client
+
+
+def eventually(check, within: float = 20.0):
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.1)
 
 
 def open_session(client, **headers) -> str:
@@ -86,6 +98,9 @@ def test_sandboxfusion_run_code_shapes(service):
     assert failed["run_result"]["stdout"] == "x\n" and "ValueError: bad" in failed["run_result"]["stderr"]
     slow = service.post("/run_code", json={"code": "while True: pass", "run_timeout": 1}).json()
     assert slow["status"] == "Failed" and slow["run_result"]["status"] == "TimeLimitExceeded"
+    odd = service.post("/run_code", json={"code": "print(repr(input()), open('empty').read() == '')",
+                                           "stdin": "😀 é\n", "files": {"empty": None}}).json()
+    assert odd["run_result"]["stdout"] == "'😀 é' True\n"  # beyond the BMP, and a file without content
     files = service.post("/run_code", json={
         "code": "print(open('in/data.txt').read())\nopen('out.txt', 'w').write('done')",
         "files": {"in/data.txt": base64.b64encode(b"hello").decode()}, "fetch_files": ["out.txt", "missing.txt"]}).json()
@@ -107,8 +122,8 @@ def test_a_client_that_hangs_up_mid_cell_interrupts_it_and_the_session_is_kept(s
     sid = open_session(service)
     try:
         with pytest.raises(httpx.ReadTimeout):
-            service.post(f"/v1/sessions/{sid}/run", json={"code": "import time\nkept = 7\ntime.sleep(2.5)\nlost = 1"},
-                         timeout=0.8)
+            service.post(f"/v1/sessions/{sid}/run", json={"code": "import time\nkept = 7\ntime.sleep(2.8)\nlost = 1"},
+                         timeout=1.2)
         started = time.monotonic()
         while True:  # the interrupted cell releases the session within the poll interval
             reply = service.post(f"/v1/sessions/{sid}/run", json={"code": "print(kept, 'lost' in globals())"})
@@ -122,9 +137,27 @@ def test_a_client_that_hangs_up_mid_cell_interrupts_it_and_the_session_is_kept(s
         service.delete(f"/v1/sessions/{sid}")
 
 
+def test_closing_a_session_under_a_running_cell_interrupts_it_and_gives_the_interpreter_back(service, app):
+    import threading
+
+    sid = open_session(service)
+    replies = []
+    runner = threading.Thread(target=lambda: replies.append(service.post(
+        f"/v1/sessions/{sid}/run", json={"code": "import time\ntime.sleep(2.5)"})))
+    runner.start()
+    eventually(lambda: any(s["busy"] for s in service.get("/v1/sessions").json()["sessions"] if s["id"] == sid))
+    assert service.delete(f"/v1/sessions/{sid}").json()["closed"]
+    runner.join(30)
+    assert replies[0].json()["status"] == "interrupted"  # the cell was stopped, not left to finish
+    pool = app.state.service.pool
+    eventually(lambda: not pool._busy)  # the interpreter went back to the pool once the cell returned
+    assert service.get("/health").json()["in_use"] == 0
+
+
 def test_metrics_and_health_need_no_token_and_count_cells(service):
+    assert service.post("/run_code", json={"code": "print(1)"}).json()["status"] == "Success"
     text = service.get("/metrics").text
-    for series in ("retool_sandbox_sessions", "retool_sandbox_capacity 3.0", "retool_sandbox_cell_seconds_bucket",
+    for series in ("retool_sandbox_sessions ", "retool_sandbox_capacity 3.0", "retool_sandbox_cell_seconds_bucket",
                    'retool_sandbox_cells_total{status="ok"}'):
         assert series in text
     health = service.get("/health").json()
@@ -141,14 +174,15 @@ def test_tokens_cap_and_idle_expiry():
         alpha, beta = {"Authorization": "Bearer alpha"}, {"Authorization": "Bearer beta"}
         mine = open_session(client, **alpha)
         assert client.post(f"/v1/sessions/{mine}/run", json={"code": "1"}, headers=beta).status_code == 404  # not beta's
+        assert client.post(f"/v1/sessions/{mine}/interrupt", headers=beta).status_code == 404
+        assert client.delete(f"/v1/sessions/{mine}", headers=beta).status_code == 404
         assert client.get("/v1/sessions", headers=beta).json()["sessions"] == []
         open_session(client, **beta)
         full = client.post("/v1/sessions", headers=alpha)
         assert full.status_code == 429 and full.json()["error"]["code"] == "capacity"
         assert client.post("/run_code", json={"code": "1"}, headers=alpha).status_code == 429
-        time.sleep(6.0)  # both idle past 4 s: closed by the sweeper, room again
+        eventually(lambda: client.get("/health").json()["sessions"] == 0, within=60)  # idle past 4 s: closed
         assert client.post(f"/v1/sessions/{mine}/run", json={"code": "1"}, headers=alpha).status_code == 404
-        assert client.get("/health").json()["sessions"] == 0
         assert "retool_sandbox_sessions_expired_total 2.0" in client.get("/metrics").text
 
 
@@ -156,5 +190,7 @@ def test_beyond_loopback_a_token_is_required():
     with pytest.raises(ValueError, match="token"):
         ServiceConfig(host="0.0.0.0")
     assert ServiceConfig(host="0.0.0.0", tokens=("t",)).host == "0.0.0.0"
+    with pytest.raises(ValueError, match="empty token"):
+        ServiceConfig(tokens=("",))
     with pytest.raises(ValueError, match="local backend"):
         ServiceConfig(sandbox=SandboxSpec("remote", urls="http://127.0.0.1:1"))

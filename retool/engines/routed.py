@@ -2,7 +2,7 @@
 
 A trajectory's requests all go to the server that served its first one: that server's prefix cache
 holds the trajectory so far, so each later turn prefills only the interpreter's output. A new
-trajectory goes to the server with the fewest requests in flight (ties: the fewest trajectories placed). The
+trajectory goes to the server with the fewest requests in flight (ties: the fewest trajectories under way). The
 trajectory is named by ``AFFINITY``, a context variable the rollout sets around each trajectory
 (``Rollout.run_one``), so concurrent trajectories keep theirs apart; a request outside any
 trajectory is simply balanced.
@@ -19,25 +19,44 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import OrderedDict
 from contextvars import ContextVar
-from typing import Any, AsyncIterator, Hashable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from retool.engines.base import Completion, Engine, EngineStats, SamplingParams, TokenDelta
 
-AFFINITY: ContextVar[Hashable | None] = ContextVar("retool_engine_affinity", default=None)
 DOWN_S = 30.0
-MAX_REMEMBERED = 100_000  # trajectories whose server is remembered (oldest forgotten first)
+
+
+class TrajectoryKey:
+    """Names one trajectory for routing; engines that placed it are told when it ends."""
+
+    __slots__ = ("_ended",)
+
+    def __init__(self) -> None:
+        self._ended: list[Callable[[], None]] = []
+
+    def when_ended(self, callback: Callable[[], None]) -> None:
+        self._ended.append(callback)
+
+    def end(self) -> None:
+        callbacks, self._ended = self._ended, []
+        for callback in callbacks:
+            callback()
+
+
+AFFINITY: ContextVar[TrajectoryKey | None] = ContextVar("retool_engine_affinity", default=None)
 
 
 @contextlib.contextmanager
-def affinity(key: Hashable) -> Iterator[None]:
-    """Requests made inside this block (in this task) belong to trajectory ``key``."""
+def affinity() -> Iterator[TrajectoryKey]:
+    """Requests made inside this block (in this task) belong to one trajectory, placed at its first."""
+    key = TrajectoryKey()
     token = AFFINITY.set(key)
     try:
-        yield
+        yield key
     finally:
         AFFINITY.reset(token)
+        key.end()
 
 
 class RoutedEngine(Engine):
@@ -51,24 +70,27 @@ class RoutedEngine(Engine):
         self.logprobs_available = all(getattr(e, "logprobs_available", True) for e in engines)
         self.in_flight = [0] * len(engines)
         self.served = [0] * len(engines)  # requests
-        self.assigned = [0] * len(engines)  # trajectories placed
+        self.active = [0] * len(engines)  # trajectories placed and not ended
         self.down_until = [0.0] * len(engines)
-        self.placed: OrderedDict[Hashable, int] = OrderedDict()
+        self.placed: dict[TrajectoryKey, int] = {}
 
-    def server_for(self, key: Hashable | None) -> int:
-        """The server of trajectory ``key`` (placing it if new)."""
+    def server_for(self, key: TrajectoryKey | None) -> int:
+        """The server of trajectory ``key`` (placing it if new; forgotten when it ends)."""
         if key is not None and key in self.placed:
-            self.placed.move_to_end(key)
             return self.placed[key]
         now = time.monotonic()
         live = [i for i in range(len(self.engines)) if now >= self.down_until[i]] or list(range(len(self.engines)))
-        chosen = min(live, key=lambda i: (self.in_flight[i], self.assigned[i], i))
-        self.assigned[chosen] += 1
+        chosen = min(live, key=lambda i: (self.in_flight[i], self.active[i], i))
         if key is not None:
             self.placed[key] = chosen
-            if len(self.placed) > MAX_REMEMBERED:
-                self.placed.popitem(last=False)
+            self.active[chosen] += 1
+            key.when_ended(lambda: self._ended(key))
         return chosen
+
+    def _ended(self, key: TrajectoryKey) -> None:
+        index = self.placed.pop(key, None)
+        if index is not None:
+            self.active[index] -= 1
 
     @contextlib.contextmanager
     def _on(self, index: int) -> Iterator[Engine]:

@@ -1,7 +1,7 @@
 """The ``ray`` backend: sandbox hosts as Ray actors, one per node, sessions kept on their actor.
 
-``--sandbox ray`` (``retool[ray]``) joins the Ray cluster at ``--sandbox-url`` (default ``auto``:
-the cluster this machine is part of, or a local one) and starts one ``SandboxHost`` actor on every
+``--sandbox ray`` (``retool[ray]``) joins the Ray cluster at ``--sandbox-url`` (default ``auto``: the
+cluster this machine is part of; ``local`` starts one here) and starts one ``SandboxHostActor`` on every
 alive node — or, with ``--ray-label NAME``, on the nodes that offer the custom resource ``NAME``
 (``ray start --resources '{"NAME": 1}'``: the CPU hosts, not the GPU ones). Each actor keeps a local
 jailed pool (the ``jupyter`` backend) on its node; a session is opened on the actor with the most
@@ -49,13 +49,21 @@ class SandboxHostActor:
 
         self.pool = SandboxPool("jupyter", size=size, limits=SandboxLimits(**limits), warm=min(size, 2))
         self.size, self.sessions, self.hostname = size, {}, socket.gethostname()
+        self.starting = 0
         self._lock = threading.Lock()
 
     def open(self) -> dict[str, Any]:
-        with self._lock:
-            if len(self.sessions) >= self.size:
+        with self._lock:  # the slot is reserved before the (slow) start, so the count never overshoots
+            if len(self.sessions) + self.starting >= self.size:
                 return {"full": True}
-        session = self.pool.acquire(timeout=120)
+            self.starting += 1
+        try:
+            session = self.pool.acquire(timeout=120)
+        except Exception as exc:  # noqa: BLE001 - told to the driver as a refusal, not as a dead node
+            return {"unavailable": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        finally:
+            with self._lock:
+                self.starting -= 1
         sid = uuid.uuid4().hex
         with self._lock:
             self.sessions[sid] = session
@@ -128,12 +136,13 @@ class RayHosts:
         for actor in ranked:
             try:
                 info = ray.get(actor.handle.open.remote(), timeout=180)
-            except Exception as exc:  # noqa: BLE001 - the actor or its node is gone: not this one
-                self.mark_dead(actor, exc)
+            except Exception as exc:  # noqa: BLE001 - gone (marked dead), or slow this once: not this one now
+                if actor_died(exc):
+                    self.mark_dead(actor, exc)
                 reasons.append(f"node {actor.node[:12]}: {type(exc).__name__}")
                 continue
-            if info.get("full"):
-                reasons.append(f"node {actor.node[:12]}: full")
+            if info.get("full") or info.get("unavailable"):
+                reasons.append(f"node {actor.node[:12]}: {info.get('unavailable') or 'full'}")
                 continue
             with self._lock:
                 actor.sessions += 1
@@ -141,10 +150,15 @@ class RayHosts:
         raise SandboxUnavailable(f"no Ray sandbox host could open a session ({'; '.join(reasons) or 'all are full'})")
 
     def mark_dead(self, actor: _Actor, why: BaseException) -> None:
+        """The actor (or its node) died: no new sessions there, and whatever is left of it is killed."""
         if not actor.dead:
             actor.dead = True
             log.warning("sandbox actor on node %s is gone (%s); new sessions go elsewhere", actor.node[:12],
                         type(why).__name__)
+            try:
+                _ray().kill(actor.handle)
+            except Exception:  # noqa: BLE001 - already gone with its node
+                pass
 
     def closed(self, actor: _Actor) -> None:
         with self._lock:
@@ -162,6 +176,12 @@ def hosts_for(address: str, label: str, limits: SandboxLimits) -> RayHosts:
         if key not in _SHARED:
             _SHARED[key] = RayHosts(*key)
         return _SHARED[key]
+
+
+def actor_died(exc: BaseException) -> bool:
+    """Whether ``exc`` says the actor or its node is gone (not a slow call, not a refusal)."""
+    ray = _ray()
+    return isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError))
 
 
 class RaySession(Session):
@@ -189,7 +209,8 @@ class RaySession(Session):
                             timeout=timeout + self.limits.interrupt_grace_s + RUN_SLACK_S)
         except Exception as exc:  # noqa: BLE001 - RayActorError, NodeDiedError, GetTimeoutError: the host, not the code
             self._alive = False
-            self.hosts.mark_dead(self.actor, exc)
+            if actor_died(exc):
+                self.hosts.mark_dead(self.actor, exc)
             raise RemoteHostError(f"sandbox node {self.actor.node[:12]} failed: {type(exc).__name__}") from None
         if reply is None:
             self._alive = False
@@ -211,8 +232,9 @@ class RaySession(Session):
         if self.actor.dead:
             raise RemoteHostError(f"node {self.actor.node[:12]} is gone")
         info = ray.get(self.actor.handle.open.remote(), timeout=180)
-        if info.get("full"):
-            raise RemoteHostError(f"node {self.actor.node[:12]} has no room for a fresh interpreter")
+        if info.get("full") or info.get("unavailable"):
+            raise RemoteHostError(f"node {self.actor.node[:12]} has no fresh interpreter: "
+                                  f"{info.get('unavailable') or 'full'}")
         with self.hosts._lock:
             self.actor.sessions += 1
         self.id, self._alive, self._closed = info["id"], True, False

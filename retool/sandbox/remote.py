@@ -36,6 +36,7 @@ DOWN_S = 30.0  # a host that failed is not offered new sessions for this long
 CONNECT_TIMEOUT_S = 5.0
 RUN_SLACK_S = 30.0  # beyond the cell timeout: the host's interrupt, restart and the network
 FULL_WAIT_S = 60.0  # how long opening a session waits while every live host is full
+OPEN_TIMEOUT_S = 150.0  # a service waits up to 120 s for an interpreter to start (acquire_timeout_s)
 
 
 class RemoteHostError(RuntimeError):
@@ -115,11 +116,11 @@ class RemoteHosts:
         live = [h for h in candidates if now >= h.down_until and h.load < 1.0]
         return sorted(live, key=lambda h: (h.load, h.sessions, h.url))
 
-    def open(self, only: str | None = None) -> tuple[str, dict[str, Any]]:
+    def open(self, only: str | None = None, wait: float | None = None) -> tuple[str, dict[str, Any]]:
         """A new session on the least-loaded host (or on ``only``): (host url, the service's reply).
-        While every live host is full, waits up to ``FULL_WAIT_S`` for room (sessions are released
-        all the time); with no live host at all, fails at once."""
-        deadline = time.monotonic() + FULL_WAIT_S
+        While every live host is full, waits up to ``wait`` (``FULL_WAIT_S``) for room (sessions are
+        released all the time); with no live host at all, fails at once."""
+        deadline = time.monotonic() + (FULL_WAIT_S if wait is None else wait)
         while True:
             opened, reasons = self._try_open(only)
             if opened is not None:
@@ -138,16 +139,18 @@ class RemoteHosts:
         reasons = []
         for host in self.ranked(only):
             try:
-                reply = self.client.post(f"{host.url}/v1/sessions")
-            except httpx.TransportError as exc:
+                reply = self.client.post(f"{host.url}/v1/sessions", timeout=httpx.Timeout(OPEN_TIMEOUT_S,
+                                                                                          connect=CONNECT_TIMEOUT_S))
+                info = reply.json() if reply.status_code == 200 else None
+            except (httpx.TransportError, ValueError) as exc:
                 self.mark_down(host.url, f"{type(exc).__name__}: {exc}".splitlines()[0])
                 reasons.append(f"{host.url}: {host.reason}")
                 continue
-            if reply.status_code == 200:
+            if info is not None:
                 with self._lock:
                     host.placed_since += 1
                     host.sessions += 1
-                return (host.url, reply.json()), reasons
+                return (host.url, info), reasons
             message = _message(reply)
             reasons.append(f"{host.url}: {reply.status_code} {message}")
             if reply.status_code == 401:
@@ -236,11 +239,11 @@ class RemoteSession(Session):
             log.debug("interrupt of %s on %s not delivered", self.id, self.url)
 
     def restart(self) -> None:
-        """A fresh interpreter on the same host (a session never moves: its files live there)."""
+        """A fresh interpreter on the same host (a session never moves: its files live there). If
+        none can be had quickly, the session stays closed (not alive) and the pool replaces it."""
         self._release()
-        self._closed = False
-        url, info = self.hosts.open(only=self.url)
-        self.url = url
+        url, info = self.hosts.open(only=self.url, wait=5.0)
+        self.url, self._closed = url, False
         self._take(info)
 
     def _release(self) -> None:

@@ -84,6 +84,8 @@ class ServiceConfig:
             raise ValueError("size must be >= 1 and the timeouts > 0")
         if self.sandbox.backend == "remote":
             raise ValueError("the service runs cells itself: give it a local backend (jupyter, docker, subprocess)")
+        if any(not t.strip() for t in self.tokens):
+            raise ValueError("an empty token would let any request in: give non-empty tokens")
         if not self.tokens and not is_loopback(self.host):
             raise ValueError(f"listening on {self.host} (beyond loopback) needs a token: --token or {TOKEN_ENV}")
 
@@ -216,11 +218,14 @@ class SandboxService:
         return hosted
 
     async def close_session(self, session_id: str, owner: str) -> None:
+        """Close a session; a cell running in it is interrupted first, and the interpreter is given
+        back only once that cell has returned (never closed under a running cell)."""
         hosted = self.get(session_id, owner)
         del self.hosted[hosted.id]
-        hosted.session.interrupt()
         self._gauges()
-        await asyncio.to_thread(self._release, hosted.session)
+        hosted.session.interrupt()
+        async with hosted.lock:
+            await asyncio.to_thread(self._release, hosted.session)
 
     def _release(self, session: Session) -> None:
         with contextlib.suppress(ValueError, RuntimeError):  # the pool closed meanwhile
@@ -294,13 +299,17 @@ class SandboxService:
         return [h for h in self.hosted.values() if not h.lock.locked() and now - h.last_used > self.config.idle_timeout_s]
 
     async def sweep(self) -> int:
-        gone = self.expired()
-        for hosted in gone:
-            self.hosted.pop(hosted.id, None)
-            self.metrics.expired.inc()
-            await asyncio.to_thread(self._release, hosted.session)
+        """Close the sessions idle past the limit. All are taken out of the table before the first
+        is given back (no await in between), so a run cannot start on one being closed."""
+        gone = []
+        for hosted in self.expired():
+            if not hosted.lock.locked() and self.hosted.pop(hosted.id, None) is not None:
+                gone.append(hosted)
         if gone:
             self._gauges()
+            self.metrics.expired.inc(len(gone))
+        for hosted in gone:
+            await asyncio.to_thread(self._release, hosted.session)
         return len(gone)
 
     async def _sweep_forever(self) -> None:
@@ -351,7 +360,8 @@ class SandboxService:
             if setup:
                 prepared = await self.run_cell(session, setup, None, disconnected)
                 if prepared is None or not prepared.ok:
-                    return RunJupyterResponse(status="SandboxError", message="could not write the files",
+                    why = prepared.error if prepared is not None else "the client went away"
+                    return RunJupyterResponse(status="SandboxError", message=f"could not write the files: {why}",
                                               executor_pod_name=_pod())
             for code in body.cells:
                 left = body.total_timeout - (time.monotonic() - started)
@@ -384,7 +394,7 @@ class SandboxService:
             return {}, ""
         if not session.stateful:
             return {}, "fetch_files needs a stateful backend (jupyter, docker): this service runs a stateless one"
-        code = ("import base64 as _b, json as _j\n_o = {}\nfor _p in " + json.dumps(paths) + ":\n"
+        code = ("import base64 as _b, json as _j\n_o = {}\nfor _p in " + repr(list(paths)) + ":\n"
                 "    try:\n        _o[_p] = _b.b64encode(open(_p, 'rb').read()).decode()\n"
                 "    except OSError:\n        pass\nprint(_j.dumps(_o))")
         result = await self.run_cell(session, code, None, disconnected)
@@ -412,11 +422,11 @@ def _setup_cell(files: dict[str, str | None], stdin: str | None) -> str | None:
                 base64.b64decode(content or "", validate=True)
             except (binascii.Error, ValueError):
                 raise ServiceError(400, f"files[{path[:80]!r}] is not base64", "invalid_file") from None
-        parts.append("import base64 as _b, os as _os\nfor _p, _c in " + json.dumps(files) + ".items():\n"
+        parts.append("import base64 as _b, os as _os\nfor _p, _c in " + repr(dict(files)) + ".items():\n"
                      "    _d = _os.path.dirname(_p)\n    _d and _os.makedirs(_d, exist_ok=True)\n"
                      "    open(_p, 'wb').write(_b.b64decode(_c or ''))")
     if stdin:  # ``input`` bound in the cell's globals too: a kernel re-binds the builtin before each cell
-        parts.append("import io as _io, sys as _sys, builtins as _bi\n_sys.stdin = _io.StringIO(" + json.dumps(stdin)
+        parts.append("import io as _io, sys as _sys, builtins as _bi\n_sys.stdin = _io.StringIO(" + repr(stdin)
                      + ")\ndef input(prompt=''):\n    print(prompt, end='')\n"
                        "    line = _sys.stdin.readline()\n    if not line:\n        raise EOFError('EOF when reading a line')\n"
                        "    return line.rstrip('\\n')\n_bi.input = input")
@@ -482,8 +492,12 @@ def create_app(config: ServiceConfig, pool=None):
         return Response(service.metrics.text(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/sessions")
-    async def open_session(authorization: str | None = Header(None)):
-        hosted = await service.open(service.owner_of(authorization))
+    async def open_session(request: Request, authorization: str | None = Header(None)):
+        owner = service.owner_of(authorization)
+        hosted = await service.open(owner)
+        if await request.is_disconnected():  # the client gave up while the interpreter started: nobody owns it
+            await service.close_session(hosted.id, owner)
+            return JSONResponse({}, status_code=499)
         return {"id": hosted.id, "backend": config.sandbox.backend, "stateful": hosted.session.stateful,
                 "timeout_s": config.sandbox.limits.timeout_s}
 
