@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "retool"
 # lower first; a module may import its own layer and the ones below it, never one above
 LAYERS = [
     {"protocol", "trajectory", "engines", "sandbox", "rollout", "rollout_config", "budget", "grading", "datasets", "models", "seeds",
-     "terminal", "transcript", "trajectory_stats", "extras", "model_card"},
+     "terminal", "transcript", "trajectory_stats", "extras", "model_card", "http_limits"},
     {"coldstart", "evals", "training", "prm", "search"},
     {"apps", "bench"},
     {"cli"},

@@ -7,10 +7,8 @@ Routes (request and reply shapes in ``service_schema.py``):
   ``POST /v1/sessions/{id}/interrupt``; ``DELETE /v1/sessions/{id}``; ``GET /v1/sessions`` (this
   client's). One cell at a time per session (a second is a 409). A client that hangs up while its
   cell runs gets the cell interrupted; the session is kept (its variables too).
-* ``POST /run_code`` and ``POST /run_jupyter``: SandboxFusion's endpoints (a fresh interpreter per
-  request, Python only), for verl / SkyRL users' ``sandbox_fusion_url``.
-* ``GET /health`` (load, for balancers and the ``remote`` backend's placement) and ``GET /metrics``
-  (Prometheus text: sessions, cells by status, cell latency, refusals). Both need no token.
+* ``POST /run_code``, ``POST /run_jupyter``: SandboxFusion's, for ``sandbox_fusion_url`` (``service_fusion.py``).
+* ``GET /health`` (load: balancers, ``remote`` placement), ``GET /metrics`` (``service_metrics.py``); no token.
 
 Limits: ``size`` interpreters at once, sessions and one-shot requests together (past it: 429,
 nothing queued); sessions idle ``idle_timeout_s`` are closed; the cell timeout and memory are the
@@ -20,21 +18,17 @@ Access: with ``tokens`` every request but ``/health`` and ``/metrics`` needs ``A
 <token>``, and a session answers only to the token that opened it (another gets a 404, as for an
 unknown id); ids are 128 random bits. Without tokens the service refuses to listen beyond loopback.
 
-Not here: the jail (the backends), the client side (``remote.py``).
+Not here: the jail (the backends), the client (``remote.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -46,9 +40,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from retool.http_limits import BodyLimit
-from retool.sandbox.base import ExecResult, ExecStatus, SandboxUnavailable, Session
-from retool.sandbox.service_schema import (RunCodeRequest, RunCodeResponse, RunJupyterRequest, RunJupyterResponse,
-                                           RunRequest, ServiceError, cell_result, command_result, run_status)
+from retool.sandbox.base import ExecResult, SandboxUnavailable, Session
+from retool.sandbox import service_fusion as fusion
+from retool.sandbox.service_metrics import Metrics
+from retool.sandbox.service_schema import RunCodeRequest, RunJupyterRequest, RunRequest, ServiceError
 from retool.sandbox.spec import SandboxSpec
 
 log = logging.getLogger(__name__)
@@ -56,14 +51,11 @@ log = logging.getLogger(__name__)
 TOKEN_ENV = "RETOOL_SANDBOX_TOKEN"  # the service's tokens (space-separated) and the remote client's token
 DISCONNECT_POLL_S = 0.25
 MAX_BODY_BYTES = 8 << 20  # a cell's source (1M characters, up to 4 bytes each) and its JSON, or files for run_code
-PYTHON_NAMES = ("python", "python3")
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
@@ -105,32 +97,6 @@ class Hosted:
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "created": round(self.created, 3), "idle_s": round(time.monotonic() - self.last_used, 3),
                 "cells": self.cells, "busy": self.lock.locked()}
-
-
-class Metrics:
-    """The Prometheus series, in a registry of their own (several services in one process: tests)."""
-
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = CollectorRegistry()
-        self.sessions = Gauge("retool_sandbox_sessions", "Sessions open (kept for clients)", registry=self.registry)
-        self.in_use = Gauge("retool_sandbox_interpreters_in_use", "Interpreters held: sessions and one-shot requests",
-                            registry=self.registry)
-        self.capacity = Gauge("retool_sandbox_capacity", "Interpreters this service may hold at once",
-                              registry=self.registry)
-        self.cells = Counter("retool_sandbox_cells", "Cells run, by how they ended", ["status"], registry=self.registry)
-        self.latency = Histogram("retool_sandbox_cell_seconds", "Wall time of a cell as the service saw it",
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-                                 registry=self.registry)
-        self.refused = Counter("retool_sandbox_refused", "Requests refused, by reason", ["reason"],
-                               registry=self.registry)
-        self.expired = Counter("retool_sandbox_sessions_expired", "Sessions closed for idleness", registry=self.registry)
-
-    def text(self) -> bytes:
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.registry)
 
 
 class SandboxService:
@@ -326,117 +292,6 @@ class SandboxService:
                 "in_use": self.in_use, "capacity": self.config.size,
                 "timeout_s": self.config.sandbox.limits.timeout_s, "uptime_s": round(time.monotonic() - self.started, 1)}
 
-    # -- SandboxFusion --------------------------------------------------------------------------
-
-    async def run_code(self, body: RunCodeRequest, disconnected) -> RunCodeResponse:
-        if body.language not in PYTHON_NAMES:
-            raise ServiceError(400, f"language {body.language!r} is not run here: this service runs Python only",
-                               "unsupported_language")
-        async with self.interpreter() as session:
-            setup = _setup_cell(body.files, body.stdin)
-            code = as_script(body.code)
-            if setup and not session.stateful:  # a stateless backend forgets a separate cell: one program
-                code, setup = setup + "\n" + code, None
-            if setup:
-                prepared = await self.run_cell(session, setup, None, disconnected)
-                if prepared is None or not prepared.ok:
-                    return RunCodeResponse(status="SandboxError" if prepared is None or prepared.infra_failure
-                                           else "Failed", message=f"could not prepare the files or stdin: "
-                                           f"{prepared.error if prepared else 'client went away'}",
-                                           executor_pod_name=_pod())
-            result = await self.run_cell(session, code, body.run_timeout, disconnected)
-            if result is None:
-                raise ServiceError(499, "the client went away", "client_closed")
-            files, message = await self._fetch(session, body.fetch_files, disconnected)
-        return RunCodeResponse(status=run_status(result), message=message or (result.error or "" if result.infra_failure
-                                                                              else ""),
-                               run_result=command_result(result), executor_pod_name=_pod(), files=files)
-
-    async def run_jupyter(self, body: RunJupyterRequest, disconnected) -> RunJupyterResponse:
-        started = time.monotonic()
-        cells, timed_out, infra = [], False, None
-        async with self.interpreter() as session:
-            setup = _setup_cell(body.files, None)
-            if setup:
-                prepared = await self.run_cell(session, setup, None, disconnected)
-                if prepared is None or not prepared.ok:
-                    why = prepared.error if prepared is not None else "the client went away"
-                    return RunJupyterResponse(status="SandboxError", message=f"could not write the files: {why}",
-                                              executor_pod_name=_pod())
-            for code in body.cells:
-                left = body.total_timeout - (time.monotonic() - started)
-                if left <= 0:
-                    timed_out = True
-                    break
-                per_cell = body.cell_timeout if body.cell_timeout > 0 else None
-                result = await self.run_cell(session, code, min(per_cell or left, left), disconnected)
-                if result is None:
-                    raise ServiceError(499, "the client went away", "client_closed")
-                if result.infra_failure:
-                    infra = result.error
-                    break
-                cells.append(cell_result(result))
-                if result.status is ExecStatus.TIMEOUT and time.monotonic() - started >= body.total_timeout:
-                    timed_out = True
-                    break
-            files, message = await self._fetch(session, body.fetch_files, disconnected)
-        elapsed = round(time.monotonic() - started, 6)
-        if infra is not None:
-            return RunJupyterResponse(status="SandboxError", message=infra, cells=cells, executor_pod_name=_pod())
-        driver = {"status": "TimeLimitExceeded" if timed_out else "Finished", "execution_time": elapsed,
-                  "return_code": None if timed_out else 0}
-        return RunJupyterResponse(status="Failed" if timed_out else "Success", message=message, driver=driver,
-                                  cells=cells, executor_pod_name=_pod(), files=files)
-
-    async def _fetch(self, session: Session, paths: list[str], disconnected) -> tuple[dict[str, str], str]:
-        """``fetch_files``: each path's content as base64, read inside the sandbox."""
-        if not paths:
-            return {}, ""
-        if not session.stateful:
-            return {}, "fetch_files needs a stateful backend (jupyter, docker): this service runs a stateless one"
-        code = ("import base64 as _b, json as _j\n_o = {}\nfor _p in " + repr(list(paths)) + ":\n"
-                "    try:\n        _o[_p] = _b.b64encode(open(_p, 'rb').read()).decode()\n"
-                "    except OSError:\n        pass\nprint(_j.dumps(_o))")
-        result = await self.run_cell(session, code, None, disconnected)
-        if result is None or not result.ok or result.truncated:
-            return {}, "fetch_files failed" + (" (the files are larger than the output cap)" if result and
-                                               result.truncated else "")
-        try:
-            return json.loads(result.stdout.strip().splitlines()[-1]), ""
-        except (ValueError, IndexError):
-            return {}, "fetch_files failed: the sandbox's reply was not readable"
-
-
-def as_script(code: str) -> str:
-    """``code`` run as ``python main.py`` would: a notebook cell echoes its last expression, a
-    script does not (SandboxFusion's stdout is the script's)."""
-    return f"exec(compile({code!r}, 'main.py', 'exec'))"
-
-
-def _setup_cell(files: dict[str, str | None], stdin: str | None) -> str | None:
-    """A cell that writes ``files`` (base64) and makes ``stdin`` what ``input()`` and ``sys.stdin`` read."""
-    parts = []
-    if files:
-        for path, content in files.items():
-            try:
-                base64.b64decode(content or "", validate=True)
-            except (binascii.Error, ValueError):
-                raise ServiceError(400, f"files[{path[:80]!r}] is not base64", "invalid_file") from None
-        parts.append("import base64 as _b, os as _os\nfor _p, _c in " + repr(dict(files)) + ".items():\n"
-                     "    _d = _os.path.dirname(_p)\n    _d and _os.makedirs(_d, exist_ok=True)\n"
-                     "    open(_p, 'wb').write(_b.b64decode(_c or ''))")
-    if stdin:  # ``input`` bound in the cell's globals too: a kernel re-binds the builtin before each cell
-        parts.append("import io as _io, sys as _sys, builtins as _bi\n_sys.stdin = _io.StringIO(" + repr(stdin)
-                     + ")\ndef input(prompt=''):\n    print(prompt, end='')\n"
-                       "    line = _sys.stdin.readline()\n    if not line:\n        raise EOFError('EOF when reading a line')\n"
-                       "    return line.rstrip('\\n')\n_bi.input = input")
-    return "\n".join(parts) or None
-
-
-def _pod() -> str | None:
-    return os.environ.get("MY_POD_NAME") or os.environ.get("HOSTNAME")
-
-
 # -- the app ---------------------------------------------------------------------------------------
 
 
@@ -528,12 +383,12 @@ def create_app(config: ServiceConfig, pool=None):
     @app.post("/run_code")
     async def run_code(body: RunCodeRequest, request: Request, authorization: str | None = Header(None)):
         service.owner_of(authorization)
-        return (await service.run_code(body, request.is_disconnected)).model_dump()
+        return (await fusion.run_code(service, body, request.is_disconnected)).model_dump()
 
     @app.post("/run_jupyter")
     async def run_jupyter(body: RunJupyterRequest, request: Request, authorization: str | None = Header(None)):
         service.owner_of(authorization)
-        return (await service.run_jupyter(body, request.is_disconnected)).model_dump()
+        return (await fusion.run_jupyter(service, body, request.is_disconnected)).model_dump()
 
     return app
 
