@@ -54,6 +54,22 @@ def cluster(tmp_path):
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
+def kill_node(node: dict) -> None:
+    """SIGKILL the node's raylet and every process under it (its workers: the sandbox actor and
+    its jails), as when the machine goes away."""
+    import psutil
+
+    flag = f"--raylet_socket_name={node['RayletSocketName']}"
+    raylets = [p for p in psutil.process_iter(["cmdline"]) if flag in (p.info["cmdline"] or [])]
+    assert raylets, f"no raylet with {flag}"
+    for raylet in raylets:
+        for process in [*raylet.children(recursive=True), raylet]:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
 def test_sessions_on_both_nodes_stay_there_and_a_dead_node_fails_only_its_own(cluster):
     address, worker = cluster
     with SandboxSpec("ray", urls=address).pool(size=4, warm=0) as pool:
@@ -64,7 +80,7 @@ def test_sessions_on_both_nodes_stay_there_and_a_dead_node_fails_only_its_own(cl
             assert s.run(f"x = {i}").ok
         assert [s.run("print(x)").stdout for s in sessions] == [f"{i}\n" for i in range(4)]
         head = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("sandbox_head"))
-        os.killpg(os.getpgid(worker.pid), signal.SIGKILL)  # the second node dies
+        kill_node(next(n for n in ray.nodes() if n["Resources"].get("sandbox_worker")))  # the second node dies
         results = [s.run("print(x + 10)", timeout=5) for s in sessions]
         for i, (s, r) in enumerate(zip(sessions, results)):
             if s.host == head:
