@@ -110,7 +110,7 @@ def bench_sandbox_service(
     table.add_column("path")
     for column in columns:
         table.add_column(column, justify="right")
-    for name in ("local", "one_service", "two_services"):
+    for name in ("local_serial", "one_service_serial", "local", "one_service", "two_services"):
         table.add_row(name, *(str(report[name].get(c, "")) for c in columns))
     console.print(table)
     console.print(f"service overhead p50 {report['service_overhead_p50_ms']} ms (target ≤ "

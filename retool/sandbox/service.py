@@ -31,6 +31,7 @@ import ipaddress
 import logging
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -114,6 +115,10 @@ class SandboxService:
         self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> None:
+        # one worker thread per interpreter (and a few for releases): the default executor's handful
+        # would queue the cells of a full service behind each other
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=self.config.size + 8, thread_name_prefix="sandbox-cell"))
         if self.pool is None:
             warm = min(self.config.size, 4) if self.config.warm is None else self.config.warm
             self.pool = await asyncio.to_thread(self.config.sandbox.pool, self.config.size, warm)
