@@ -96,8 +96,8 @@ class Hosted:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "created": round(self.created, 3), "idle_s": round(time.monotonic() - self.last_used, 3),
-                "cells": self.cells, "busy": self.lock.locked()}
+        idle = round(time.monotonic() - self.last_used, 3)
+        return {"id": self.id, "created": round(self.created, 3), "idle_s": idle, "cells": self.cells, "busy": self.lock.locked()}
 
 
 class SandboxService:
@@ -115,10 +115,8 @@ class SandboxService:
         self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> None:
-        # one worker thread per interpreter (and a few for releases): the default executor's handful
-        # would queue the cells of a full service behind each other
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(max_workers=self.config.size + 8, thread_name_prefix="sandbox-cell"))
+        # a thread per interpreter: the default executor's handful would queue a full service's cells
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(self.config.size + 8, "sandbox-cell"))
         if self.pool is None:
             warm = min(self.config.size, 4) if self.config.warm is None else self.config.warm
             self.pool = await asyncio.to_thread(self.config.sandbox.pool, self.config.size, warm)
@@ -155,8 +153,7 @@ class SandboxService:
         return len(self.hosted) + self.one_shot
 
     async def _acquire(self) -> Session:
-        """An interpreter, counted against ``size`` by the caller before it asks (so two requests
-        racing for the last one cannot both pass)."""
+        """An interpreter; the caller counted it against ``size`` before asking (no race for the last)."""
         try:
             return await self.pool.aacquire(timeout=self.config.acquire_timeout_s)
         except (SandboxUnavailable, TimeoutError, RuntimeError) as exc:
@@ -230,8 +227,7 @@ class SandboxService:
 
     async def run_cell(self, session: Session, code: str, timeout: float | None,
                        disconnected=None) -> ExecResult | None:
-        """Run one cell off the event loop; if ``disconnected()`` turns true first, interrupt the
-        cell and return None (the session keeps its state)."""
+        """One cell off the event loop; if ``disconnected()`` first: interrupt it, None (state kept)."""
         started = time.monotonic()
         task = asyncio.create_task(session.arun(code, self.cell_timeout(timeout)))
         while True:
@@ -270,8 +266,7 @@ class SandboxService:
         return [h for h in self.hosted.values() if not h.lock.locked() and now - h.last_used > self.config.idle_timeout_s]
 
     async def sweep(self) -> int:
-        """Close the sessions idle past the limit. All are taken out of the table before the first
-        is given back (no await in between), so a run cannot start on one being closed."""
+        """Close idle sessions: all leave the table before any is released (no run can slip in)."""
         gone = []
         for hosted in self.expired():
             if not hosted.lock.locked() and self.hosted.pop(hosted.id, None) is not None:
