@@ -13,6 +13,7 @@ from rich.table import Table
 from retool.cli.common import console, err_console, fail, nothing
 from retool.cli.options import with_settings
 from retool.sandbox import ExecResult, SandboxUnavailable
+from retool.sandbox.remote import TOKEN_ENV
 from retool.sandbox.spec import SandboxSpec
 from retool.terminal import for_terminal
 
@@ -132,7 +133,7 @@ def sandbox_serve(
     size: int = typer.Option(16, help="Interpreters at once: open sessions and one-shot requests together."),
     warm: Optional[int] = typer.Option(None, help="Interpreters started ahead of need (default: min(size, 4))."),
     idle_timeout: float = typer.Option(600.0, help="Seconds of idleness after which a session is closed."),
-    token: Optional[list[str]] = typer.Option(None, "--token", envvar="RETOOL_SANDBOX_TOKEN",
+    token: Optional[list[str]] = typer.Option(None, "--token", envvar=TOKEN_ENV,
                                               help="Bearer token clients must send (repeatable; env: space-separated)."),
     sandbox: SandboxSpec = None,
 ) -> None:

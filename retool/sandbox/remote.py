@@ -30,7 +30,7 @@ from retool.sandbox.base import ExecResult, SandboxLimits, SandboxUnavailable, S
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "RETOOL_SANDBOX_TOKEN"
+TOKEN_ENV = "RETOOL_SANDBOX_TOKEN"  # the client's token and the service's (space-separated); never argv
 HEALTH_TTL_S = 1.0
 DOWN_S = 30.0  # a host that failed is not offered new sessions for this long
 CONNECT_TIMEOUT_S = 5.0

@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException
 
 from retool.http_limits import BodyLimit
 from retool.sandbox.base import ExecResult, SandboxUnavailable, Session
+from retool.sandbox.remote import TOKEN_ENV
 from retool.sandbox import service_fusion as fusion
 from retool.sandbox.service_metrics import Metrics
 from retool.sandbox.service_schema import RunCodeRequest, RunJupyterRequest, RunRequest, ServiceError
@@ -49,7 +50,6 @@ from retool.sandbox.spec import SandboxSpec
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "RETOOL_SANDBOX_TOKEN"  # the service's tokens (space-separated) and the remote client's token
 DISCONNECT_POLL_S = 0.25
 MAX_BODY_BYTES = 8 << 20  # a cell's source (1M characters, up to 4 bytes each) and its JSON, or files for run_code
 

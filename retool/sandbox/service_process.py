@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+from retool.sandbox.remote import TOKEN_ENV
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -25,7 +27,7 @@ class ServiceProcess:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **({"RETOOL_SANDBOX_TOKEN": token} if token else {})}
+        env = {**os.environ, **({TOKEN_ENV: token} if token else {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "retool.cli", "sandbox", "serve", "--port", str(self.port), "--size", str(size),
              "--warm", str(warm), "--sandbox", backend, *extra],
