@@ -2,7 +2,8 @@
 
 A trajectory's requests all go to the server that served its first one: that server's prefix cache
 holds the trajectory so far, so each later turn prefills only the interpreter's output. A new
-trajectory goes to the server with the fewest requests in flight (ties: the fewest trajectories under way). The
+trajectory goes to the server with the fewest requests in flight (ties: the fewest trajectories under way,
+then the fewest requests served, so that servers idle alike still take turns). The
 trajectory is named by ``AFFINITY``, a context variable the rollout sets around each trajectory
 (``Rollout.run_one``), so concurrent trajectories keep theirs apart; a request outside any
 trajectory is simply balanced.
@@ -80,12 +81,16 @@ class RoutedEngine(Engine):
             return self.placed[key]
         now = time.monotonic()
         live = [i for i in range(len(self.engines)) if now >= self.down_until[i]] or list(range(len(self.engines)))
-        chosen = min(live, key=lambda i: (self.in_flight[i], self.active[i], i))
+        chosen = min(live, key=lambda i: self.load(i))
         if key is not None:
             self.placed[key] = chosen
             self.active[chosen] += 1
             key.when_ended(lambda: self._ended(key))
         return chosen
+
+    def load(self, index: int) -> tuple[int, int, int, int]:
+        """What placement minimises: requests in flight, trajectories under way, requests served."""
+        return (self.in_flight[index], self.active[index], self.served[index], index)
 
     def _ended(self, key: TrajectoryKey) -> None:
         index = self.placed.pop(key, None)
