@@ -3,8 +3,10 @@ pool, through one ``retool sandbox serve`` and through two (the ``remote`` backe
 one run on this machine.
 
 Per configuration: cells/s; per-cell wall time as the caller saw it (p50, p99) and wall − the time
-the interpreter reported (``added_*``); the service's overhead per cell is its serial p50 (one
-session, one cell at a time) minus the local pool's, and under load the 64-session p50s' difference; lost results (a cell without a result) and crossed ones (a result whose output belongs to
+the interpreter reported (``added_*``); the service's overhead per cell is the median of paired
+differences, one session each, their cells alternating (so the machine's drift hits both alike):
+a cell's wall time through the service minus the next local one; under load, the 64-session p50s'
+difference; lost results (a cell without a result) and crossed ones (a result whose output belongs to
 another session or cell: each cell prints its own token); the services' resident memory per session
 (the service process and its interpreters, with every session open).
 
@@ -78,6 +80,31 @@ def drive(spec: SandboxSpec, sessions: int, cells: int, memory_of=None) -> dict[
     return report
 
 
+def paired_serial(local: SandboxSpec, remote: SandboxSpec, cells: int) -> dict[str, Any]:
+    """One local session and one through the service, their cells alternating."""
+    with local.pool(size=1, warm=0) as local_pool, remote.pool(size=1, warm=0) as remote_pool:
+        here, there = local_pool.acquire(timeout=600), remote_pool.acquire(timeout=600)
+        for _ in range(20):  # the interpreters' own warm-up, untimed
+            here.run("pass")
+            there.run("pass")
+        walls: dict[str, list[float]] = {"local": [], "remote": []}
+        for j in range(cells):
+            for name, session in (("local", here), ("remote", there)):
+                started = time.perf_counter()
+                result = session.run(f"print({j})")
+                walls[name].append(time.perf_counter() - started)
+                if not result.ok or result.stdout != f"{j}\n":
+                    raise RuntimeError(f"the serial {name} cell {j} came back wrong: {result.status.value}")
+        local_pool.release(here)
+        remote_pool.release(there)
+    differences = [b - a for a, b in zip(walls["local"], walls["remote"])]
+    ms = lambda v: round(v * 1000, 2)  # noqa: E731
+    return {"cells": cells, "local_p50_ms": ms(statistics.median(walls["local"])),
+            "remote_p50_ms": ms(statistics.median(walls["remote"])),
+            "local_p99_ms": ms(_quantile(walls["local"], 0.99)), "remote_p99_ms": ms(_quantile(walls["remote"], 0.99)),
+            "overhead_p50_ms": ms(statistics.median(differences)), "overhead_p99_ms": ms(_quantile(differences, 0.99))}
+
+
 def _rss(services: list[ServiceProcess]) -> int:
     import psutil
 
@@ -92,21 +119,18 @@ def _rss(services: list[ServiceProcess]) -> int:
 
 
 def run_service_bench(sessions: int = 64, cells: int = 20, backend: str = "jupyter") -> dict[str, Any]:
-    serial_cells = max(cells, 100)
-    local_serial = drive(SandboxSpec(backend), 1, serial_cells)
     local = drive(SandboxSpec(backend), sessions, cells)
     with ServiceProcess(size=sessions, warm=0, backend=backend) as one:
-        remote_serial = drive(SandboxSpec("remote", urls=one.url), 1, serial_cells)
+        # the service's cost per cell: one session, one cell at a time (no queueing for the 2 cores)
+        serial = paired_serial(SandboxSpec(backend), SandboxSpec("remote", urls=one.url), max(cells, 200))
         through_one = drive(SandboxSpec("remote", urls=one.url), sessions, cells, lambda: _rss([one]))
     half = (sessions + 1) // 2
     with ServiceProcess(size=half, warm=0, backend=backend) as a, ServiceProcess(size=half, warm=0, backend=backend) as b:
         through_two = drive(SandboxSpec("remote", urls=f"{a.url},{b.url}"), sessions, cells, lambda: _rss([a, b]))
-    # the service's cost per cell: one session, one cell at a time (no queueing for the 2 cores)
-    overhead = round(remote_serial["p50_ms"] - local_serial["p50_ms"], 2)
-    return {"backend": backend, "local_serial": local_serial, "one_service_serial": remote_serial,
-            "local": local, "one_service": through_one, "two_services": through_two,
-            "service_overhead_p50_ms": overhead,
-            "service_overhead_p99_ms": round(remote_serial["p99_ms"] - local_serial["p99_ms"], 2),
+    overhead = serial["overhead_p50_ms"]
+    return {"backend": backend, "serial": serial, "local": local, "one_service": through_one,
+            "two_services": through_two, "service_overhead_p50_ms": overhead,
+            "service_overhead_p99_ms": serial["overhead_p99_ms"],
             "loaded_overhead_p50_ms": round(through_one["p50_ms"] - local["p50_ms"], 2),
             "target_p50_overhead_ms": TARGET_P50_OVERHEAD_MS, "p50_overhead_met": overhead <= TARGET_P50_OVERHEAD_MS,
             "lost_or_crossed": sum(r["lost"] + r["crossed"] for r in (local, through_one, through_two))}

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from retool.sandbox.remote import TOKEN_ENV
@@ -28,10 +29,11 @@ class ServiceProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, **({TOKEN_ENV: token} if token else {})}
+        self.log = tempfile.TemporaryFile()  # its log: a pipe nobody reads would stall it once full
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "retool.cli", "sandbox", "serve", "--port", str(self.port), "--size", str(size),
              "--warm", str(warm), "--sandbox", backend, *extra],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + startup_timeout
         while True:
             try:
@@ -41,7 +43,8 @@ class ServiceProcess:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
-                raise RuntimeError(f"the sandbox service did not start: {self.proc.stderr.read().decode()[-2000:]}")
+                self.log.seek(0)
+                raise RuntimeError(f"the sandbox service did not start: {self.log.read().decode()[-2000:]}")
             time.sleep(0.2)
 
     def pids(self) -> list[int]:
@@ -76,3 +79,4 @@ class ServiceProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self.log.close()

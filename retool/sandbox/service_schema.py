@@ -40,6 +40,47 @@ class ServiceError(Exception):
         return {"error": {"message": self.message, "type": kind, "code": self.code}}
 
 
+def install_error_handlers(app) -> None:
+    """Every error of the app in the one shape: ours, Starlette's, a body that does not validate
+    (FastAPI's pass or a route's own ``model_validate_json``), and anything unexpected (logged)."""
+    import logging
+
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from pydantic import ValidationError
+    from starlette.exceptions import HTTPException
+
+    log = logging.getLogger("retool.sandbox.service")
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException):
+        detail = str(exc.detail)
+        if exc.status_code == 400:
+            detail = f"the request body is not valid JSON in UTF-8 ({detail})"
+        return JSONResponse(ServiceError(exc.status_code, detail).body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    @app.exception_handler(ValidationError)  # a route that validates its own body
+    async def _invalid(_: Request, exc: RequestValidationError | ValidationError):
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        what = str(first.get("msg", "invalid request"))
+        message = "the request body is not valid JSON" if first.get("type") == "json_invalid" else (
+            f"{where}: {what}" if where else what)
+        return JSONResponse(ServiceError(400, message, "invalid_request").body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception):
+        log.exception("sandbox service request failed")
+        return JSONResponse(ServiceError(500, f"internal error ({type(exc).__name__}); see the service's log").body(),
+                            status_code=500)
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
