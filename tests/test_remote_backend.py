@@ -88,9 +88,31 @@ def test_attacks_through_the_remote_backend_are_contained():
     service = ServiceProcess(size=2)
     try:
         names = ["read_host_files", "network_host_loopback", "fork_bomb", "sleep_past_timeout", "print_100mb",
-                 "kill_parent"]
+                 "kill_parent", "iopub_flood_between_cells"]
         outcomes = list(run_attack_suite(SandboxSpec("remote", urls=service.url), names=names))
         assert outcomes and all(o.contained and o.recovered for o in outcomes), [o.detail for o in outcomes]
+    finally:
+        service.stop()
+
+
+def test_the_attack_suite_judges_a_remote_host_by_the_service_process():
+    """Memory and CPU that an attack costs "the host" are read where the interpreter's client lives:
+    the service, not the process running the suite."""
+    import psutil
+
+    from retool.sandbox.attacks.meter import ServiceMeter, meter_for
+
+    service = ServiceProcess(size=1)
+    try:
+        with SandboxSpec("remote", urls=service.url).session() as session:
+            meter = meter_for(session)
+            assert isinstance(meter, ServiceMeter) and meter.url == service.url
+            there = psutil.Process(service.proc.pid)
+            assert abs(meter.rss_mb() - there.memory_info().rss / 2**20) < 16
+            cpu = there.cpu_times()
+            assert abs(meter.cpu_s() - (cpu.user + cpu.system)) < 0.5
+            meter.start_peak()
+            assert meter.peak_mb() >= meter.rss_mb() - 16
     finally:
         service.stop()
 

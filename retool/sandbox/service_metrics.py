@@ -1,5 +1,6 @@
 """The sandbox service's Prometheus series (``GET /metrics``), in a registry of their own so that
-several services in one process (tests, benchmarks) do not share counters."""
+several services in one process (tests, benchmarks) do not share counters; with the process's own
+series (resident memory, CPU seconds), which the attack suite reads to judge a remote host."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ class Metrics:
     """Sessions, interpreters in use, capacity, cells by status, cell latency, refusals, expiries."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
         self.sessions = Gauge("retool_sandbox_sessions", "Sessions open (kept for clients)", registry=self.registry)
         self.in_use = Gauge("retool_sandbox_interpreters_in_use", "Interpreters held: sessions and one-shot requests",
                             registry=self.registry)

@@ -30,6 +30,7 @@ from typing import Callable
 
 import psutil
 
+from retool.sandbox.attacks.meter import meter_for
 from retool.sandbox.base import ExecResult, SandboxLimits
 
 PROBE = "print(6 * 7)"
@@ -96,7 +97,8 @@ class Evidence:
     followup: ExecResult | None  # the attack's follow-up cell in the same session, if it has one
     bait: HostBait
     limits: SandboxLimits
-    host_rss_growth_mb: float  # how much this (the host) process grew while the attack ran
+    host_rss_growth_mb: float  # how much the host process grew while the attack ran (``meter.py``: this
+    # process, or the service holding a remote session)
     host_peak_growth_mb: float = 0.0  # its peak memory during the attack, above where it started
     host_cpu_settle_s: float = 0.0  # CPU the host spent while it waited ``settle_s`` (no cell running)
 
@@ -141,40 +143,24 @@ def judge_status(*statuses):
     return judge
 
 
-def _rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def _reset_peak_mb() -> None:
-    """Start this process's peak-memory count (VmHWM) afresh from its current size."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return _rss_mb()
-
-
 def run_attack(pool, attack: Attack, bait: HostBait) -> AttackOutcome:
     """One attack in a fresh session of ``pool``, its follow-up and the recovery probe in that same
     session; then, once the session is closed, a look for anything it left on the host."""
     with pool.session() as session:
-        _reset_peak_mb()
-        rss_before = _rss_mb()
+        meter = meter_for(session)  # the process holding the interpreter: this one, or a service
+        meter.start_peak()
+        rss_before = meter.rss_mb()
         result = session.run(attack.code(bait, pool.limits), timeout=attack.timeout)
         followup, settle_cpu = None, 0.0
         if attack.followup is not None:
-            cpu = time.process_time()
+            meter.pause()
+            cpu = meter.cpu_s()
             time.sleep(attack.settle_s)
-            settle_cpu = time.process_time() - cpu
+            settle_cpu = meter.cpu_s() - cpu
+            meter.resume()
             followup = session.run(attack.followup, timeout=attack.timeout)
-        evidence = Evidence(result, followup, bait, pool.limits, _rss_mb() - rss_before, _peak_mb() - rss_before,
-                            settle_cpu)
+        evidence = Evidence(result, followup, bait, pool.limits, meter.rss_mb() - rss_before,
+                            meter.peak_mb() - rss_before, settle_cpu)
         contained, detail = attack.judge(evidence)
         probe = session.run(PROBE, timeout=30)
         recovered = probe.ok and probe.stdout.strip() == "42"
