@@ -119,10 +119,11 @@ def _rss(services: list[ServiceProcess]) -> int:
 
 
 def run_service_bench(sessions: int = 64, cells: int = 20, backend: str = "jupyter") -> dict[str, Any]:
-    local = drive(SandboxSpec(backend), sessions, cells)
     with ServiceProcess(size=sessions, warm=0, backend=backend) as one:
-        # the service's cost per cell: one session, one cell at a time (no queueing for the 2 cores)
+        # the service's cost per cell: one session, one cell at a time, measured first on a quiet
+        # machine (after a 64-session run its kernels are still being reaped)
         serial = paired_serial(SandboxSpec(backend), SandboxSpec("remote", urls=one.url), max(cells, 200))
+        local = drive(SandboxSpec(backend), sessions, cells)
         through_one = drive(SandboxSpec("remote", urls=one.url), sessions, cells, lambda: _rss([one]))
     half = (sessions + 1) // 2
     with ServiceProcess(size=half, warm=0, backend=backend) as a, ServiceProcess(size=half, warm=0, backend=backend) as b:
