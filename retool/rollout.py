@@ -41,7 +41,8 @@ from retool.grading import extract_answer_from_trajectory
 from retool.protocol import Dialect, get_dialect
 from retool.protocol.chat import ChatFormat, call_code, encode_spans
 from retool.protocol.render import output_text
-from retool.sandbox.base import ExecResult, ExecStatus, SandboxUnavailable, Session
+from retool.sandbox.base import ExecResult, ExecStatus, Session
+from retool.sandbox.lease import LazySession
 from retool.rollout_config import RolloutConfig, render_prompt  # noqa: F401 - re-exported: the loop's settings
 from retool.seeds import derive_seed
 from retool.trajectory import ToolCall, Trajectory, TrajectoryError
@@ -155,15 +156,11 @@ class Rollout:
         if session is not None:
             await self._loop(traj, session, index, listener)
             return traj
-        try:
-            session = await self.pool.aacquire(timeout=SESSION_WAIT_S)
-        except (TimeoutError, SandboxUnavailable, RuntimeError) as exc:
-            traj.finish("infra_error", f"no sandbox session: {exc}".splitlines()[0])
-            return traj
+        session = LazySession(self.pool, SESSION_WAIT_S)  # taken at the first cell (``retool.sandbox.lease``)
         try:
             await self._loop(traj, session, index, listener)
         finally:
-            self.pool.release(session)
+            session.close()
         return traj
 
     async def _loop(self, traj: Trajectory, session: Session, index: int, listener: Listener | None) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from retool.sandbox.base import ExecResult, ExecStatus, SandboxLimits, Session
+from retool.sandbox.lease import LazySession
 from retool.trajectory import ToolCall, Trajectory
 
 REPLAY_WAIT_S = 300.0  # how long a branch waits for a fresh session before its replay is an infra failure
@@ -49,16 +50,15 @@ def _signature(result: ExecResult) -> str:
     return f"{result.status.value}: {result.stdout.strip()} / {result.error or ''}"
 
 
-class ReplaySession(Session):
-    """A pool session that first replays ``cells`` (see the module doc). Close it to give the
-    underlying session back to the pool."""
+class ReplaySession(LazySession):
+    """A pool session, taken at the branch's first own cell, that first replays ``cells`` (see the
+    module doc). Close it to give the underlying session back to the pool."""
 
     backend = "replay"
 
     def __init__(self, pool, cells: list[ToolCall], limits: SandboxLimits | None = None) -> None:
-        super().__init__(limits or getattr(pool, "limits", None))
-        self.pool, self.cells = pool, list(cells)
-        self.inner: Session | None = None
+        super().__init__(pool, REPLAY_WAIT_S, limits)
+        self.cells = list(cells)
         self.replayed = False  # the recorded cells have been run (lazily, before the first own cell)
         self.mismatch: ReplayMismatch | None = None
 
@@ -67,37 +67,24 @@ class ReplaySession(Session):
         return cls(pool, replayable_cells(prefix))
 
     def _run(self, code: str, timeout: float) -> ExecResult:
+        inner = self._inner()
+        if isinstance(inner, ExecResult):
+            return inner
         if self.mismatch is None and not self.replayed:
-            self._replay()
+            self._replay(inner)
         if self.mismatch is not None:
             return ExecResult(ExecStatus.INFRA_ERROR, error=self.mismatch.describe())
-        return self.inner.run(code, timeout)
+        return inner.run(code, timeout)
 
-    def _replay(self) -> None:
-        self.inner = self.pool.acquire(timeout=REPLAY_WAIT_S)
+    def _replay(self, inner: Session) -> None:
         for i, call in enumerate(self.cells):
-            result = self.inner.run(call.code)
+            result = inner.run(call.code)
             if _signature(result) != _signature(call.result):
                 self.mismatch = ReplayMismatch(i, call.code, _signature(call.result), _signature(result))
                 return
         self.replayed = True
 
-    def interrupt(self) -> None:
-        super().interrupt()
-        if self.inner is not None:
-            self.inner.interrupt()
-
     def restart(self) -> None:
         """The interpreter is replaced, as a timeout replaces any session's: earlier names are gone
         (the cell's result says ``session_reset``), exactly as they would be without a branch."""
-        if self.inner is not None:
-            self.inner.restart()
-
-    def close(self) -> None:
-        inner, self.inner = self.inner, None
-        if inner is not None:
-            self.pool.release(inner)
-
-    @property
-    def alive(self) -> bool:
-        return self.inner is None or self.inner.alive
+        super().restart()
