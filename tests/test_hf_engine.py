@@ -202,3 +202,24 @@ def test_closing_gives_back_the_thread_count_it_lowered(model_and_tokenizer):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_sequences_move_down_when_the_batch_thins_and_stay_exact(model_and_tokenizer):
+    # short requests end (parked, then free) while a long one at the top slot keeps decoding: the
+    # long one is moved down into their slots and its tokens and logprobs stay the reference's
+    model, tok = model_and_tokenizer
+    prompts = [tok.encode(t) for t in ("a b", "Let me compute", "x y z", "We reason step by step: first")]
+    budgets = [2, 3, 4, 40]
+    with HFEngine(model, tok, max_batch=4, capacity=128) as engine:
+
+        async def all_at_once():
+            return await asyncio.gather(*(engine.agenerate(p, SamplingParams(max_new_tokens=n, temperature=0))
+                                          for p, n in zip(prompts, budgets)))
+
+        outs = asyncio.run(all_at_once())
+        assert engine.stats.slot_moves >= 1
+        assert engine.stats.decode_passes < sum(budgets)  # the passes were shared
+        for prompt, out in zip(prompts, outs):
+            assert out.ids == greedy_reference(model, prompt, len(out.ids))
+            assert out.logprobs == pytest.approx(reference_logprobs(model, prompt, out.ids), abs=1e-4)
+        assert len(outs[-1].ids) == 40 or outs[-1].end == "eos"

@@ -64,13 +64,23 @@ class TokenDelta:
 
 @dataclass
 class EngineStats:
-    """Counters for benchmarks and logs. ``busy_s`` is time spent in model forward passes."""
+    """Counters for benchmarks and logs. ``busy_s`` is time spent in model forward passes; the
+    engines that own their scheduler (hf) also split the rest of a pass's time, so a benchmark can
+    say where the time between forwards goes."""
 
     prefill_tokens: int = 0  # prompt tokens actually computed
     cached_tokens: int = 0  # prompt tokens reused from the cache
     decode_tokens: int = 0
     busy_s: float = 0.0
     requests: int = 0
+    passes: int = 0  # forward passes (prefill and decode)
+    decode_passes: int = 0  # of those, decode passes: decode_tokens / decode_passes = mean batch in flight
+    decode_rows: int = 0  # rows the decode passes computed, idle ones in the batch included
+    prefill_s: float = 0.0  # of busy_s, the prefill passes'
+    bookkeeping_s: float = 0.0  # building a pass's inputs: ids, positions, the attention mask, cache indices
+    sampling_s: float = 0.0  # choosing tokens, their logprobs, stop and end checks
+    admission_s: float = 0.0  # placing requests in slots: prefix matching, column copies
+    slot_moves: int = 0  # decoding sequences moved to a lower free slot (hf: packing the batch)
     extra: dict[str, float] = field(default_factory=dict)
 
 

@@ -24,53 +24,18 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import torch
 
 from retool.engines.base import Completion, Engine, EngineStats, SamplingParams, TokenDelta, find_stop
+from retool.engines.hf_slots import Request, Slot, SlotState, common_prefix, eos_ids, next_pow2
 from retool.engines.kv_slots import SlotKVCache
 from retool.engines.sampling import sample_token
 
 log = logging.getLogger(__name__)
 
-class SlotState(Enum):
-    """Where a KV slot stands: free, holding a prompt still to prefill, decoding, or parked (its
-    cache kept for the trajectory's next turn until someone needs the slot)."""
-
-    FREE = "free"
-    PENDING = "pending"
-    DECODING = "decoding"
-    PARKED = "parked"
-
-
-@dataclass
-class _Request:
-    prompt: list[int]
-    params: SamplingParams
-    stop: tuple[str, ...]
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-    generator: torch.Generator | None
-    cached: int = 0
-    stream: asyncio.Queue | None = None  # receives each sampled token, then the Completion (astream)
-    cancelled: bool = False  # the streaming consumer went away: stop at the next token
-
-
-@dataclass
-class _Slot:
-    index: int
-    state: SlotState = SlotState.FREE
-    fed: list[int] = field(default_factory=list)  # tokens whose keys/values fill columns [0, len(fed))
-    pending: list[int] = field(default_factory=list)  # tokens to feed next pass
-    request: _Request | None = None
-    generated: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    parked_at: float = 0.0
-    prompt_logits: tuple[int, torch.Tensor] | None = None  # (prompt length, next-token logits after it)
-
+PARKED_PASSES = 2  # a slot parked this many decode passes no longer keeps its place low in the batch
 
 class HFEngine(Engine):
     """Generation with a transformers causal LM. ``max_batch`` bounds concurrent sequences."""
@@ -104,11 +69,11 @@ class HFEngine(Engine):
         # every slot up front (growing slots copies the whole buffer); columns grow on demand
         self.cache = SlotKVCache(config.num_hidden_layers, config.num_key_value_heads, head_dim,
                                  max_batch, capacity, dtype, device)
-        self.slots = [_Slot(i) for i in range(self.cache.slots)]
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.slots = [Slot(i) for i in range(self.cache.slots)]
+        self.eos_ids = eos_ids(model, tokenizer)
         self._stats = EngineStats()
-        self._inbox: queue.Queue[_Request | None] = queue.Queue()
-        self._waiting: list[_Request] = []
+        self._inbox: queue.Queue[Request | None] = queue.Queue()
+        self._waiting: list[Request] = []
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="hf-engine", daemon=True)
         self._thread.start()
@@ -119,7 +84,7 @@ class HFEngine(Engine):
         return await self._submit(prompt_ids, params, stop).future
 
     def _submit(self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...],
-                stream: asyncio.Queue | None = None) -> _Request:
+                stream: asyncio.Queue | None = None) -> Request:
         if self._closed:
             raise RuntimeError("the engine is closed")
         if not prompt_ids:
@@ -128,7 +93,7 @@ class HFEngine(Engine):
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device="cpu").manual_seed(params.seed)
-        request = _Request(list(prompt_ids), params, tuple(stop), loop.create_future(), loop, generator, stream=stream)
+        request = Request(list(prompt_ids), params, tuple(stop), loop.create_future(), loop, generator, stream=stream)
         self._inbox.put(request)
         return request
 
@@ -180,11 +145,14 @@ class HFEngine(Engine):
                 busy = any(s.state in (SlotState.DECODING, SlotState.PENDING) for s in self.slots)
                 if not self._take_requests(block=not busy and not self._waiting):
                     return
+                started = time.perf_counter()
                 self._admit_waiting()
+                self._stats.admission_s += time.perf_counter() - started
                 try:
                     if any(s.state == SlotState.PENDING for s in self.slots):
                         self._step([s for s in self.slots if s.state == SlotState.PENDING])
                     elif any(s.state == SlotState.DECODING for s in self.slots):
+                        self._pack()
                         self._step([s for s in self.slots if s.state == SlotState.DECODING])
                 except Exception as exc:  # noqa: BLE001 - fail the requests in flight, keep serving
                     log.exception("hf engine step failed")
@@ -210,22 +178,22 @@ class HFEngine(Engine):
                 still_waiting.append(request)
         self._waiting = still_waiting
 
-    def _admit(self, request: _Request) -> bool:
+    def _admit(self, request: Request) -> bool:
         prompt = request.prompt
         if len(prompt) + request.params.max_new_tokens + 2 > self.cache.capacity:
-            self.cache.grow(_next_pow2(len(prompt) + request.params.max_new_tokens + 2))
+            self.cache.grow(next_pow2(len(prompt) + request.params.max_new_tokens + 2))
         # 1. a parked slot this prompt continues (the same trajectory after a tool call)
         for slot in self.slots:
             if slot.state == SlotState.PARKED and len(slot.fed) < len(prompt) and prompt[: len(slot.fed)] == slot.fed:
                 self._assign(slot, request, keep=len(slot.fed))
                 return True
         for other in self.slots:  # a slot about to compute this prompt's prefix: wait one pass, then copy it
-            if other.state == SlotState.PENDING and _common_prefix(other.fed + other.pending, prompt) >= max(len(prompt) // 2, 16):
+            if other.state == SlotState.PENDING and common_prefix(other.fed + other.pending, prompt) >= max(len(prompt) // 2, 16):
                 return False
         # 2. the longest prefix any slot holds, free slots included (their columns stay until reused)
         best, best_len = None, 0
         for other in self.slots:
-            n = _common_prefix(other.fed, prompt)
+            n = common_prefix(other.fed, prompt)
             if n > best_len:
                 best, best_len = other, n
         slot = self._free_slot(prefer=best)
@@ -248,7 +216,7 @@ class HFEngine(Engine):
         self._assign(slot, request, max(keep, 0))
         return True
 
-    def _assign(self, slot: _Slot, request: _Request, keep: int) -> None:
+    def _assign(self, slot: Slot, request: Request, keep: int) -> None:
         slot.fed = slot.fed[:keep]
         slot.prompt_logits = None
         slot.pending = request.prompt[keep:]
@@ -258,7 +226,7 @@ class HFEngine(Engine):
         self._stats.requests += 1
         self._stats.cached_tokens += keep
 
-    def _free_slot(self, prefer: _Slot | None) -> _Slot | None:
+    def _free_slot(self, prefer: Slot | None) -> Slot | None:
         """A slot to take: ``prefer`` if it is free (its columns are reused in place), else the free
         slot holding the least, else the longest-parked one (its trajectory re-prefills if it returns)."""
         free = [s for s in self.slots if s.state == SlotState.FREE]
@@ -273,9 +241,38 @@ class HFEngine(Engine):
             return oldest
         return None
 
+    def _pack(self) -> None:
+        """Keep the decoding slots at the lowest indices. A decode pass computes every row up to the
+        highest decoding slot (so the cache is read as a view, not gathered), and a free slot below
+        it costs a row of work in every pass; a decoding slot above a free one moves down (one copy
+        of its columns), and the slot it leaves is free, holding the same columns (still a prefix
+        to share). A slot parked for ``PARKED_PASSES`` decode passes or more (its trajectory is
+        done, or its cell is slow) trades places with it instead, both caches kept."""
+        started = time.perf_counter()
+        while True:
+            top = next((s for s in reversed(self.slots) if s.state == SlotState.DECODING), None)
+            hole = None if top is None else next((s for s in self.slots[: top.index] if self._idle(s)), None)
+            if hole is None:
+                break
+            if hole.state == SlotState.FREE:
+                self.cache.copy_prefix(top.index, hole.index, len(top.fed))
+                hole.fed, hole.prompt_logits = list(top.fed), top.prompt_logits
+            else:
+                self.cache.swap(top.index, hole.index, max(len(top.fed), len(hole.fed)))
+            low, high = hole.index, top.index
+            self.slots[low], self.slots[high] = top, hole
+            top.index, hole.index = low, high
+            self._stats.slot_moves += 1
+        self._stats.bookkeeping_s += time.perf_counter() - started
+
+    def _idle(self, slot: Slot) -> bool:
+        return slot.state == SlotState.FREE or (
+            slot.state == SlotState.PARKED and self._stats.decode_passes - slot.parked_pass >= PARKED_PASSES)
+
     # -- one forward pass ---------------------------------------------------------------------------
 
-    def _step(self, active: list[_Slot]) -> None:
+    def _step(self, active: list[Slot]) -> None:
+        began = time.perf_counter()
         decoding = active[0].state == SlotState.DECODING
         if decoding:  # all slots up to the highest active one, so the cache is read as a view
             rows = self.slots[: max(s.index for s in active) + 1]
@@ -292,10 +289,18 @@ class HFEngine(Engine):
         )
         mask = self.cache.prepare([s.index for s in rows], [len(s.fed) for s in rows], [len(f) for f in feeds], width)
         started = time.perf_counter()
+        self._stats.bookkeeping_s += started - began
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        self._stats.busy_s += time.perf_counter() - started
         logits = out.logits[:, -1, :].float()
+        sampled = time.perf_counter()
+        self._stats.busy_s += sampled - started
+        self._stats.passes += 1
+        if decoding:
+            self._stats.decode_passes += 1
+            self._stats.decode_rows += len(rows)
+        else:
+            self._stats.prefill_s += sampled - started
         for row, (slot, feed) in enumerate(zip(rows, feeds)):
             if not feed:
                 continue
@@ -310,8 +315,9 @@ class HFEngine(Engine):
                 slot.state = SlotState.DECODING
                 slot.prompt_logits = (len(slot.fed), logits[row].clone())
             self._sample(slot, logits[row])
+        self._stats.sampling_s += time.perf_counter() - sampled
 
-    def _sample(self, slot: _Slot, logits: torch.Tensor) -> None:
+    def _sample(self, slot: Slot, logits: torch.Tensor) -> None:
         request = slot.request
         token = sample_token(logits, request.params, request.generator)
         slot.generated.append(token)
@@ -320,7 +326,7 @@ class HFEngine(Engine):
             _push(request, token)
         self._check_done(slot)
 
-    def _check_done(self, slot: _Slot) -> None:
+    def _check_done(self, slot: Slot) -> None:
         request = slot.request
         stop = None
         if request.stop:
@@ -333,22 +339,23 @@ class HFEngine(Engine):
         elif len(slot.generated) >= request.params.max_new_tokens or request.cancelled:
             self._finish(slot, "length", park=True)
 
-    def _finish(self, slot: _Slot, reason: str, stop: str | None = None, park: bool = False) -> None:
+    def _finish(self, slot: Slot, reason: str, stop: str | None = None, park: bool = False) -> None:
         request = slot.request
         completion = Completion(list(slot.generated), list(slot.logprobs), reason, stop,
                                 prompt_tokens=len(request.prompt), cached_tokens=request.cached)
         slot.request = None  # a freed slot keeps its columns: a later prompt may share their prefix
         slot.state, slot.parked_at = (SlotState.PARKED, time.monotonic()) if park else (SlotState.FREE, 0.0)
+        slot.parked_pass = self._stats.decode_passes
         _tell(request, completion, None)
 
-    def _fail(self, slot: _Slot, exc: BaseException) -> None:
+    def _fail(self, slot: Slot, exc: BaseException) -> None:
         request = slot.request
         slot.state, slot.fed, slot.pending, slot.request, slot.prompt_logits = SlotState.FREE, [], [], None, None
         if request is not None:
             _tell(request, None, exc)
 
 
-def _tell(request: _Request, value: Any, exc: BaseException | None) -> None:
+def _tell(request: Request, value: Any, exc: BaseException | None) -> None:
     """Hand the result to whoever waits: a streaming consumer through its queue, else the future,
     on the caller's own event loop (a loop already closed has nobody waiting)."""
     if request.stream is not None:
@@ -360,7 +367,7 @@ def _tell(request: _Request, value: Any, exc: BaseException | None) -> None:
         pass
 
 
-def _push(request: _Request, item: Any) -> None:
+def _push(request: Request, item: Any) -> None:
     """Hand a token (or the final Completion / error) to a streaming consumer's queue."""
     try:
         request.loop.call_soon_threadsafe(request.stream.put_nowait, item)
@@ -371,25 +378,3 @@ def _push(request: _Request, item: Any) -> None:
 def _resolve(future: asyncio.Future, value: Any, exc: BaseException | None) -> None:
     if not future.done():
         future.set_exception(exc) if exc is not None else future.set_result(value)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << (max(n, 1) - 1).bit_length()
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    ids: list[int] = []
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (configured, tokenizer.eos_token_id):
-        for token in value if isinstance(value, (list, tuple)) else [value]:
-            if token is not None and token not in ids:
-                ids.append(int(token))
-    return ids

@@ -63,6 +63,14 @@ class SlotKVCache:
             for layer in buffers:
                 layer[dst, :, :length] = layer[src, :, :length]
 
+    def swap(self, a: int, b: int, length: int) -> None:
+        """Exchange the first ``length`` columns of slots ``a`` and ``b``."""
+        for buffers in (self.keys, self.values):
+            for layer in buffers:
+                held = layer[a, :, :length].clone()
+                layer[a, :, :length] = layer[b, :, :length]
+                layer[b, :, :length] = held
+
     def prepare(self, rows: list[int], lengths: list[int], new_counts: list[int], width: int) -> torch.Tensor:
         """Set up one forward pass and return its 4-D additive attention mask.
 
