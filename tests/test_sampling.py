@@ -49,6 +49,14 @@ def test_top_p_falls_back_to_the_whole_vocabulary_when_candidates_hold_too_littl
     assert int((freq > 0).sum()) > 2000  # far beyond the 1024 candidates
 
 
+def test_top_p_reaches_past_the_first_candidates_when_they_hold_too_little():
+    # 200 equal tokens well ahead of the rest: the best 64 hold ~30% of the mass, top-p 0.9 needs ~190
+    logits = torch.cat([torch.full((200,), 6.0), torch.zeros(4800)])
+    freq = draws(logits, SamplingParams(temperature=1.0, top_p=0.9), n=3000)
+    kept = freq.nonzero().flatten()
+    assert int(kept.max()) < 200 and len(kept) > 150
+
+
 def test_seeded_sampling_repeats():
     logits = torch.randn(1000)
     p = SamplingParams(temperature=1.0, top_p=0.9)

@@ -7,7 +7,9 @@ import torch
 
 from retool.engines.base import SamplingParams
 
-CANDIDATES = 1024  # top-p is decided among this many best tokens, unless they hold too little mass
+# top-p is decided among the best 64 tokens when they hold top_p of the mass (the usual case: a
+# quarter of the cost of 1024), else the best 1024, else all; the kept set is the same either way
+CANDIDATES = (64, 1024)
 
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
@@ -23,15 +25,21 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
     filtered = 0 < params.top_k < scaled.numel() or params.top_p < 1.0
     if not filtered:
         return _inverse_cdf(torch.softmax(scaled, dim=-1), generator)
-    k = params.top_k if 0 < params.top_k < scaled.numel() else min(CANDIDATES, scaled.numel())
-    values, order = torch.topk(scaled, k)  # sorted, best first
-    probs = torch.exp(values - torch.logsumexp(scaled, dim=-1))  # shares of the *whole* distribution
-    if params.top_p < 1.0:
+    total = torch.logsumexp(scaled, dim=-1)
+    tiers = [params.top_k] if 0 < params.top_k < scaled.numel() else [min(k, scaled.numel()) for k in CANDIDATES]
+    for k in tiers:
+        values, order = torch.topk(scaled, k)  # sorted, best first
+        probs = torch.exp(values - total)  # shares of the *whole* distribution
+        if params.top_p >= 1.0:
+            break
         cumulative = probs.cumsum(-1)
-        if params.top_k <= 0 and cumulative[-1] < params.top_p and k < scaled.numel():
-            values, order = torch.sort(scaled, descending=True)  # the candidates were not enough
-            probs = torch.softmax(values, dim=-1)
-            cumulative = probs.cumsum(-1)
+        if params.top_k > 0 or cumulative[-1] >= params.top_p or k >= scaled.numel():
+            break
+    else:  # the candidates were not enough
+        values, order = torch.sort(scaled, descending=True)
+        probs = torch.softmax(values, dim=-1)
+        cumulative = probs.cumsum(-1)
+    if params.top_p < 1.0:
         probs = probs[: int((cumulative - probs < params.top_p).sum())]  # keep the token that crosses top_p
     return int(order[_inverse_cdf(probs, generator)])
 
