@@ -1,6 +1,8 @@
 """The interpreter loop, for many trajectories at once.
 
-Each trajectory is an asyncio task with its own sandbox session for its whole life::
+Each trajectory is an asyncio task with its own sandbox session, taken at its first cell and kept
+to its end (``LazySession``: text before the first cell needs no interpreter, so a batch larger
+than the pool still decodes all at once)::
 
     generate (stop at the end of a code block)
       └─ block closed → run it in the session → append the rendered output (loss-mask 0) → generate
