@@ -3,7 +3,7 @@ VENV := .venv
 STAMP := $(VENV)/.retool-installed
 PYTEST_ARGS ?= -m "not slow and not gpu"
 
-.PHONY: setup demo test test-all docker-image bench check clean embedded-adapter
+.PHONY: setup demo test test-all docker-image bench check clean embedded-adapter peer-chat-model
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -19,6 +19,10 @@ demo: $(STAMP)
 # Rebuild the embedded adapter from the recipes (SFT, probe, RL, evaluations; ~90 min on 2 CPU cores).
 embedded-adapter: $(STAMP)
 	$(VENV)/bin/python -m retool.training.embedded
+
+# Build the peer benchmark's model (a chat-dialect LoRA, into the cache; `retool bench peer` builds it on first use).
+peer-chat-model: $(STAMP)
+	$(VENV)/bin/python -m retool.training.peer_chat_model
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

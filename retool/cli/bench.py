@@ -138,3 +138,43 @@ def bench_train(
         console.print_json(json.dumps(report))
     else:
         print_numbers("training bench", report)
+
+
+@app.command("peer")
+def bench_peer(
+    problems: int = typer.Option(8, help="Problems (up to 8 built in)."),
+    samples: int = typer.Option(4, help="Samples per problem (TRL: num_generations)."),
+    max_total_tokens: int = typer.Option(320, help="Each trajectory's budget, model and tool tokens after the prompt "
+                                                   "(TRL: max_completion_length)."),
+    max_tool_calls: int = typer.Option(4, help="Most tool calls per trajectory (TRL: max_tool_calling_iterations)."),
+    model: str = typer.Option(None, help="The model both sides run (default: peer-chat-smollm2, a SmolLM2 LoRA that "
+                                         "calls the tool in this template, built on first use; 'embedded' for the "
+                                         "embedded default)."),
+    json_output: bool = JsonOption,
+) -> None:
+    """retool's rollout against TRL's own tool-calling generation (GRPOTrainer with tools=), same
+    model, prompts, template, sampling, budgets and Jupyter sandbox: tokens/s each, speedup_vs_trl."""
+    from retool.bench.peer import as_dict, peer_config, peer_model, run_peer_bench
+
+    peer_model(model)  # the default model built (if it is not yet) before the spinner: it says so on stderr
+    with console.status("running retool's rollout, then TRL's…") if not json_output else nothing():
+        report = as_dict(run_peer_bench(problems, samples, peer_config(max_total_tokens, max_tool_calls), model=model))
+    if json_output:
+        console.print_json(json.dumps(report))
+    else:
+        print_peer(report)
+
+
+def print_peer(report: dict) -> None:
+    table = Table(title=f"peer bench ({report['model']}, CPU, {report['chat_template']}, "
+                        f"{report['problems']} problems × {report['samples']} samples)")
+    for column in ("metric", "retool", "trl"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key, value in report["retool"].items():
+        table.add_row(key, *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in (value, report["trl"][key])))
+    console.print(table)
+    comparable = report["comparable"]
+    console.print(f"speedup_vs_trl {report['speedup_vs_trl']:.2f}×; same prompts: {report['same_prompts']}; "
+                  f"comparable ({comparable['tolerance']}): {comparable['within_tolerance']}")
+    for note in report["notes"]:
+        console.print(f"• {note}", markup=False)

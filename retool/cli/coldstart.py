@@ -89,6 +89,8 @@ def coldstart_convert(
     out: str = typer.Option(..., "--out", help="Directory: OUT/<input's name> gets the converted traces."),
     model: str = typer.Option(None, "--model", help="--to chat: the model (or tokenizer folder) whose chat "
                                                    "template must render the conversations exactly."),
+    chat_template: str = typer.Option(None, "--chat-template", help="--to chat: a Jinja chat template file to "
+                                                                   "render them with instead of the model's own."),
     sandbox: SandboxSpec = None,
 ) -> None:
     """Write verified traces in another dialect; every converted trace is run and verified again."""
@@ -99,7 +101,7 @@ def coldstart_convert(
     with Progress(console=err_console) as bar:
         task = bar.add_task("converting", total=None)
         try:
-            stats = convert_file(ConvertConfig(input, to, out, sandbox, model),
+            stats = convert_file(ConvertConfig(input, to, out, sandbox, model, chat_template),
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
         except USER_ERRORS as exc:
             raise fail(exc, 3) from None

@@ -12,7 +12,8 @@ The ``chat`` dialect is not tags but messages: ``trace_messages`` turns a trace 
 conversation a tool-calling chat template renders (an assistant message with ``tool_calls`` per
 block, a ``tool`` message per output, the answer in a last assistant message); ``convert_file``
 with ``to="chat"`` verifies the source trace by running it, then checks that the model's template
-(``model``: its tokenizer) renders the conversation exactly (``retool.protocol.chat``).
+(``model``: its tokenizer; ``chat_template``: a template file instead of its own) renders the
+conversation exactly (``retool.protocol.chat``).
 
 Not here: deciding whether the source trace was right (``verify``), making traces (``synth``,
 ``pipeline``).
@@ -175,6 +176,7 @@ class ConvertConfig:
     out: str
     sandbox: SandboxSpec = SandboxSpec()
     model: str | None = None  # to="chat": whose chat template the conversations are checked against
+    chat_template: str | None = None  # to="chat": a Jinja template file to check against instead of the model's own
 
 
 def convert_file(config: ConvertConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -191,9 +193,9 @@ def convert_file(config: ConvertConfig, progress: Callable[[int, int], None] | N
         if config.model is None:
             raise ValueError("converting to chat needs --model: the tokenizer whose chat template renders the calls")
         from retool.models import load_tokenizer
-        from retool.protocol.chat import ChatFormat
+        from retool.protocol.chat import ChatFormat, load_template
 
-        chat = ChatFormat.of(load_tokenizer(config.model))
+        chat = ChatFormat.of(load_tokenizer(config.model), template=load_template(config.chat_template))
     lines = [line for line in source_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     out_dir = Path(config.out)
     out_dir.mkdir(parents=True, exist_ok=True)
