@@ -8,6 +8,8 @@ trajectory comes back with ``previous prompt + completion + interpreter tokens``
 by prefix and only the new tokens are computed. Other sequences keep decoding meanwhile, so a
 trajectory waiting on the sandbox never stalls the batch. A fresh prompt that shares a prefix with
 any slot (the k samples of one problem) copies those columns instead of recomputing them.
+A decode pass computes the rows of every slot up to the highest decoding one (the cache is read
+as a view), so decoding sequences are kept packed at the lowest slots (``_pack``).
 
 Stop strings are detected on the decoded tail of the generated tokens, so one split across tokens
 is still found; the completion ends with the token that completed it. Logprobs are those of the
