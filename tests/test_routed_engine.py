@@ -76,3 +76,21 @@ def test_a_server_that_cannot_be_reached_gets_no_new_trajectories():
     assert first.finish_reason == "infra_error" and len(dead.calls) == 1  # its failure is not the model's
     later = _run(engine, [f"What is 6 times 7, later {i}?" for i in range(3)])
     assert all(t.finish_reason == "answer" for t in later) and len(dead.calls) == 1
+
+
+def test_the_routed_stats_add_up_every_counter_of_its_servers():
+    from dataclasses import fields
+
+    from retool.engines.base import EngineStats
+
+    class Counted(ScriptedEngine):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        @property
+        def stats(self):
+            return EngineStats(**{f.name: self.value for f in fields(EngineStats) if f.name != "extra"})
+
+    total = RoutedEngine([Counted(1), Counted(2)]).stats
+    assert all(getattr(total, f.name) == 3 for f in fields(EngineStats) if f.name != "extra")

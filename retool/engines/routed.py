@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import time
 from contextvars import ContextVar
+from dataclasses import fields
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from retool.engines.base import Completion, Engine, EngineStats, SamplingParams, TokenDelta
@@ -123,11 +124,8 @@ class RoutedEngine(Engine):
     @property
     def stats(self) -> EngineStats:
         parts = [e.stats for e in self.engines]
-        return EngineStats(prefill_tokens=sum(p.prefill_tokens for p in parts),
-                           cached_tokens=sum(p.cached_tokens for p in parts),
-                           decode_tokens=sum(p.decode_tokens for p in parts), busy_s=sum(p.busy_s for p in parts),
-                           requests=sum(p.requests for p in parts),
-                           extra={f"server{i}_requests": float(n) for i, n in enumerate(self.served)})
+        counters = {f.name: sum(getattr(p, f.name) for p in parts) for f in fields(EngineStats) if f.name != "extra"}
+        return EngineStats(**counters, extra={f"server{i}_requests": float(n) for i, n in enumerate(self.served)})
 
     def close(self) -> None:
         for engine in self.engines:
