@@ -5,6 +5,7 @@ afterwards that loses and doubles nothing, and attacks through it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 
@@ -59,20 +60,38 @@ def test_sessions_spread_by_load_stay_on_their_host_and_a_dead_host_fails_only_i
 def test_an_eval_across_two_hosts_survives_one_dying_and_its_resume_loses_and_doubles_nothing(two_services, tmp_path):
     a, b = two_services
     problems = [Problem(f"p{i}", f"What is {i} + {4 - i}?", "4") for i in range(4)]
-    calls = Counter()
 
-    def respond(prompt: str) -> str:
-        if "</interpreter>" not in prompt.split("<|im_start|>assistant")[-1]:
-            calls["first"] += 1
-            if calls["first"] == 4 and killing:  # mid-run: three cells are about to run, some on b
-                b.kill()
+    def cells_ran(text: str) -> int:
+        return text.split("<|im_start|>assistant")[-1].count("</interpreter>")
+
+    def respond(prompt: str) -> str:  # two cells, then the answer
+        if cells_ran(prompt) < 2:
             return "<code>\n```python\nx = 2 + 2\nprint(x)\n```\n</code>"
         return "So the answer is\n<answer>\n\\boxed{4}\n</answer>" + EOS
+
+    class KillsMidRun(ScriptedEngine):
+        """Holds each of the first four trajectories before its second turn; when all four have run
+        their first cell (each holds an open session, on either host), b dies: the sessions on it
+        have a cell still to run."""
+
+        def __init__(self):
+            super().__init__(respond=respond)
+            self.waiting, self.gate = 0, None
+
+        async def agenerate(self, prompt_ids, params, stop=()):
+            if killing and cells_ran(self.tokenizer.decode(prompt_ids, skip_special_tokens=False)) == 1:
+                self.gate = self.gate or asyncio.Event()
+                self.waiting += 1
+                if self.waiting == 4:
+                    b.kill()
+                    self.gate.set()
+                await asyncio.wait_for(self.gate.wait(), 60)
+            return await super().agenerate(prompt_ids, params, stop)
 
     config = EvalConfig(benchmark="inline", k=2, out=str(tmp_path / "run"), concurrency=4,
                         sandbox=SandboxSpec("remote", urls=f"{a.url},{b.url}"), rollout=RolloutConfig(max_total_tokens=200))
     killing = True
-    first = run_eval(config, engine=ScriptedEngine(respond=respond), problems=problems, show_progress=False)
+    first = run_eval(config, engine=KillsMidRun(), problems=problems, show_progress=False)
     assert first.metrics["infra_failures"] >= 1 and first.metrics["samples"] == 8 - first.metrics["infra_failures"]
     killing = False
     again = run_eval(config, engine=ScriptedEngine(respond=respond), problems=problems, show_progress=False)
