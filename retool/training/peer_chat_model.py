@@ -50,7 +50,7 @@ SOURCES = {"synth": (REPO / "coldstart_data" / "synth" / "code.jsonl", 56),
            "general": (REPO / "coldstart_data" / "general" / "code.jsonl", 40)}
 CHECK = {"synth": REPO / "coldstart_data" / "synth" / "heldout.jsonl",
          "general": REPO / "coldstart_data" / "general" / "heldout.jsonl"}  # 4 unseen problems of each
-EXPECTED_MINUTES = 10  # what the whole build took here (9.2 min measured) (2 CPU cores), for the first-use message
+EXPECTED_MINUTES = 10  # the whole build took 9.2 here (2 CPU cores, shared): for the first-use message
 
 
 def default_root() -> Path:
@@ -227,9 +227,13 @@ def ensure_built(root: Path | None = None) -> Path:
 
 
 def write_model_card(root: Path, minutes: dict[str, float]) -> Path:
+    from retool.training.sft_data import iter_examples
+
     data = root / "data" / "chat" / "source.jsonl"
     kept = len(_rows(data)) if data.exists() else 0
     recipe = sft_recipe(root, data)
+    fit = sum(1 for _ in iter_examples(recipe.data, chat_tokenizer(), recipe.rollout, max_length=recipe.max_length)) \
+        if data.exists() else 0
     rate = json.loads((root / "check.json").read_text()) if (root / "check.json").exists() else None
     heads = ", ".join(f"the first {n} of `{p.relative_to(REPO)}`" for p, n in SOURCES.values())
     lines = [
@@ -242,7 +246,7 @@ def write_model_card(root: Path, minutes: dict[str, float]) -> Path:
         "## How it was made (`python -m retool.training.peer_chat_model`)", "",
         f"1. **Data**: {heads} (verified code-integrated traces), converted to tool-call conversations "
         f"and checked against the template (`retool coldstart convert --to chat --model {BASE_MODEL} "
-        f"--chat-template {TEMPLATE}.jinja`): {kept} kept.",
+        f"--chat-template {TEMPLATE}.jinja`): {kept} kept, {fit} of them within the max length (the rest skipped).",
         f"2. **SFT** (`training/recipes/{RECIPE.name}`): dialect chat on that template, no demonstration, "
         f"{recipe.epochs:g} epoch, batch {recipe.batch_size}, lr {recipe.learning_rate:g} ({recipe.lr_scheduler}), "
         f"max length {recipe.max_length}, seed {recipe.seed}; only the model's turns trained.", "",
